@@ -1,0 +1,34 @@
+# Every set-up step a fresh machine needs; the README's commands call these targets.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install data test demo bench clean
+
+install: $(BIN)/imgclf
+
+$(BIN)/imgclf: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Fashion-MNIST: Debian's package where we have apt and root, else imgclf's own download.
+data: install
+	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: $(dir $(FMNIST))"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
+	else $(BIN)/imgclf data fetch fashion-mnist; fi
+
+test: install data
+	$(BIN)/python -m pytest -q
+
+demo: install data
+	$(BIN)/imgclf data inspect fashion-mnist --grid fashion-mnist-grid.png
+
+bench: install data
+	$(BIN)/python benchmarks/data_pipeline.py
+
+clean:
+	rm -rf $(VENV) src/*.egg-info .pytest_cache

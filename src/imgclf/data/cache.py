@@ -1,0 +1,231 @@
+"""Decode once: every file of a dataset decoded in parallel into one memory-mapped uint8 array on disk.
+
+The cache is keyed by the dataset's root and the requested size/channels (its folder) and by the file
+list with sizes and mtimes (its fingerprint): an unchanged dataset loads without decoding anything, and a
+changed, added or removed file rebuilds it. Files are written to a temporary folder that replaces the
+old cache only when complete, so an interrupted build never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.config import DataConfig
+from imgclf.data import decode
+from imgclf.data.listing import FileListing
+from imgclf.data.skips import Skipped, SkipLog, read_skipped, write_skipped
+
+CACHE_VERSION = 1
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+MAX_AUTO_SIDE = 224  # auto-chosen sizes stop here: larger rarely pays for a CNN classifier from scratch
+
+
+@dataclass
+class Decoded:
+    """A dataset's decoded images (memory-mapped), in listing order, with what the decoding saw."""
+
+    images: np.ndarray  # N x C x H x W uint8
+    labels: np.ndarray  # int64
+    splits: np.ndarray  # int8 SPLIT_CODES
+    origins: list[str]
+    size_note: str
+    cache_dir: Path
+    hit: bool
+    decode_skips: list[Skipped] = field(default_factory=list)
+    sizes_seen: dict[str, int] = field(default_factory=dict)  # "HxW" -> count, most common first
+    color_images: int = 0
+
+
+def cache_root(config: DataConfig) -> Path:
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    if os.environ.get("IMGCLF_CACHE"):
+        return Path(os.environ["IMGCLF_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("imgclf"))
+
+
+def _key_dir(listing: FileListing, config: DataConfig) -> Path:
+    request = [CACHE_VERSION, str(listing.root.resolve()), listing.layout, config.target_size(), config.channels, config.resize]
+    digest = hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in listing.root.resolve().name)[:40] or "data"
+    return cache_root(config) / "decoded" / f"{slug}-{digest}"
+
+
+def fingerprint(listing: FileListing) -> str:
+    """Hash of every file's path, label, size and mtime (and of the CSVs), in listing order."""
+    h = hashlib.sha256()
+    for split, pairs in listing.files.items():
+        for path, label in pairs:
+            st = os.stat(path)
+            h.update(f"{split}\0{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for path in listing.extra_files:
+        st = os.stat(path)
+        h.update(f"extra\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(listing.classes).encode())
+    return h.hexdigest()
+
+
+def choose_size(sides: list[tuple[int, int]], requested: tuple[int, int] | None) -> tuple[tuple[int, int], str]:
+    """The target (H, W) and a sentence saying why; all-equal sizes are kept as they are."""
+    if requested:
+        return requested, f"image size {requested[0]}x{requested[1]} (requested)"
+    distinct = collections.Counter(sides)
+    if len(distinct) == 1:
+        (h, w), = distinct
+        return (h, w), f"image size {h}x{w} (all images share it)"
+    short = statistics.median(min(hw) for hw in sides)
+    side = int(max(8, min(MAX_AUTO_SIDE, round(short / 8) * 8)))
+    lo, hi = min(sides, key=lambda s: s[0] * s[1]), max(sides, key=lambda s: s[0] * s[1])
+    note = (f"image size {side}x{side} chosen: sizes vary from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}, median short side "
+            f"{short:g} px (capped at {MAX_AUTO_SIDE}); set --image-size to choose another")
+    return (side, side), note
+
+
+def _workers(config: DataConfig) -> int:
+    return max(1, config.workers or os.cpu_count() or 1)
+
+
+def _parallel(fn, jobs: list[tuple], workers: int, what: str) -> list:
+    """fn(*job) for every job, in order, over worker processes when it is worth starting them."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=what, unit="chunk", disable=None, leave=False)
+    try:
+        if workers == 1 or len(jobs) == 1:
+            results = []
+            for job in jobs:
+                results.append(fn(*job))
+                bar.update()
+            return results
+        # fork starts workers in milliseconds and needs no __main__ guard in user scripts; macOS cannot fork safely.
+        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(fn, *job) for job in jobs]
+            results = []
+            for fut in futures:
+                results.append(fut.result())
+                bar.update()
+            return results
+    finally:
+        bar.close()
+
+
+def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
+    size = int(min(1024, max(32, n // (workers * 16) or 1)))
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def load_or_build(listing: FileListing, config: DataConfig, skips: SkipLog) -> Decoded:
+    """The cached decode of listing if it is current, else a fresh one; decode skips go to skips."""
+    key_dir = _key_dir(listing, config)
+    stamp = fingerprint(listing)
+    cached = _load(key_dir, stamp)
+    if cached is None:
+        cached = _build(listing, config, skips, key_dir, stamp)
+    else:
+        for s in cached.decode_skips:  # replayed so that --strict still stops at them on a cache hit
+            skips.add(s.path, s.reason)
+    write_skipped(skips.items, key_dir / "skipped.csv")
+    return cached
+
+
+def _load(key_dir: Path, stamp: str) -> Decoded | None:
+    try:
+        manifest = json.loads((key_dir / "manifest.json").read_text())
+        if manifest.get("version") != CACHE_VERSION or manifest.get("fingerprint") != stamp:
+            return None
+        images = np.load(key_dir / "images.npy", mmap_mode="r")
+        labels = np.load(key_dir / "labels.npy")
+        splits = np.load(key_dir / "splits.npy")
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None  # missing or damaged: rebuilt from the files
+    decode_skips = [s for s in read_skipped(key_dir / "decode_skipped.csv")]
+    return Decoded(images, labels, splits, manifest["origins"], manifest["size_note"], key_dir, True,
+                   decode_skips, manifest["sizes_seen"], manifest["color_images"])
+
+
+def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Path, stamp: str) -> Decoded:
+    entries = [(path, label, SPLIT_CODES[split]) for split, pairs in listing.files.items() for path, label in pairs]
+    workers = _workers(config)
+    paths = [e[0] for e in entries]
+    probes = [r for part in _parallel(decode.probe_many, [(paths[a:b],) for a, b in _chunks(len(paths), workers)], workers, "reading headers") for r in part]
+    decode_skips: list[Skipped] = []
+    good = []
+    for entry, info in zip(entries, probes):
+        if isinstance(info, str):
+            skips.add(entry[0], info)
+            decode_skips.append(Skipped(entry[0], info))
+        else:
+            good.append((entry, info))
+    if not good:
+        from imgclf.errors import DataError
+
+        raise DataError(f"{listing.root}: none of its {len(entries)} image files could be read; see the reasons with 'imgclf data inspect {listing.root}'.")
+    channels = config.channels or (3 if any(info[2] for _, info in good) else 1)
+    size, size_note = choose_size([info[:2] for _, info in good], config.target_size())
+
+    key_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = key_dir.with_name(key_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    out_file = str(tmp / "images.npy")
+    np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(good), channels, *size)).flush()
+    good_paths = [e[0] for e, _ in good]
+    jobs = [(good_paths[a:b], a, out_file, channels, size, config.resize) for a, b in _chunks(len(good), workers)]
+    failed = dict(f for part in _parallel(decode.decode_into, jobs, workers, "decoding images") for f in part)
+    for row, reason in sorted(failed.items()):
+        skips.add(good_paths[row], reason)
+        decode_skips.append(Skipped(good_paths[row], reason))
+    keep = [i for i in range(len(good)) if i not in failed]
+    if failed:
+        _compact(out_file, keep)
+    kept = [good[i] for i in keep]
+    labels = np.array([e[1] for e, _ in kept], dtype=np.int64)
+    splits = np.array([e[2] for e, _ in kept], dtype=np.int8)
+    sizes_seen = dict(collections.Counter(f"{h}x{w}" for _, (h, w, _) in kept).most_common(20))
+    color_images = sum(1 for _, info in kept if info[2])
+    np.save(tmp / "labels.npy", labels)
+    np.save(tmp / "splits.npy", splits)
+    write_skipped(decode_skips, tmp / "decode_skipped.csv")
+    manifest = {"version": CACHE_VERSION, "fingerprint": stamp, "root": str(listing.root), "channels": channels,
+                "size": list(size), "size_note": size_note, "origins": [e[0] for e, _ in kept],
+                "sizes_seen": sizes_seen, "color_images": color_images}
+    (tmp / "manifest.json").write_text(json.dumps(manifest))
+    _replace_dir(tmp, key_dir)
+    images = np.load(key_dir / "images.npy", mmap_mode="r")
+    return Decoded(images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, color_images)
+
+
+def _compact(out_file: str, keep: list[int]) -> None:
+    """Drop the rows of files that failed to decode, streaming so a large cache never sits in RAM."""
+    src = np.load(out_file, mmap_mode="r")
+    dst_file = out_file + ".compact.npy"
+    dst = np.lib.format.open_memmap(dst_file, mode="w+", dtype=np.uint8, shape=(len(keep), *src.shape[1:]))
+    keep_arr = np.asarray(keep)
+    for a in range(0, len(keep_arr), 4096):
+        dst[a:a + 4096] = src[keep_arr[a:a + 4096]]
+    dst.flush()
+    del src, dst
+    os.replace(dst_file, out_file)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(target.name + f".old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,173 @@
+"""Turning one image file (or array) into a uint8 C x H x W array of the dataset's size and channels.
+
+This module imports only Pillow and numpy: it runs in the decoding worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
+_SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+_EXIF_ORIENTATION = 0x0112
+
+
+class BadImage(Exception):
+    """A file that cannot be used as an image; the message is the reason shown to the user."""
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        if os.path.getsize(path) == 0:
+            raise BadImage("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; a bomb is a bomb either way.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"decompression bomb: more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS}") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image, or corrupt beyond recognition") from None
+    except PermissionError:
+        raise BadImage("unreadable: permission denied") from None
+    except OSError as err:
+        raise BadImage(f"unreadable: {err.strerror or err}") from None
+
+
+def _palette_is_gray(img: Image.Image) -> bool:
+    palette = getattr(img, "palette", None)
+    raw = getattr(palette, "palette", None)
+    mode = getattr(palette, "rawmode", None) or getattr(palette, "mode", "")
+    if not isinstance(raw, (bytes, bytearray)) or not mode.startswith("RGB"):
+        return False
+    stride = len(mode)
+    colors = np.frombuffer(bytes(raw[: len(raw) // stride * stride]), np.uint8).reshape(-1, stride)[:, :3]
+    return bool(len(colors)) and bool((colors == colors[:, :1]).all())
+
+
+def probe(path: str) -> tuple[int, int, bool]:
+    """Height, width (after EXIF rotation) and whether the image has colour, from the header alone."""
+    with _open(path) as img:
+        w, h = img.size
+        try:
+            if img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_SIDES:
+                w, h = h, w
+        except Exception:  # a broken EXIF block must not cost the image; the orientation is then unknown
+            pass
+        if img.mode in GRAY_MODES:
+            color = False
+        elif img.mode in ("P", "PA"):
+            color = not _palette_is_gray(img)
+        else:
+            color = True
+        return h, w, color
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite transparent images on white, the background a person sees them on."""
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if not has_alpha:
+        return img
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _to_uint8(img: Image.Image) -> Image.Image:
+    """8-bit L or RGB from any mode; 16-bit and float images are rescaled, not clipped."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        elif img.mode != "F":
+            a = a / 257.0  # 16-bit range onto 8-bit
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    img = _flatten_alpha(img)
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode == "P":
+        return img.convert("RGB")
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def fit(img: Image.Image, size: tuple[int, int] | None, resize: str) -> Image.Image:
+    """Resize keeping the aspect ratio, then centre-crop (resize='crop') or pad with black ('pad')."""
+    if size is None:
+        return img
+    th, tw = size
+    w, h = img.size
+    if (h, w) == (th, tw):
+        return img
+    grow = max if resize == "crop" else min
+    scale = grow(tw / w, th / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    if resize == "crop":
+        left, top = (nw - tw) // 2, (nh - th) // 2
+        return img.crop((left, top, left + tw, top + th))
+    canvas = Image.new(img.mode, (tw, th), 0)
+    canvas.paste(img, ((tw - nw) // 2, (th - nh) // 2))
+    return canvas
+
+
+def decode(path: str, channels: int, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
+    """One file as a uint8 C x H x W array; raises BadImage with the reason when it cannot be used."""
+    original = _open(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _to_uint8(ImageOps.exif_transpose(original))
+    except BadImage:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        text = str(err)
+        reason = "truncated image" if "truncated" in text else f"corrupt image: {text or type(err).__name__}"
+        raise BadImage(reason) from None
+    finally:
+        original.close()
+    img = img.convert("L" if channels == 1 else "RGB")
+    img = fit(img, size, resize)
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def fit_array(image: np.ndarray, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
+    """fit() for a uint8 C x H x W array with any number of channels."""
+    if size is None or image.shape[1:] == tuple(size):
+        return image
+    if image.shape[0] == 3:
+        return np.asarray(fit(Image.fromarray(image.transpose(1, 2, 0)), size, resize)).transpose(2, 0, 1)
+    return np.stack([np.asarray(fit(Image.fromarray(plane), size, resize)) for plane in image])
+
+
+def probe_many(paths: list[str]) -> list[tuple[int, int, bool] | str]:
+    """probe() over a chunk in a worker; a bad file gives its reason string instead of a tuple."""
+    out: list[tuple[int, int, bool] | str] = []
+    for path in paths:
+        try:
+            out.append(probe(path))
+        except BadImage as bad:
+            out.append(str(bad))
+    return out
+
+
+def decode_into(paths: list[str], start: int, out_file: str, channels: int, size: tuple[int, int], resize: str) -> list[tuple[int, str]]:
+    """decode() a chunk straight into rows start.. of the cache's .npy, so no pixels cross processes."""
+    out = np.load(out_file, mmap_mode="r+")
+    failed = []
+    for i, path in enumerate(paths):
+        try:
+            out[start + i] = decode(path, channels, size, resize)
+        except BadImage as bad:
+            failed.append((start + i, str(bad)))
+    out.flush()
+    del out
+    return failed

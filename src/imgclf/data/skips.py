@@ -1,0 +1,58 @@
+"""Bad inputs: skipped and reported (the default), or the first one an error under strict."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.errors import DataError
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+class SkipLog:
+    """Collects skipped inputs; under strict, the first one that is an error raises instead."""
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+        self.items: list[Skipped] = []
+
+    def add(self, path: str, reason: str, *, fix: str = "fix or remove it", error: bool = True) -> None:
+        """Record a skip; error=False for things ignored even under strict (hidden system files)."""
+        if self.strict and error:
+            raise DataError(f"{path}: {reason}; {fix}, or run without --strict to skip such files.")
+        self.items.append(Skipped(str(path), reason))
+
+    def extend(self, items: list[Skipped]) -> None:
+        self.items.extend(items)
+
+    def summary(self) -> str:
+        """One line: how many were skipped and why, most common reason first."""
+        kinds = collections.Counter(s.reason.split(":")[0] for s in self.items)
+        parts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(4))
+        more = "" if len(kinds) <= 4 else f", {len(kinds) - 4} other kinds"
+        return f"skipped {len(self.items)} file(s) ({parts}{more})"
+
+
+def write_skipped(items: list[Skipped], path: Path) -> None:
+    """skipped.csv: one row per skipped file with its reason, replaced atomically."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows((s.path, s.reason) for s in items)
+    os.replace(tmp, path)
+
+
+def read_skipped(path: Path) -> list[Skipped]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [Skipped(row["path"], row["reason"]) for row in csv.DictReader(f)]

@@ -1,0 +1,134 @@
+"""One entry point for every source: a folder tree, a CSV layout, a built-in name, or arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.config import DataConfig
+from imgclf.data import arrays, builtin, cache, listing
+from imgclf.data.decode import fit_array
+from imgclf.data.imageset import ImageData, ImageSet, channel_stats, stratified_split
+from imgclf.data.skips import SkipLog
+from imgclf.errors import DataError
+
+log = logging.getLogger("imgclf")
+
+
+def make_config(config: DataConfig | None = None, **overrides) -> DataConfig:
+    """config (or the defaults) with keyword overrides applied and validated."""
+    base = config or DataConfig()
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise DataError(f"unknown data setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    return dataclasses.replace(base, **overrides)
+
+
+def load_data(source, config: DataConfig | None = None, *, labels=None, classes: list[str] | None = None,
+              layout: str | None = None, **overrides) -> ImageData:
+    """Load any source as ImageData: a path, a built-in dataset name, (images, labels), or images with labels=.
+
+    Keyword overrides are DataConfig fields (image_size=64, strict=True, ...).
+    """
+    config = make_config(config, **overrides)
+    if isinstance(source, tuple) and len(source) == 2:
+        source, labels = source
+    if not isinstance(source, (str, Path)):
+        if labels is None:
+            raise DataError("images given as an array need their labels: load_data((images, labels)) or labels=...")
+        return _from_arrays(source, labels, classes, layout, config)
+    text = str(source)
+    path = Path(text).expanduser()
+    if builtin.is_builtin(text) and not path.exists():
+        return _from_builtin(text.lower(), config)
+    if path.is_dir():
+        return _from_files(path, config)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _from_files(path.parent, config, train_csv=path)
+    names = ", ".join(builtin.BUILTINS)
+    raise DataError(f"{text}: no such folder or CSV file, and not a built-in dataset ({names}); check the path.")
+
+
+def _from_files(root: Path, config: DataConfig, train_csv: Path | None = None) -> ImageData:
+    skips = SkipLog(config.strict)
+    if train_csv or listing.find_csv(root, "train"):
+        found = listing.list_csv(root, skips, config.id_column, config.label_column, train_csv)
+    else:
+        found = listing.list_folders(root, skips)
+    decoded = cache.load_or_build(found, config, skips)
+    log.info("cache %s: %s", "hit" if decoded.hit else "built", decoded.cache_dir)
+    if skips.items:
+        log.warning("%s; each file and reason in %s", skips.summary(), decoded.cache_dir / "skipped.csv")
+    parts = {name: np.flatnonzero(decoded.splits == code) for name, code in cache.SPLIT_CODES.items()}
+    sets = {name: ImageSet(decoded.images, rows, decoded.labels[rows], decoded.origins)
+            for name, rows in parts.items() if len(rows)}
+    if "train" not in sets:
+        raise DataError(f"{root}: no training image could be read; see {decoded.cache_dir / 'skipped.csv'} for the reasons.")
+    data = _assemble(str(root), found.layout, found.classes, sets, config, hflip=True, notes=[decoded.size_note])
+    data.skipped, data.cache_dir, data.cache_hit = list(skips.items), decoded.cache_dir, decoded.hit
+    data.sizes_seen, data.color_images = decoded.sizes_seen, decoded.color_images
+    data.submission_template = found.submission_template
+    return data
+
+
+def _conform(images: np.ndarray, config: DataConfig) -> tuple[np.ndarray, str]:
+    """Arrays brought to the requested channels and size, as files are when decoded."""
+    c = images.shape[1]
+    if config.channels and config.channels != c:
+        if c == 1:
+            images = np.repeat(images, 3, axis=1)
+        elif c == 3:
+            luma = np.array([299, 587, 114], dtype=np.uint32)  # ITU-R 601-2, as Pillow's convert('L')
+            images = ((images.astype(np.uint32) * luma[None, :, None, None]).sum(axis=1, keepdims=True) // 1000).astype(np.uint8)
+        else:
+            raise DataError(f"cannot convert {c}-channel images to channels={config.channels}; leave channels unset.")
+    size = config.target_size()
+    h, w = images.shape[2:]
+    if size and size != (h, w):
+        images = np.stack([fit_array(im, size, config.resize) for im in images])
+        return images, f"image size {size[0]}x{size[1]} (requested; resized from {h}x{w})"
+    return images, f"image size {h}x{w} (as given)" if not size else f"image size {h}x{w} (requested)"
+
+
+def _from_arrays(images, labels, classes, layout, config: DataConfig) -> ImageData:
+    x, found_layout = arrays.to_nchw_uint8(images, layout)
+    y, names = arrays.labels_and_classes(labels, classes)
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} images but {len(y)} labels; give one label per image.")
+    x, note = _conform(x, config)
+    origins = [f"array:{i}" for i in range(len(x))]
+    train = ImageSet(x, np.arange(len(x)), y, origins)
+    how = "given" if layout else "detected"
+    return _assemble("arrays", f"in-memory arrays ({found_layout}, {how})", names, {"train": train}, config,
+                     hflip=True, notes=[note])
+
+
+def _from_builtin(name: str, config: DataConfig) -> ImageData:
+    raw = builtin.load_builtin(name, config)
+    sets, note = {}, ""
+    for split, pair in (("train", raw.train), ("test", raw.test)):
+        if pair is None:
+            continue
+        x, note = _conform(pair[0], config)
+        sets[split] = ImageSet(x, np.arange(len(x)), pair[1], [f"{name}:{split}:{i}" for i in range(len(x))])
+    return _assemble(name, f"built-in dataset from {raw.location}", raw.classes, sets, config,
+                     hflip=builtin.BUILTINS[name].hflip, notes=[note])
+
+
+def _assemble(source: str, layout: str, classes: list[str], sets: dict[str, ImageSet], config: DataConfig,
+              hflip: bool, notes: list[str]) -> ImageData:
+    """Split off validation when no split provides it, and measure normalisation on training data."""
+    train, notes = sets["train"], [n for n in notes if n]
+    val = sets.get("val")
+    if val is None and config.val_fraction > 0:
+        tr_rows, val_rows, split_notes = stratified_split(train.labels, config.val_fraction, config.seed)
+        train, val = train.subset(tr_rows), train.subset(val_rows)
+        notes += split_notes
+        notes.append(f"validation: {len(val)} images, a stratified {config.val_fraction:.0%} of training (seed {config.seed})")
+    mean, std = channel_stats(train)
+    return ImageData(source, layout, classes, train, val if val is not None and len(val) else None, sets.get("test"),
+                     mean, std, hflip, notes)
