@@ -45,7 +45,7 @@ class Decoded:
     hit: bool
     decode_skips: list[Skipped] = field(default_factory=list)
     sizes_seen: dict[str, int] = field(default_factory=dict)  # "HxW" -> count, most common first
-    color_images: int = 0
+    modes_seen: dict[str, int] = field(default_factory=dict)  # Pillow mode -> count
 
 
 def cache_root(config: DataConfig) -> Path:
@@ -155,7 +155,7 @@ def _load(key_dir: Path, stamp: str) -> Decoded | None:
         return None  # missing or damaged: rebuilt from the files
     decode_skips = [s for s in read_skipped(key_dir / "decode_skipped.csv")]
     return Decoded(images, labels, splits, manifest["origins"], manifest["size_note"], key_dir, True,
-                   decode_skips, manifest["sizes_seen"], manifest["color_images"])
+                   decode_skips, manifest["sizes_seen"], manifest["modes_seen"])
 
 
 def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Path, stamp: str) -> Decoded:
@@ -196,18 +196,18 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
     kept = [good[i] for i in keep]
     labels = np.array([e[1] for e, _ in kept], dtype=np.int64)
     splits = np.array([e[2] for e, _ in kept], dtype=np.int8)
-    sizes_seen = dict(collections.Counter(f"{h}x{w}" for _, (h, w, _) in kept).most_common(20))
-    color_images = sum(1 for _, info in kept if info[2])
+    sizes_seen = dict(collections.Counter(f"{info[0]}x{info[1]}" for _, info in kept).most_common(20))
+    modes_seen = dict(collections.Counter(info[3] for _, info in kept).most_common())
     np.save(tmp / "labels.npy", labels)
     np.save(tmp / "splits.npy", splits)
     write_skipped(decode_skips, tmp / "decode_skipped.csv")
     manifest = {"version": CACHE_VERSION, "fingerprint": stamp, "root": str(listing.root), "channels": channels,
                 "size": list(size), "size_note": size_note, "origins": [e[0] for e, _ in kept],
-                "sizes_seen": sizes_seen, "color_images": color_images}
+                "sizes_seen": sizes_seen, "modes_seen": modes_seen}
     (tmp / "manifest.json").write_text(json.dumps(manifest))
     _replace_dir(tmp, key_dir)
     images = np.load(key_dir / "images.npy", mmap_mode="r")
-    return Decoded(images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, color_images)
+    return Decoded(images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, modes_seen)
 
 
 def _compact(out_file: str, keep: list[int]) -> None:

@@ -51,8 +51,8 @@ def _palette_is_gray(img: Image.Image) -> bool:
     return bool(len(colors)) and bool((colors == colors[:, :1]).all())
 
 
-def probe(path: str) -> tuple[int, int, bool]:
-    """Height, width (after EXIF rotation) and whether the image has colour, from the header alone."""
+def probe(path: str) -> tuple[int, int, bool, str]:
+    """Height, width (after EXIF rotation), whether it has colour, and its mode, from the header alone."""
     with _open(path) as img:
         w, h = img.size
         try:
@@ -66,7 +66,7 @@ def probe(path: str) -> tuple[int, int, bool]:
             color = not _palette_is_gray(img)
         else:
             color = True
-        return h, w, color
+        return h, w, color, img.mode
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -148,9 +148,9 @@ def fit_array(image: np.ndarray, size: tuple[int, int] | None, resize: str = "cr
     return np.stack([np.asarray(fit(Image.fromarray(plane), size, resize)) for plane in image])
 
 
-def probe_many(paths: list[str]) -> list[tuple[int, int, bool] | str]:
+def probe_many(paths: list[str]) -> list[tuple[int, int, bool, str] | str]:
     """probe() over a chunk in a worker; a bad file gives its reason string instead of a tuple."""
-    out: list[tuple[int, int, bool] | str] = []
+    out: list[tuple[int, int, bool, str] | str] = []
     for path in paths:
         try:
             out.append(probe(path))

@@ -75,7 +75,7 @@ class ImageData:
     cache_dir: Path | None = None
     cache_hit: bool | None = None
     sizes_seen: dict[str, int] = field(default_factory=dict)
-    color_images: int = 0
+    modes_seen: dict[str, int] = field(default_factory=dict)
     submission_template: str | None = None
 
     @property

@@ -70,7 +70,7 @@ def _from_files(root: Path, config: DataConfig, train_csv: Path | None = None) -
         raise DataError(f"{root}: no training image could be read; see {decoded.cache_dir / 'skipped.csv'} for the reasons.")
     data = _assemble(str(root), found.layout, found.classes, sets, config, hflip=True, notes=[decoded.size_note])
     data.skipped, data.cache_dir, data.cache_hit = list(skips.items), decoded.cache_dir, decoded.hit
-    data.sizes_seen, data.color_images = decoded.sizes_seen, decoded.color_images
+    data.sizes_seen, data.modes_seen = decoded.sizes_seen, decoded.modes_seen
     data.submission_template = found.submission_template
     return data
 

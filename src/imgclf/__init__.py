@@ -1,0 +1,28 @@
+"""imgclf: from a folder of images to a trained, evaluated, exported and served CNN classifier.
+
+Attributes are imported on first use so that `import imgclf` (and decoding worker processes) stay light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_data": "imgclf.data.sources",
+    "ImageData": "imgclf.data.imageset",
+    "ImageSet": "imgclf.data.imageset",
+    "DeviceLoader": "imgclf.data.loader",
+    "DataConfig": "imgclf.config",
+    "AugmentConfig": "imgclf.config",
+    "ImgclfError": "imgclf.errors",
+    "DataError": "imgclf.errors",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

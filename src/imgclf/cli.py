@@ -1,0 +1,93 @@
+"""The imgclf command line: parses flags into the config and calls the Python API; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from imgclf.config import DataConfig
+from imgclf.errors import ImgclfError
+
+log = logging.getLogger("imgclf")
+
+# Flags for DataConfig fields: the flag is the field's name with dashes; (type, help).
+DATA_FLAGS = {
+    "image_size": (int, "side of the square the images are brought to (default: the dataset's own size)"),
+    "resize": (str, "keep the aspect ratio and 'crop' the centre or 'pad' to the size (default: crop)"),
+    "channels": (int, "1 (gray) or 3 (RGB); default: 1 for all-gray data, else 3"),
+    "val_fraction": (float, "share of training images kept for validation when there is no val split (default: 0.1)"),
+    "seed": (int, "seed of the validation split and shuffling (default: 0)"),
+    "data_root": (str, "folder searched first for built-in datasets (also IMGCLF_DATA)"),
+    "cache_dir": (str, "where decoded-image caches live (also IMGCLF_CACHE)"),
+    "workers": (int, "decoding processes (default: all cores)"),
+    "id_column": (str, "CSV column holding image ids (default: id, filename, file, image or path)"),
+    "label_column": (str, "CSV column holding labels (default: label, class or target)"),
+}
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    for name, (kind, text) in DATA_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad file instead of skipping it")
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig) if getattr(args, f.name, None) is not None}
+    return DataConfig(**given)
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from imgclf.data.inspect import describe, save_grid
+    from imgclf.data.sources import load_data
+
+    data = load_data(args.source, _data_config(args))
+    print(describe(data))
+    if args.grid:
+        print(f"grid:    {save_grid(data, args.grid)}")
+    return 0
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from imgclf.data.builtin import BUILTINS, locate
+
+    if args.name not in BUILTINS or args.name == "digits":
+        raise ImgclfError(f"{args.name}: not a downloadable dataset; choose one of {', '.join(n for n in BUILTINS if n != 'digits')}.")
+    print(f"{args.name}: {locate(args.name, _data_config(args))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgclf", description="Image classifiers from folders of images.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="look at and fetch datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="show what a source holds: layout, classes, sizes, skipped files")
+    inspect.add_argument("source", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, mnist, cifar10, cifar100, digits)")
+    inspect.add_argument("--grid", metavar="FILE.png", help="also write a picture of a few images per class")
+    _add_data_flags(inspect)
+    inspect.set_defaults(run=_cmd_data_inspect)
+    fetch = data_sub.add_parser("fetch", help="download a built-in dataset into the cache (or find it on this machine)")
+    fetch.add_argument("name")
+    _add_data_flags(fetch)
+    fetch.set_defaults(run=_cmd_data_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except ImgclfError as err:
+        print(f"imgclf: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""`imgclf data inspect`: what a source holds, as a person checks it before training on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.imageset import ImageData
+
+SKIPS_SHOWN = 20
+
+
+def describe(data: ImageData) -> str:
+    """A plain-text report: layout, classes with counts per split, sizes and modes, cache, skipped files."""
+    h, w = data.image_size
+    splits = data.splits()
+    name_w = max(5, *(len(c) for c in data.classes))
+    head = f"  {'idx':>4}  {'class':<{name_w}}" + "".join(f"  {s:>7}" for s in splits)
+    rows = [head]
+    counts = {s: part.class_counts(data.num_classes) for s, part in splits.items()}
+    for i, name in enumerate(data.classes):
+        rows.append(f"  {i:>4}  {name:<{name_w}}" + "".join(f"  {counts[s][i]:>7}" for s in splits))
+    rows.append(f"  {'':>4}  {'total':<{name_w}}" + "".join(f"  {len(part):>7}" for part in splits.values()))
+    unlabeled = {s: int((p.labels < 0).sum()) for s, p in splits.items() if (p.labels < 0).any()}
+    lines = [f"source:  {data.source}", f"layout:  {data.layout}", f"classes: {data.num_classes}", *rows]
+    if unlabeled:
+        lines.append("unlabeled: " + ", ".join(f"{s} {n}" for s, n in unlabeled.items()))
+    sizes = ", ".join(f"{k} ({v})" for k, v in list(data.sizes_seen.items())[:8]) or f"{h}x{w} (all)"
+    modes = ", ".join(f"{k} ({v})" for k, v in data.modes_seen.items()) or "uint8 arrays"
+    lines += [f"images:  {data.channels} channel(s) x {h}x{w} uint8", f"sizes seen: {sizes}", f"modes seen: {modes}"]
+    lines += [f"note:    {n}" for n in data.notes]
+    stats = " ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(data.mean, data.std))
+    lines.append(f"normalisation (mean/std per channel, training split): {stats}")
+    lines.append(f"horizontal flips in augmentation: {'on' if data.hflip else 'off (they change what the images mean)'}")
+    if data.cache_dir is not None:
+        lines.append(f"cache:   {data.cache_dir} ({'hit: nothing decoded' if data.cache_hit else 'built now'})")
+    if data.submission_template:
+        lines.append(f"submission template: {data.submission_template}")
+    lines.append(f"skipped: {len(data.skipped)} file(s)" + (f", listed in {data.cache_dir / 'skipped.csv'}" if data.skipped and data.cache_dir else ""))
+    for s in data.skipped[:SKIPS_SHOWN]:
+        lines.append(f"  {s.path}: {s.reason}")
+    if len(data.skipped) > SKIPS_SHOWN:
+        lines.append(f"  ... and {len(data.skipped) - SKIPS_SHOWN} more")
+    return "\n".join(lines)
+
+
+def save_grid(data: ImageData, path: str | Path, per_class: int = 8, max_classes: int = 20, seed: int = 0) -> Path:
+    """A PNG of a few training images per class, one row per class labelled with its name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    classes = list(range(min(data.num_classes, max_classes)))
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.1, len(classes) * 1.15), squeeze=False)
+    for r, c in enumerate(classes):
+        rows = np.flatnonzero(data.train.labels == c)
+        pick = np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False)) if len(rows) else []
+        images = data.train.take(pick) if len(pick) else []
+        for k in range(per_class):
+            ax = axes[r][k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if k < len(images):
+                im = images[k]
+                ax.imshow(im[0] if im.shape[0] == 1 else im[:3].transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
+        axes[r][0].set_ylabel(data.classes[c], rotation=0, ha="right", va="center", fontsize=9)
+    title = f"{data.source}: {per_class} training images per class"
+    if data.num_classes > max_classes:
+        title += f" (first {max_classes} of {data.num_classes} classes)"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

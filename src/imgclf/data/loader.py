@@ -1,0 +1,104 @@
+"""Batches on the training device from a uint8 split: shuffled, sharded, normalised and augmented there.
+
+The images go to the device once (when they fit) as uint8, a quarter of their float size; each step then
+indexes a batch, converts and normalises it in place. Larger-than-memory splits stream from their
+memory map batch by batch instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from imgclf.config import AugmentConfig
+from imgclf.data.augment import Augment
+from imgclf.data.imageset import ImageSet
+
+RESIDENT_SHARE = 0.25  # of free device (or host) memory that a resident split may take
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 31
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, rank)."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2 ** 63)
+
+
+class DeviceLoader:
+    """Iterates (images float N x C x H x W normalised, labels int64) batches of one split on `device`.
+
+    train=True shuffles (a new order every epoch, from seed and epoch) and augments; rank/world_size give
+    each process a disjoint shard of every epoch's order, together all of it once.
+    """
+
+    def __init__(self, images: ImageSet, batch_size: int, *, mean, std, device="cpu", train: bool = False,
+                 augment: AugmentConfig | None = None, hflip_default: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False, resident: bool | None = None,
+                 channels_last: bool = False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.split, self.batch_size, self.train = images, int(batch_size), train
+        self.device = torch.device(device)
+        self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
+        self.channels_last, self.epoch = channels_last, 0
+        c = images.images.shape[1]
+        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
+        self._scale = (1.0 / (255.0 * std_t)).to(self.device)  # x/255 - mean, / std, as one multiply-add
+        self._shift = (-torch.tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1) / std_t).to(self.device)
+        self.augment = Augment.resolve(augment or AugmentConfig(), images.images.shape[2:], hflip_default) if train else None
+        nbytes = len(images) * int(np.prod(images.images.shape[1:]))
+        self.resident = nbytes <= RESIDENT_SHARE * _free_bytes(self.device) if resident is None else resident
+        self._images = torch.from_numpy(images.array()).to(self.device) if self.resident else None
+        self._labels = torch.from_numpy(images.labels).to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration gives (as for resuming a run)."""
+        self.epoch = epoch
+
+    def positions(self, epoch: int | None = None) -> torch.Tensor:
+        """This rank's positions in the split for an epoch, in the order they are served."""
+        n = len(self.split)
+        if self.train:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        n = len(range(self.rank, len(self.split), self.world_size))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batch(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.resident:
+            return self._images[rows.to(self.device)]
+        x = torch.from_numpy(self.split.take(rows.numpy()))
+        return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x.to(self.device)
+
+    def __iter__(self):
+        order = self.positions()
+        gen = None
+        if self.augment is not None:
+            gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch, self.rank) + 1)
+        for b in range(len(self)):
+            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self._batch(rows)
+            if self.augment is not None:
+                x = self.augment.on_uint8(x, gen)
+            x = x.float().mul_(self._scale).add_(self._shift)
+            if self.augment is not None:
+                x = self.augment.on_float(x, gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self._labels[rows.to(self._labels.device)]
+        if self.train:
+            self.epoch += 1
