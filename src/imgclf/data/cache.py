@@ -65,16 +65,22 @@ def _key_dir(listing: FileListing, config: DataConfig) -> Path:
     return cache_root(config) / "decoded" / f"{slug}-{digest}"
 
 
+def _stat_text(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:  # a dangling link or a vanished file: decoding reports it; the key notes its state
+        return "unreadable"
+    return f"{st.st_size}\0{st.st_mtime_ns}"
+
+
 def fingerprint(listing: FileListing) -> str:
     """Hash of every file's path, label, size and mtime (and of the CSVs), in listing order."""
     h = hashlib.sha256()
     for split, pairs in listing.files.items():
         for path, label in pairs:
-            st = os.stat(path)
-            h.update(f"{split}\0{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{split}\0{path}\0{label}\0{_stat_text(path)}\n".encode())
     for path in listing.extra_files:
-        st = os.stat(path)
-        h.update(f"extra\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"extra\0{path}\0{_stat_text(path)}\n".encode())
     h.update(json.dumps(listing.classes).encode())
     return h.hexdigest()
 

@@ -37,6 +37,8 @@ def _open(path: str) -> Image.Image:
     except PermissionError:
         raise BadImage("unreadable: permission denied") from None
     except OSError as err:
+        if err.errno is None:  # raised by a Pillow decoder, not by the file system
+            raise BadImage(f"corrupt image: {err}") from None
         raise BadImage(f"unreadable: {err.strerror or err}") from None
 
 

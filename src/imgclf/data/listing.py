@@ -33,6 +33,10 @@ class FileListing:
     submission_template: str | None = None
 
 
+def _split_words(splits: dict) -> str:
+    return "/".join(s for s in ("train", "val", "test") if s in splits)
+
+
 def is_hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
 
@@ -98,7 +102,7 @@ def list_folders(root: Path, skips: SkipLog) -> FileListing:
                 continue
             pairs.extend((p, index[name]) for p in paths)
         files[split] = pairs
-    layout = "class folders with " + "/".join(sorted(split_dirs)) + " splits" if len(split_dirs) > 1 or train_dir != root else "class folders"
+    layout = f"class folders with {_split_words(split_dirs)} splits" if train_dir != root else "class folders"
     return FileListing(layout, root, classes, files)
 
 
@@ -139,14 +143,15 @@ class _FolderIndex:
 
 
 def _image_folder_for(csv_path: Path, split: str, first_ids: list[str]) -> _FolderIndex:
-    """The folder holding a CSV's images: <split>/, images/, or beside the CSV; the first that has them."""
+    """The folder holding a CSV's images: <split>/, images/, beside the CSV, or any folder beside it."""
     base = csv_path.parent
-    candidates = [base / split, base / "images", base / split / "images", base]
+    candidates = [base / split, base / "images", base / split / "images", base / csv_path.stem, base]
+    candidates += [Path(p) for p in sorted(e.path for e in os.scandir(base) if e.is_dir() and not is_hidden(e.name))]
     indexes = [_FolderIndex(c) for c in candidates if c.is_dir()]
     for idx in indexes:
         if any(idx.find(i) for i in first_ids):
             return idx
-    tried = ", ".join(str(c) for c in candidates)
+    tried = ", ".join(str(c) for c in candidates[:5])
     raise DataError(f"{csv_path}: none of its first ids ({', '.join(first_ids[:3])}) is an image in {tried}; put the images in {base / split}.")
 
 
@@ -205,7 +210,7 @@ def list_csv(root: Path, skips: SkipLog, id_column: str | None = None, label_col
         folder = _image_folder_for(csv_path, split, [r[id_col].strip() for r in rows[:20] if r[id_col]])
         files[split] = _resolve_rows(rows, id_col, label_col, index, folder, csv_path, skips)
     template = next((str(p) for p in (root / "sample_submission.csv",) if p.is_file()), None)
-    layout = "CSV of ids and labels with " + "/".join(sorted(csvs)) + " splits"
+    layout = f"CSV of ids and labels with {_split_words(csvs)} splits"
     extra = [str(p) for p in csvs.values()]
     return FileListing(layout, root, classes, files, extra_files=extra, submission_template=template)
 

@@ -1,0 +1,137 @@
+"""Real-data fixtures: Fashion-MNIST and scikit-learn digits written out in the layouts users have."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FOLDER_NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An independent IDX reader, so the tests do not check imgclf against itself."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own decode cache, and built-ins are never looked up in a user's home."""
+    monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("IMGCLF_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """The real Fashion-MNIST training set: (images N x 28 x 28 uint8, labels)."""
+    if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Fashion-MNIST is missing: run 'make data' (Debian package dataset-fashion-mnist).")
+    return _read_idx(FMNIST_DIR / "train-images-idx3-ubyte.gz"), _read_idx(FMNIST_DIR / "train-labels-idx1-ubyte.gz").astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def fmnist_small(fmnist):
+    """30 images per class, the first ones of each class in file order."""
+    images, labels = fmnist
+    rows = np.sort(np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(10)]))
+    return images[rows], labels[rows]
+
+
+def write_class_tree(root: Path, images: np.ndarray, labels: np.ndarray, ext: str = "png") -> Path:
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        folder = root / FOLDER_NAMES[lab]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im, "L").save(folder / f"img{i:05d}.{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def class_tree(tmp_path_factory, fmnist_small):
+    """root/<class>/imgNNNNN.png from real Fashion-MNIST images."""
+    return write_class_tree(tmp_path_factory.mktemp("tree") / "clothes", *fmnist_small)
+
+
+@pytest.fixture(scope="session")
+def split_tree(tmp_path_factory, fmnist):
+    """root/train|valid|test/<class>/*.png: 20, 5 and 5 images per class from distinct rows."""
+    images, labels = fmnist
+    root = tmp_path_factory.mktemp("splits") / "data"
+    for split, (a, b) in {"train": (0, 20), "valid": (20, 25), "test": (25, 30)}.items():
+        rows = np.sort(np.concatenate([np.flatnonzero(labels == c)[a:b] for c in range(10)]))
+        write_class_tree(root / split, images[rows], labels[rows])
+    return root
+
+
+@pytest.fixture(scope="session")
+def csv_layout(tmp_path_factory, fmnist):
+    """The "Identify the Apparels" layout: train.csv (id,label) + train/<id>.png, test.csv + test/, sample_submission.csv."""
+    images, labels = fmnist
+    root = tmp_path_factory.mktemp("apparel") / "apparel"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        for i in range(200):
+            Image.fromarray(images[i], "L").save(root / "train" / f"{i + 1}.png")
+            w.writerow([i + 1, int(labels[i])])
+    with open(root / "test.csv", "w", newline="") as f, open(root / "sample_submission.csv", "w", newline="") as s:
+        w, ws = csv.writer(f), csv.writer(s)
+        w.writerow(["id"])
+        ws.writerow(["id", "label"])
+        for i in range(200, 250):
+            Image.fromarray(images[i], "L").save(root / "test" / f"{i + 1}.png")
+            w.writerow([i + 1])
+            ws.writerow([i + 1, 0])
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.rint(d.images * 255 / 16).astype(np.uint8), d.target.astype(np.int64)
+
+
+def make_bomb_png(path: Path, side: int = 100_000) -> None:
+    """A tiny PNG whose header claims side x side pixels: what a decompression bomb looks like to Pillow."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def add_bad_files(folder: Path, good_image: np.ndarray) -> dict[str, str]:
+    """One of every kind of bad file, into folder; returns file name -> the reason word expected."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray(good_image, "L").save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "whole.png").unlink()
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))
+    (folder / "notes.png").write_text("this is a text file with an image name\n")
+    make_bomb_png(folder / "bomb.png")
+    os.symlink(folder / "does-not-exist.png", folder / "dangling.png")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "._img00001.png").write_bytes(b"\0\5\26\7")
+    (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    return {"empty.png": "empty file", "truncated.png": "truncated", "corrupt.jpg": "not an image",
+            "notes.png": "not an image", "bomb.png": "decompression bomb", "dangling.png": "unreadable",
+            ".DS_Store": "hidden", "._img00001.png": "hidden", "Thumbs.db": "hidden"}

@@ -1,0 +1,100 @@
+"""Bad files never crash a run nor give a wrong label: skipped and reported, or an error under --strict."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FOLDER_NAMES, add_bad_files, write_class_tree
+from imgclf import DataError, load_data
+
+
+@pytest.fixture
+def messy_tree(tmp_path, fmnist_small):
+    images, labels = fmnist_small
+    root = write_class_tree(tmp_path / "messy", images[:60], labels[:60])
+    expected = add_bad_files(root / FOLDER_NAMES[labels[0]], images[0])
+    (root / "emptyclass").mkdir()
+    (root / "readme.txt").write_text("not a class")
+    return root, expected
+
+
+def _reasons(path):
+    with open(path, newline="") as f:
+        return {row["path"].rsplit("/", 1)[-1]: row["reason"] for row in csv.DictReader(f)}
+
+
+def test_bad_files_are_skipped_and_listed(messy_tree, caplog):
+    root, expected = messy_tree
+    data = load_data(root, val_fraction=0)
+    assert len(data.train) == 60 and "emptyclass" not in data.classes
+    reasons = _reasons(data.cache_dir / "skipped.csv")
+    for name, word in expected.items():
+        assert word in reasons[name] or (word == "not an image" and "corrupt" in reasons[name]), (name, reasons[name])
+    assert "empty class folder" in reasons["emptyclass"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "skipped" in warnings[0] and "skipped.csv" in warnings[0]
+    # A cache hit still reports the files skipped while decoding.
+    again = load_data(root, val_fraction=0)
+    assert again.cache_hit and _reasons(again.cache_dir / "skipped.csv").keys() == reasons.keys()
+
+
+def test_strict_names_the_first_bad_file(messy_tree):
+    root, _ = messy_tree
+    with pytest.raises(DataError) as err:
+        load_data(root, strict=True)
+    assert str(root) in str(err.value) and "--strict" in str(err.value)
+
+
+def test_strict_stops_on_a_cache_hit_too(tmp_path, fmnist_small):
+    images, labels = fmnist_small
+    root = write_class_tree(tmp_path / "t", images[:20], labels[:20])
+    (root / FOLDER_NAMES[labels[0]] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    load_data(root)
+    with pytest.raises(DataError, match="broken.png"):
+        load_data(root, strict=True)
+
+
+def test_csv_problems_are_skipped_with_reasons(csv_layout, tmp_path):
+    root = tmp_path / "apparel"
+    shutil.copytree(csv_layout, root)
+    rows = list(csv.reader(open(root / "train.csv")))
+    rows += [["9999", "3"], ["5", "1" if rows[5][1] != "1" else "2"], ["7", rows[7][1]], ["", "1"]]
+    with open(root / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    data = load_data(root, val_fraction=0)
+    reasons = [s.reason for s in data.skipped]
+    assert any("missing file: id '9999'" in r for r in reasons)
+    assert sum("conflicting label" in r for r in reasons) == 2  # both rows of id 5: neither label can be trusted
+    assert any("duplicate id '7'" in r and "repeats" in r for r in reasons)
+    assert any("row without an image id" in r for r in reasons)
+    origins = [o.rsplit("/", 1)[1] for o in data.train.origins]
+    assert "5.png" not in origins and origins.count("7.png") == 1
+
+
+def test_test_csv_with_unknown_label_is_skipped(csv_layout, tmp_path):
+    root = tmp_path / "apparel"
+    shutil.copytree(csv_layout, root)
+    with open(root / "test.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "label"], ["201", "3"], ["202", "banana"]])
+    data = load_data(root)
+    assert len(data.test) == 1 and any("label outside the known set: 'banana'" in s.reason for s in data.skipped)
+
+
+def test_cli_error_is_one_line_without_traceback(messy_tree):
+    root, _ = messy_tree
+    proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root), "--strict"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("imgclf: error:") and "Traceback" not in proc.stderr and len(lines) == 1
+
+
+def test_cli_inspect_lists_skips(messy_tree):
+    root, expected = messy_tree
+    proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "bomb.png: decompression bomb" in proc.stdout and "skipped.csv" in proc.stdout

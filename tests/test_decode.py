@@ -1,0 +1,121 @@
+"""Images as they come: every format and mode, EXIF orientation, alpha, sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_bomb_png
+from imgclf import load_data
+from imgclf.data.decode import BadImage, decode, probe
+
+LOSSLESS = [("png", {}), ("bmp", {}), ("tiff", {}), ("webp", {"lossless": True})]
+
+
+@pytest.mark.parametrize("ext, options", LOSSLESS)
+def test_lossless_formats_decode_exactly(tmp_path, fmnist_small, ext, options):
+    image = fmnist_small[0][3]
+    path = tmp_path / f"x.{ext}"
+    Image.fromarray(image, "L").save(path, **options)
+    assert np.array_equal(decode(str(path), 1, None)[0], image)
+
+
+@pytest.mark.parametrize("ext", ["jpg", "gif"])
+def test_lossy_and_palette_formats_decode_closely(tmp_path, fmnist_small, ext):
+    image = fmnist_small[0][5]
+    path = tmp_path / f"x.{ext}"
+    Image.fromarray(image, "L").save(path, quality=95) if ext == "jpg" else Image.fromarray(image, "L").save(path)
+    got = decode(str(path), 1, None)[0].astype(int)
+    assert np.abs(got - image).mean() < 3
+
+
+def test_modes(tmp_path):
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[..., 0] = 200
+    cases = {
+        "one.png": (Image.fromarray(np.eye(10, 12, dtype=bool)).convert("1"), 1, lambda a: set(np.unique(a)) == {0, 255}),
+        "i16.png": (Image.fromarray((np.full((10, 12), 100, np.uint16) * 257)), 1, lambda a: (a == 100).all()),
+        "cmyk.jpg": (Image.fromarray(rgb).convert("CMYK"), 3, lambda a: abs(int(a[0].mean()) - 200) < 8 and a[2].mean() < 10),
+        "palette.png": (Image.fromarray(rgb).convert("P"), 3, lambda a: abs(int(a[0].mean()) - 200) < 3),
+    }
+    for name, (img, channels, check) in cases.items():
+        img.save(tmp_path / name)
+        h, w, color, mode = probe(str(tmp_path / name))
+        assert (h, w) == (10, 12)
+        assert color == (channels == 3), name
+        assert check(decode(str(tmp_path / name), channels, None)), name
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:4, :, :] = (10, 20, 30, 255)  # top half opaque dark, bottom half fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    got = decode(str(tmp_path / "a.png"), 3, None)
+    assert (got[:, 4:] == 255).all() and tuple(got[:, 0, 0]) == (10, 20, 30)
+    la = np.zeros((8, 8, 2), np.uint8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert probe(str(tmp_path / "la.png"))[2] is False
+    assert (decode(str(tmp_path / "la.png"), 1, None) == 255).all()
+
+
+def test_gray_palette_stays_gray(tmp_path, fmnist_small):
+    Image.fromarray(fmnist_small[0][0], "L").convert("P").save(tmp_path / "p.png")
+    assert probe(str(tmp_path / "p.png"))[2] is False
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = np.zeros((40, 20), np.uint8)  # tall image, bright top rows
+    upright[:8] = 255
+    stored = np.rot90(upright, k=1)  # what a camera writes: pixels rotated, the tag says how to undo it
+    img = Image.fromarray(np.ascontiguousarray(stored), "L")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    assert probe(str(tmp_path / "r.jpg"))[:2] == (40, 20)
+    got = decode(str(tmp_path / "r.jpg"), 1, None)[0]
+    assert got.shape == (40, 20) and got[:8].mean() > 200 and got[8:].mean() < 40
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    make_bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(BadImage, match="decompression bomb"):
+        probe(str(tmp_path / "bomb.png"))
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad"])
+def test_resize_keeps_aspect_ratio(tmp_path, resize):
+    wide = np.zeros((20, 40), np.uint8)
+    wide[:, 10:30] = 255  # a centred white square 20x20 inside a 20x40 image
+    Image.fromarray(wide, "L").save(tmp_path / "w.png")
+    got = decode(str(tmp_path / "w.png"), 1, (16, 16), resize)[0]
+    assert got.shape == (16, 16)
+    if resize == "crop":  # the centre crop is the white square, scaled: all bright
+        assert got[:, 2:14].mean() > 240
+    else:  # padded: the 16x8 band in the middle holds the image, black above and below
+        assert got[:4].max() == 0 and got[12:].max() == 0 and got[6:10, 6:10].mean() > 200
+
+
+def test_mixed_gray_and_color_dataset_becomes_rgb(tmp_path, fmnist_small):
+    images, labels = fmnist_small
+    for i in range(20):
+        folder = tmp_path / f"c{labels[i]}"
+        folder.mkdir(exist_ok=True)
+        img = Image.fromarray(images[i], "L")
+        (img.convert("RGB") if i == 7 else img).save(folder / f"{i}.png")
+    data = load_data(tmp_path, val_fraction=0)
+    assert data.channels == 3 and data.modes_seen == {"L": 19, "RGB": 1}
+    first = data.train.array()
+    assert (first[:, 0] == first[:, 1]).all()  # gray images replicated into the three channels
+
+
+def test_varying_sizes_choose_a_size_and_say_so(tmp_path, fmnist_small):
+    images, _ = fmnist_small
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for i, side in enumerate([30, 40, 50, 60, 70, 80]):
+        Image.fromarray(images[i], "L").resize((side, side + 10)).save(tmp_path / "ab"[i % 2] / f"{i}.png")
+    data = load_data(tmp_path, val_fraction=0)
+    assert data.image_size == (56, 56)  # median short side 55, to a multiple of 8
+    assert any("chosen" in n and "--image-size" in n for n in data.notes)
+    assert load_data(tmp_path, image_size=24, val_fraction=0).image_size == (24, 24)
