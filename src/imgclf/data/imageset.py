@@ -38,8 +38,8 @@ class ImageSet:
         """Images at positions `rows` of this split, read in sorted order (kind to memory maps)."""
         rows = np.asarray(rows)
         src = self.index[rows]
-        if len(src) and np.all(np.diff(src) == 1):
-            return np.asarray(self.images[src[0]: src[-1] + 1])
+        if len(src) and np.all(np.diff(src) == 1):  # a run of rows: one slice, copied out of the map
+            return np.array(self.images[src[0]: src[-1] + 1])
         order = np.argsort(src, kind="stable")
         out = np.empty((len(src), *self.images.shape[1:]), dtype=np.uint8)
         out[order] = self.images[src[order]]
