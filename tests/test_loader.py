@@ -83,14 +83,25 @@ def test_flip_is_off_for_digits(data):
 
 
 def test_shift_moves_content_by_at_most_the_padding():
-    from imgclf.data.augment import random_shift
+    from imgclf.data.augment import shift_and_flip
 
     x = torch.zeros(200, 1, 9, 9, dtype=torch.uint8)
     x[:, :, 4, 4] = 255
-    out = random_shift(x, 2, 2, torch.Generator().manual_seed(0))
+    out = shift_and_flip(x, 2, 2, False, torch.Generator().manual_seed(0))
     ys, xs = torch.nonzero(out[:, 0] == 255, as_tuple=True)[1:]
     assert len(ys) == 200 and (ys - 4).abs().max() == 2 and (xs - 4).abs().max() == 2
     assert len({(int(a), int(b)) for a, b in zip(ys, xs)}) == 25  # all 5x5 offsets occur
+
+
+def test_flip_mirrors_about_half_the_images():
+    from imgclf.data.augment import shift_and_flip
+
+    x = torch.zeros(400, 3, 6, 10, dtype=torch.uint8)
+    x[:, :, :, 0] = 255  # a bright left edge
+    out = shift_and_flip(x, 0, 0, True, torch.Generator().manual_seed(0))
+    right = (out[:, :, :, -1] == 255).all(dim=(1, 2))
+    left = (out[:, :, :, 0] == 255).all(dim=(1, 2))
+    assert (right ^ left).all() and 150 < int(right.sum()) < 250
 
 
 def test_streaming_from_memory_map_equals_resident(tmp_path, fmnist_small):

@@ -1,0 +1,72 @@
+"""Shared by the benchmark scripts: the machine's description and the results file writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform()}
+
+
+def timed(fn, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of fn(), run one after another (never concurrently)."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def write(name: str, rows: list[dict], summary: list[str], extra: dict) -> Path:
+    """results/<name>.md (a table a person reads) and .json (the raw figures), with command and machine."""
+    RESULTS.mkdir(exist_ok=True)
+    info = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(), "git": _git(), **extra}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"info": info, "rows": rows, "summary": summary}, indent=2))
+    lines = [f"# {name}", "", f"Command: `{info['command']}`  ", f"Date: {info['date']}  ", f"Commit: {info['git']}  ",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in info["machine"].items()), ""]
+    keys = list(rows[0])
+    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["", *[f"- {s}" for s in summary], ""]
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _fmt(v) -> str:
+    return f"{v:,.2f}" if isinstance(v, float) else str(v)
+
+
+def _git() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
