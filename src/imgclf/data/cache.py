@@ -26,6 +26,7 @@ from imgclf.config import DataConfig
 from imgclf.data import decode
 from imgclf.data.listing import FileListing
 from imgclf.data.skips import Skipped, SkipLog, read_skipped, write_skipped
+from imgclf.errors import DataError
 
 CACHE_VERSION = 1
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -159,7 +160,7 @@ def _load(key_dir: Path, stamp: str) -> Decoded | None:
         splits = np.load(key_dir / "splits.npy")
     except (OSError, ValueError, json.JSONDecodeError):
         return None  # missing or damaged: rebuilt from the files
-    decode_skips = [s for s in read_skipped(key_dir / "decode_skipped.csv")]
+    decode_skips = read_skipped(key_dir / "decode_skipped.csv")
     return Decoded(images, labels, splits, manifest["origins"], manifest["size_note"], key_dir, True,
                    decode_skips, manifest["sizes_seen"], manifest["modes_seen"])
 
@@ -178,8 +179,6 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
         else:
             good.append((entry, info))
     if not good:
-        from imgclf.errors import DataError
-
         raise DataError(f"{listing.root}: none of its {len(entries)} image files could be read; see the reasons with 'imgclf data inspect {listing.root}'.")
     channels = config.channels or (3 if any(info[2] for _, info in good) else 1)
     size, size_note = choose_size([info[:2] for _, info in good], config.target_size())
@@ -230,8 +229,14 @@ def _compact(out_file: str, keep: list[int]) -> None:
 
 
 def _replace_dir(new: Path, target: Path) -> None:
+    """Swap a complete cache folder in; if another process swapped one in meanwhile, either is good."""
     old = target.with_name(target.name + f".old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
+    try:
+        if target.exists():
+            os.replace(target, old)
+        os.replace(new, target)
+    except OSError:
+        if not (target / "manifest.json").exists():
+            raise
+        shutil.rmtree(new, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)

@@ -158,7 +158,13 @@ def probe_many(paths: list[str]) -> list[tuple[int, int, bool, str] | str]:
             out.append(probe(path))
         except BadImage as bad:
             out.append(str(bad))
+        except Exception as err:  # Pillow parsing hostile bytes can raise anything; one file must not end the run
+            out.append(_unexpected(err))
     return out
+
+
+def _unexpected(err: Exception) -> str:
+    return f"corrupt image: {type(err).__name__}: {err}"[:300]
 
 
 def decode_into(paths: list[str], start: int, out_file: str, channels: int, size: tuple[int, int], resize: str) -> list[tuple[int, str]]:
@@ -170,6 +176,8 @@ def decode_into(paths: list[str], start: int, out_file: str, channels: int, size
             out[start + i] = decode(path, channels, size, resize)
         except BadImage as bad:
             failed.append((start + i, str(bad)))
+        except Exception as err:  # as in probe_many: a hostile file is skipped, not fatal
+            failed.append((start + i, _unexpected(err)))
     out.flush()
     del out
     return failed

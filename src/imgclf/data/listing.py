@@ -158,8 +158,9 @@ def _image_folder_for(csv_path: Path, split: str, first_ids: list[str]) -> _Fold
 def _read_csv(csv_path: Path, id_column: str | None, label_column: str | None) -> tuple[list[dict], str, str | None]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            header = list(rows[0].keys()) if rows else []
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = [h for h in (reader.fieldnames or []) if h is not None]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{csv_path}: cannot read it as CSV ({err}); save it as UTF-8 comma-separated text.") from None
     if not rows:

@@ -78,9 +78,9 @@ class DeviceLoader:
         n = len(range(self.rank, len(self.split), self.world_size))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _batch(self, rows: torch.Tensor) -> torch.Tensor:
+    def _batch(self, rows: torch.Tensor, rows_on_device: torch.Tensor) -> torch.Tensor:
         if self.resident:
-            return self._images[rows.to(self.device)]
+            return self._images[rows_on_device]
         x = torch.from_numpy(self.split.take(rows.numpy()))
         return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x.to(self.device)
 
@@ -91,7 +91,8 @@ class DeviceLoader:
             gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch, self.rank) + 1)
         for b in range(len(self)):
             rows = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self._batch(rows)
+            rows_on_device = rows.to(self.device, non_blocking=True)
+            x = self._batch(rows, rows_on_device)
             if self.augment is not None:
                 x = self.augment.on_uint8(x, gen)
             x = x.float().mul_(self._scale).add_(self._shift)
@@ -99,6 +100,6 @@ class DeviceLoader:
                 x = self.augment.on_float(x, gen)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self._labels[rows.to(self._labels.device)]
+            yield x, self._labels[rows_on_device]
         if self.train:
             self.epoch += 1

@@ -91,7 +91,7 @@ def _conform(images: np.ndarray, config: DataConfig) -> tuple[np.ndarray, str]:
     if size and size != (h, w):
         images = np.stack([fit_array(im, size, config.resize) for im in images])
         return images, f"image size {size[0]}x{size[1]} (requested; resized from {h}x{w})"
-    return images, f"image size {h}x{w} (as given)" if not size else f"image size {h}x{w} (requested)"
+    return images, f"image size {h}x{w} (the images' own)" if not size else f"image size {h}x{w} (requested)"
 
 
 def _from_arrays(images, labels, classes, layout, config: DataConfig) -> ImageData:
