@@ -16,6 +16,12 @@ _EXPORTS = {
     "DeviceLoader": "imgclf.data.loader",
     "DataConfig": "imgclf.config",
     "AugmentConfig": "imgclf.config",
+    "create_model": "imgclf.models.registry",
+    "default_model_name": "imgclf.models.registry",
+    "summarize": "imgclf.models.summary",
+    "freeze_backbone": "imgclf.models.transfer",
+    "unfreeze": "imgclf.models.transfer",
+    "param_groups": "imgclf.models.transfer",
     "ImgclfError": "imgclf.errors",
     "DataError": "imgclf.errors",
 }

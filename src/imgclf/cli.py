@@ -58,6 +58,55 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from imgclf.models import timm_models
+    from imgclf.models.registry import SMALL_IMAGE_LIMIT, builtin_models
+
+    pattern = args.pattern or "*"
+    if not any(c in pattern for c in "*?["):
+        pattern = f"*{pattern}*"
+    entries = [e for e in builtin_models().values() if fnmatch.fnmatch(e.name, pattern)]
+    if entries:
+        print("Built-in networks:")
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            default = f" [default up to {SMALL_IMAGE_LIMIT} px]" if e.default_for_small else ""
+            print(f"  {e.name:<{width}}  {e.description}; from: {e.origin}{default}")
+    archs, with_weights = timm_models.list_matching(pattern)
+    print(f"timm architectures matching '{pattern}': {len(archs)} ({len([a for a in archs if a in with_weights])} with pretrained weights, marked *)")
+    if args.pattern:
+        shown = archs if args.all else archs[:args.limit]
+        for name in shown:
+            print(f"  {'*' if name in with_weights else ' '} {name}")
+        if len(shown) < len(archs):
+            print(f"  ... {len(archs) - len(shown)} more (--all lists them)")
+    else:
+        print("  pass a pattern to list them, e.g. 'imgclf models resnet*'")
+    return 0
+
+
+def _parse_input(text: str) -> tuple[int, int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        c, h, w = (int(p) for p in parts)
+    except ValueError:
+        raise ImgclfError(f"--input {text!r} is not C x H x W; write it like 3x224x224.") from None
+    return c, h, w
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from imgclf.models.registry import create_model
+    from imgclf.models.summary import summarize
+
+    c, h, w = _parse_input(args.input)
+    model = create_model(args.model, c, args.classes, (h, w))
+    print(f"{args.model} for {c}x{h}x{w} input, {args.classes} classes")
+    print(summarize(model, (c, h, w)).table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description="Image classifiers from folders of images.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
@@ -73,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     _add_data_flags(fetch)
     fetch.set_defaults(run=_cmd_data_fetch)
+    models = sub.add_parser("models", help="list built-in networks and timm architectures")
+    models.add_argument("pattern", nargs="?", help="wildcard pattern or part of a name, e.g. 'resnet*' or 'efficientnet'")
+    models.add_argument("--limit", type=int, default=40, help="timm names to list (default: 40)")
+    models.add_argument("--all", action="store_true", help="list every matching timm name")
+    models.set_defaults(run=_cmd_models)
+    summary = sub.add_parser("summary", help="per-layer table of a network: output shapes, parameters, FLOPs")
+    summary.add_argument("model", help="a built-in or timm model name")
+    summary.add_argument("--input", required=True, metavar="CxHxW", help="input shape, e.g. 1x28x28")
+    summary.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    summary.set_defaults(run=_cmd_summary)
     return parser
 
 

@@ -1,0 +1,85 @@
+"""One registry: built-in networks by name, and every timm architecture, built from
+(name, in_channels, num_classes, image_size) with no hand-computed shapes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from imgclf.errors import ImgclfError
+
+SMALL_IMAGE_LIMIT = 64  # px: up to this side the built-in default is used, above it a small timm model
+LARGE_IMAGE_DEFAULT = "resnet18"
+_BUILTIN_MODULES = ("imgclf.models.tutorials", "imgclf.models.small_resnet")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    origin: str
+    default_for_small: bool = False
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], description: str, origin: str,
+                   default_for_small: bool = False) -> None:
+    """Add a built-in network; factory(in_channels, num_classes, image_size, **kwargs) builds it."""
+    _REGISTRY[name] = ModelEntry(name, factory, description, origin, default_for_small)
+
+
+def builtin_models() -> dict[str, ModelEntry]:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    return dict(_REGISTRY)
+
+
+def default_model_name(image_size: tuple[int, int]) -> str:
+    """The network `imgclf train` uses when none is named."""
+    if max(image_size) <= SMALL_IMAGE_LIMIT:
+        return next(e.name for e in builtin_models().values() if e.default_for_small)
+    return LARGE_IMAGE_DEFAULT
+
+
+def _size(image_size) -> tuple[int, int]:
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(h, w) < 8:
+        raise ImgclfError(f"image size {h}x{w} is too small for a CNN; use at least 8 pixels (--image-size).")
+    return int(h), int(w)
+
+
+def create_model(name: str, in_channels: int, num_classes: int, image_size, *, pretrained: bool = False,
+                 weights: str | None = None, **kwargs) -> nn.Module:
+    """A network by name, for these channels, classes and image size.
+
+    pretrained loads published weights (timm models, through the Hugging Face hub); weights loads a local
+    state dict file (safetensors, or a .pth read with weights_only=True) in timm's or torchvision's naming.
+    The head is replaced whenever the class count differs from the weights'.
+    """
+    from imgclf.models import timm_models, weights as weight_files
+
+    size = _size(image_size)
+    builtins = builtin_models()
+    if name in builtins:
+        if pretrained:
+            raise ImgclfError(f"{name} is a built-in network without published weights; drop --pretrained, or pass --weights FILE.")
+        model = builtins[name].factory(in_channels, num_classes, size, **kwargs)
+        if weights:
+            weight_files.load_into(model, weight_files.read_state_dict(weights), weights)
+        return model
+    if timm_models.is_timm_model(name):
+        state_dict = weight_files.read_state_dict(weights) if weights else None
+        return timm_models.create(name, in_channels, num_classes, pretrained=pretrained, state_dict=state_dict,
+                                  weights_name=weights, **kwargs)
+    known = list(builtins) + timm_models.names()
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ImgclfError(f"no model named '{name}'.{hint} See 'imgclf models' for the list.")

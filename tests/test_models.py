@@ -1,0 +1,187 @@
+"""Every network works for any channels and size; timm models load local weights; freezing holds."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from imgclf import ImgclfError, create_model, default_model_name, freeze_backbone, param_groups, summarize, unfreeze
+from imgclf.models.registry import builtin_models
+
+SHAPES = [(1, 28, 28), (3, 32, 32), (3, 97, 131), (4, 64, 64), (1, 8, 8)]
+
+
+@pytest.mark.parametrize("name", sorted(builtin_models()))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_builtin_forward_backward(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name, shape[0], 7, shape[1:])
+    x = torch.randn(2, *shape)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # The same totals the summary table reports.
+    summary = summarize(model, shape)
+    assert summary.params == sum(p.numel() for p in model.parameters()) == sum(r.params for r in summary.rows)
+    assert summary.output_shape == (7,)
+
+
+def test_summary_flops_hand_checked():
+    """sequential_convnet on 1x28x28: conv MACs = 28*28*9*(1*32 + 32*16 + 16*8), linear 6272*10; 2 FLOPs each."""
+    summary = summarize(create_model("sequential_convnet", 1, 10, 28), (1, 28, 28))
+    macs = 28 * 28 * 9 * (1 * 32 + 32 * 16 + 16 * 8) + 8 * 28 * 28 * 10
+    assert summary.flops == 2 * macs == 9_608_704
+    assert summary.params == 68_834  # the tutorial prints Linear(in_features=6272): 320 + 4624 + 1160 + 62730
+    table = summary.table()
+    assert "6272" in table and "9,608,704" in table and "68,834" in table
+
+
+def test_tutorial_layer_lists_are_faithful():
+    m = create_model("mnist_cnn", 1, 10, 28)
+    assert m.pre_logits[0].in_features == 2048  # the tutorial's fc1: Linear(2048, 625)
+    assert create_model("cifar10_cnn", 3, 10, 32).pre_logits[0].in_features == 64 * 4 * 4
+    assert create_model("apparel_cnn", 1, 10, 28).head.in_features == 4 * 7 * 7
+
+
+def test_default_model_by_size():
+    assert default_model_name((28, 28)) == "small_resnet"
+    assert default_model_name((224, 224)) == "resnet18"
+
+
+def test_unknown_model_suggests():
+    with pytest.raises(ImgclfError, match="Did you mean.*resnet18"):
+        create_model("resnet81", 3, 10, 32)
+    with pytest.raises(ImgclfError, match="at least 8"):
+        create_model("small_resnet", 1, 10, 4)
+
+
+def test_timm_model_any_channels():
+    model = create_model("resnet18", 4, 5, 40)
+    assert model(torch.randn(2, 4, 40, 40)).shape == (2, 5)
+
+
+def _reference_resnet18(path, fmt: str):
+    """An ImageNet-shaped resnet18 state dict written by the test: timm's naming as safetensors,
+    torchvision's as a .pth of plain tensors."""
+    torch.manual_seed(1)
+    if fmt == "safetensors":
+        import timm
+        from safetensors.torch import save_file
+
+        state = timm.create_model("resnet18", num_classes=1000).state_dict()
+        save_file(state, str(path))
+    else:
+        import torchvision
+
+        state = torchvision.models.resnet18(weights=None).state_dict()
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)  # a DDP-style checkpoint
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_timm_weights_file_head_replaced_gray_stem(tmp_path, fmt):
+    path = tmp_path / f"resnet18.{fmt}"
+    state = _reference_resnet18(path, fmt)
+    model = create_model("resnet18", 1, 10, 32, weights=str(path))
+    assert model.get_classifier().out_features == 10
+    assert torch.equal(model.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    # timm's channel adaptation: an RGB stem summed over its input channels for one gray channel
+    assert torch.allclose(model.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_freeze_then_unfreeze(tmp_path):
+    path = tmp_path / "r.safetensors"
+    _reference_resnet18(path, "safetensors")
+    model = create_model("resnet18", 1, 3, 32, weights=str(path))
+    freeze_backbone(model)
+    assert model.fc.weight.requires_grad and model.bn1.weight.requires_grad
+    assert not model.conv1.weight.requires_grad and not model.layer4[1].conv2.weight.requires_grad
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    nn.functional.cross_entropy(model(torch.randn(8, 1, 32, 32)), torch.arange(8) % 3).backward()
+    opt.step()
+    after = dict(model.named_parameters())
+    assert torch.equal(after["conv1.weight"], before["conv1.weight"])
+    assert torch.equal(after["layer3.0.conv1.weight"], before["layer3.0.conv1.weight"])
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])
+    unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())
+    groups = param_groups(model, lr=0.1, backbone_lr_scale=0.1)
+    assert [g["name"] for g in groups] == ["backbone", "head"] and groups[0]["lr"] == pytest.approx(0.01)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_builtin_weights_file_new_head_and_channels(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_model("small_resnet", 3, 10, 32)
+    save_file(source.state_dict(), str(tmp_path / "mine.safetensors"))
+    model = create_model("small_resnet", 1, 4, 28, weights=str(tmp_path / "mine.safetensors"))
+    assert model.head.out_features == 4
+    assert torch.equal(model.features[1][0].weight, source.features[1][0].weight)
+    assert torch.allclose(model.features[0][0].weight, source.features[0][0].weight.sum(1, keepdim=True))
+
+
+def test_weights_that_do_not_fit_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(create_model("apparel_cnn", 1, 10, 28).state_dict(), str(tmp_path / "a.safetensors"))
+    with pytest.raises(ImgclfError, match="does not fit"):
+        create_model("small_resnet", 1, 10, 28, weights=str(tmp_path / "a.safetensors"))
+    with pytest.raises(ImgclfError, match="no such weights file"):
+        create_model("small_resnet", 1, 10, 28, weights=str(tmp_path / "missing.pth"))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"conv.weight": _Exploit(marker)}, f)
+    with pytest.raises(ImgclfError, match="refused"):
+        create_model("small_resnet", 1, 10, 28, weights=str(tmp_path / "evil.pth"))
+    assert not marker.exists()
+
+
+def test_builtin_pretrained_is_refused_with_the_way_out():
+    with pytest.raises(ImgclfError, match="--weights"):
+        create_model("small_resnet", 1, 10, 28, pretrained=True)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True)
+
+
+def test_cli_models_and_summary():
+    out = run("models").stdout
+    assert all(name in out for name in builtin_models()) and "timm architectures" in out
+    listed = run("models", "resnet1*").stdout
+    assert "* resnet18" in listed and "with pretrained weights" in listed
+    table = run("summary", "apparel_cnn", "--input", "1x28x28")
+    assert table.returncode == 0 and "total params: 2,174" in table.stdout and "4x7x7" in table.stdout
+    bad = run("summary", "apparel_cnn", "--input", "28x28")
+    assert bad.returncode == 2 and "C x H x W" in bad.stderr
+
+
+def test_pretrained_hub_unreachable_gives_one_line_with_the_way_out():
+    code = ("from imgclf import create_model, ImgclfError\n"
+            "try:\n    create_model('resnet18', 1, 10, 32, pretrained=True)\n"
+            "except ImgclfError as e:\n    print('ERR', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert out.startswith("ERR could not get pretrained weights for resnet18") and "--weights FILE" in out
+    assert len(out.strip().splitlines()) == 1
