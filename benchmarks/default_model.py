@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
 BATCH = 256
-DEFAULT_CANDIDATES = ["sequential_convnet", "small_resnet:16,32,64", "small_resnet:24,48,96", "small_resnet:32,64,128"]
+DEFAULT_CANDIDATES = ["small_resnet:16,32,64", "small_resnet:24,48,96", "small_resnet:32,64,128"]
 
 
 def build(spec: str, data):

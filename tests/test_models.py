@@ -116,7 +116,10 @@ def test_freeze_then_unfreeze(tmp_path):
     assert all(p.requires_grad for p in model.parameters())
     groups = param_groups(model, lr=0.1, backbone_lr_scale=0.1)
     assert [g["name"] for g in groups] == ["backbone", "head"] and groups[0]["lr"] == pytest.approx(0.01)
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    grouped = [p for g in groups for p in g["params"]]
+    assert len(grouped) == len(list(model.parameters())) and all(isinstance(p, torch.Tensor) for p in grouped)
+    assert {id(p) for p in groups[1]["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    torch.optim.SGD(groups, lr=0.1)  # the groups are what an optimizer accepts
 
 
 def test_builtin_weights_file_new_head_and_channels(tmp_path):

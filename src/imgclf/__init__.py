@@ -10,6 +10,11 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "train": "imgclf.engine.trainer",
+    "Run": "imgclf.engine.trainer",
+    "Config": "imgclf.config",
+    "TrainConfig": "imgclf.config",
+    "load_bundle": "imgclf.engine.bundle",
     "load_data": "imgclf.data.sources",
     "ImageData": "imgclf.data.imageset",
     "ImageSet": "imgclf.data.imageset",

@@ -27,15 +27,80 @@ DATA_FLAGS = {
 }
 
 
+AUGMENT_FLAGS = {
+    "crop_padding": (int, "pixels of zero padding for random crops (default: about 1/10 of the side)"),
+    "hflip": (bool, "random horizontal flips (default: on, off for digit sets)"),
+    "translate": (float, "further random shift as a fraction of the side (default: 0)"),
+    "erasing": (float, "probability of random erasing (default: 0)"),
+}
+TRAIN_FLAGS = {
+    "model": (str, "network name: see 'imgclf models' (default: small_resnet up to 64 px, resnet18 above)"),
+    "pretrained": ("store_true", "start from published weights (timm models; needs a network)"),
+    "weights": (str, "start from a local state dict (.safetensors, or .pth of tensors)"),
+    "init_from": (str, "start from the weights of an earlier run or bundle (new head when the classes differ)"),
+    "freeze_epochs": (int, "epochs training only the head before unfreezing the backbone (default: 0)"),
+    "backbone_lr_scale": (float, "backbone learning rate as a fraction of --lr (default: 1)"),
+    "epochs": (int, "epochs to train (default: 12)"),
+    "batch_size": (int, "images per step (default: 256)"),
+    "lr": (float, "peak learning rate (default: 0.1 for sgd, 0.001 for adam/adamw)"),
+    "optimizer": (str, "sgd, adam or adamw (default: sgd)"),
+    "momentum": (float, "SGD momentum, Nesterov (default: 0.9)"),
+    "weight_decay": (float, "weight decay (default: 5e-4)"),
+    "schedule": (str, "onecycle, cosine, step or constant (default: onecycle)"),
+    "warmup": (float, "fraction of the steps warming up (default: 0.25 for onecycle, else 0)"),
+    "label_smoothing": (float, "label smoothing of the training loss (default: 0.1)"),
+    "augment": (bool, "training augmentation on or off (default: on)"),
+    "device": (str, "auto, cpu, cuda or mps (default: auto: cuda, then mps, then cpu)"),
+    "precision": (str, "auto, 32, 16 or bf16 (default: auto: bf16 or 16 on CUDA, 32 elsewhere)"),
+    "channels_last": (bool, "channels-last memory format (default: on for CPU and CUDA)"),
+    "compile": ("store_true", "torch.compile the model"),
+    "early_stop": (int, "stop after N epochs without a better validation accuracy (default: never)"),
+    "out": (str, "folder of run directories (default: runs)"),
+    "name": (str, "run directory name (default: <data>-<model>, numbered when taken)"),
+    "force": ("store_true", "replace an existing run directory of that --name"),
+    "val": (str, "a separate validation source"),
+    "test": (str, "a separate test source"),
+}
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict) -> None:
+    for name, (kind, text) in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if kind == "store_true":
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+        elif kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
+
+
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    for name, (kind, text) in DATA_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    _add_flags(parser, DATA_FLAGS)
     parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad file instead of skipping it")
 
 
+def _given(args: argparse.Namespace, names) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def _data_config(args: argparse.Namespace) -> DataConfig:
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig) if getattr(args, f.name, None) is not None}
-    return DataConfig(**given)
+    return DataConfig(**_given(args, [f.name for f in dataclasses.fields(DataConfig)]))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from imgclf.config import Config
+    from imgclf.engine.trainer import train
+
+    settings = _given(args, [*DATA_FLAGS, "strict", *AUGMENT_FLAGS, *TRAIN_FLAGS])
+    if args.resume:
+        run = train(args.source, resume=args.resume, **settings)
+    else:
+        if not args.source:
+            raise ImgclfError("imgclf train needs a SOURCE (a folder, a CSV or a dataset name), or --resume RUN_DIR.")
+        base = Config.from_yaml(args.config) if args.config else Config()
+        run = train(args.source, base, **settings)
+    print(f"run directory: {run.run_dir}")
+    return 0
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
@@ -122,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     _add_data_flags(fetch)
     fetch.set_defaults(run=_cmd_data_fetch)
+    train = sub.add_parser("train", help="train a classifier on a source; writes a run directory",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("source", nargs="?", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, ...)")
+    train.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. from an earlier run); flags override it")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (with --epochs, extend it)")
+    _add_data_flags(train)
+    _add_flags(train, AUGMENT_FLAGS)
+    _add_flags(train, TRAIN_FLAGS)
+    train.set_defaults(run=_cmd_train)
     models = sub.add_parser("models", help="list built-in networks and timm architectures")
     models.add_argument("pattern", nargs="?", help="wildcard pattern or part of a name, e.g. 'resnet*' or 'efficientnet'")
     models.add_argument("--limit", type=int, default=40, help="timm names to list (default: 40)")

@@ -9,6 +9,10 @@ from typing import Any
 from imgclf.errors import ImgclfError
 
 RESIZE_MODES = ("crop", "pad")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "32", "16", "bf16")
 
 
 @dataclass
@@ -66,6 +70,112 @@ class DataConfig:
         return (int(h), int(w))
 
 
+@dataclass
+class TrainConfig:
+    """The model and how it is trained; None means 'decide from the data and the hardware'."""
+
+    model: str | None = None  # None: small_resnet up to 64 px, resnet18 above
+    pretrained: bool = False
+    weights: str | None = None  # a local state dict for the model
+    init_from: str | None = None  # a run directory or bundle whose weights start this run
+    freeze_epochs: int = 0  # epochs training only the head (and norms) before unfreezing
+    backbone_lr_scale: float = 1.0  # backbone learning rate as a fraction of lr
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adam and adamw
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup: float | None = None  # fraction of steps warming up; None: 0.25 for onecycle, else 0
+    label_smoothing: float = 0.1
+    augment: bool = True  # off: training batches are served as they are (settings in data.augment)
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None  # None: on where it measurably helps (CUDA)
+    compile: bool = False
+    early_stop: int = 0  # stop after this many epochs without a better validation accuracy; 0: never
+    out: str = "runs"
+    name: str | None = None
+    force: bool = False
+    val: str | None = None  # a separate validation source
+    test: str | None = None  # a separate test source
+
+    def __post_init__(self) -> None:
+        for field_name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("precision", PRECISIONS)):
+            value = str(getattr(self, field_name))
+            setattr(self, field_name, value)
+            if value not in allowed:
+                raise ImgclfError(f"{field_name}={value!r} is not one of {', '.join(allowed)}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ImgclfError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1.")
+        if self.lr is not None and self.lr <= 0:
+            raise ImgclfError(f"lr={self.lr} must be positive.")
+        if self.pretrained and self.weights:
+            raise ImgclfError("pass either --pretrained (published weights) or --weights FILE, not both.")
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else (0.1 if self.optimizer == "sgd" else 1e-3)
+
+    def resolved_warmup(self) -> float:
+        return self.warmup if self.warmup is not None else (0.25 if self.schedule == "onecycle" else 0.0)
+
+
+@dataclass
+class Config:
+    """Every setting of a run: what the data layer needs and what the trainer needs.
+
+    Field names are unique across sections, so flat keyword arguments and flags find their place.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = from_dict(DataConfig, self.data)
+        if isinstance(self.train, dict):
+            self.train = from_dict(TrainConfig, self.train)
+
+    def override(self, **values) -> "Config":
+        """A copy with flat settings (image_size=64, lr=0.05, erasing=0.2, ...) applied and validated."""
+        sections = {"data": to_dict(self.data), "train": to_dict(self.train)}
+        homes = {name: ("data",) for name in sections["data"] if name != "augment"}
+        homes.update({name: ("data", "augment") for name in sections["data"]["augment"]})
+        homes.update({name: ("train",) for name in sections["train"]})
+        unknown = sorted(set(values) - set(homes))
+        if unknown:
+            close = ", ".join(sorted(homes))
+            raise ImgclfError(f"unknown setting(s) {', '.join(unknown)}; known settings: {close}.")
+        for name, value in values.items():
+            target = sections
+            for key in homes[name]:
+                target = target[key]
+            target[name] = value
+        return Config(data=sections["data"], train=sections["train"])
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump({"data": to_dict(self.data), "train": to_dict(self.train)}, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path) -> "Config":
+        import yaml
+
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ImgclfError(f"{path}: cannot read it as a YAML config ({str(err).splitlines()[0]}); pass a config.yaml written by imgclf.") from None
+        if not isinstance(values, dict) or set(values) - {"data", "train"}:
+            raise ImgclfError(f"{path}: a config has two sections, data: and train:; found {sorted(values) if isinstance(values, dict) else type(values).__name__}.")
+        data = dict(values.get("data") or {})
+        if isinstance(data.get("image_size"), list):
+            data["image_size"] = tuple(data["image_size"])
+        return cls(data=data, train=dict(values.get("train") or {}))
+
+
 def to_dict(config: Any) -> dict:
     """A plain dict (YAML-ready) of a config dataclass, nested sections included."""
     return dataclasses.asdict(config)
@@ -77,4 +187,8 @@ def from_dict(cls: type, values: dict) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ImgclfError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    values = dict(values)
+    for f in dataclasses.fields(cls):  # nested sections arrive as dicts from YAML
+        if f.name in values and isinstance(values[f.name], dict) and f.name == "augment":
+            values[f.name] = from_dict(AugmentConfig, values[f.name])
     return cls(**values)

@@ -29,7 +29,7 @@ class Residual(nn.Module):
 
 class SmallResNet(Classifier):
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
-                 widths: tuple[int, ...] = (32, 64, 128), dropout: float = 0.0):
+                 widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, widths[0] // 2)]
         cin = widths[0] // 2
@@ -47,5 +47,5 @@ class SmallResNet(Classifier):
         return self.head(self.dropout(self.pool(self.features(x)).flatten(1)))
 
 
-register_model("small_resnet", SmallResNet, "3 stages conv + max-pool + residual pair, widths 32/64/128, global max-pool",
+register_model("small_resnet", SmallResNet, "3 stages conv + max-pool + residual pair, widths 16/32/64, global max-pool",
                "imgclf's default for images up to 64 px", default_for_small=True)

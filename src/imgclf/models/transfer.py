@@ -33,5 +33,5 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float = 1.0) ->
     head = head_parameter_ids(model)
     head_params = [p for p in model.parameters() if id(p) in head]
     backbone = [p for p in model.parameters() if id(p) not in head]
-    groups = [{"params": backbone, "lr": lr * backbone_lr_scale, "name": "backbone"}, {"params": head, "lr": lr, "name": "head"}]
+    groups = [{"params": backbone, "lr": lr * backbone_lr_scale, "name": "backbone"}, {"params": head_params, "lr": lr, "name": "head"}]
     return [g for g in groups if g["params"]]

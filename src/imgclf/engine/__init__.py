@@ -1,0 +1,1 @@
+"""Training engine: the loop, checkpoints, the deployable bundle, schedules and run directories."""

@@ -1,0 +1,58 @@
+"""Choosing the device, precision and memory format from what the machine really supports."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from imgclf.errors import ImgclfError
+
+
+def pick_device(name: str) -> torch.device:
+    mps = getattr(torch.backends, "mps", None)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ImgclfError("--device cuda: no CUDA GPU is visible to PyTorch here; use --device cpu (or auto).")
+    if name == "mps" and not (mps is not None and mps.is_available()):
+        raise ImgclfError("--device mps: Apple's Metal backend is not available here; use --device cpu (or auto).")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32. bf16 never on a CPU that lacks it natively."""
+    if name == "32":
+        return None
+    if device.type == "cuda":
+        if name == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if name == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ImgclfError("--precision bf16: this GPU has no bfloat16 support; use --precision 16.")
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    if name == "auto":
+        return None
+    if name == "bf16" and device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    raise ImgclfError(f"--precision {name} is not supported on this {device.type} (it would be slower or emulated); use --precision 32 or auto.")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def use_channels_last(setting: bool | None, device: torch.device) -> bool:
+    """Channels-last by default where it measurably helps convolutions: CUDA (tensor cores) and CPU (oneDNN)."""
+    return setting if setting is not None else device.type in ("cuda", "cpu")

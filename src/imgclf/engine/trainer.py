@@ -1,0 +1,358 @@
+"""The training loop every tutorial writes by hand, done once: from any source to a resumable run
+directory and a deployable bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgclf.config import Config
+from imgclf.data.imageset import ImageData, ImageSet
+from imgclf.data.loader import DeviceLoader
+from imgclf.engine import hardware
+from imgclf.engine.bundle import save_bundle, unwrap
+from imgclf.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imgclf.engine.metrics_log import append_row, rewrite
+from imgclf.engine.rundir import new_run_dir, slug
+from imgclf.engine.schedule import lr_factor
+from imgclf.errors import ImgclfError
+
+log = logging.getLogger("imgclf")
+EVAL_BATCH = 1024
+FINITE_CHECK_EVERY = {"cpu": 1}  # steps between non-finite checks; a check costs a sync on a GPU
+DEFAULT_FINITE_CHECK = 20
+
+
+@dataclass
+class Run:
+    """What a training run produced: the model (best weights), its history and where it all lives."""
+
+    run_dir: Path
+    model: nn.Module
+    history: list[dict]
+    config: Config
+    data: ImageData
+    test: dict | None
+    best: dict
+
+    def __repr__(self) -> str:
+        test = f", test acc {self.test['acc']:.2%}" if self.test else ""
+        return f"Run({self.run_dir}, {len(self.history)} epochs, best val acc {self.best.get('val_acc', float('nan')):.2%}{test})"
+
+
+def _source_text(source) -> str | None:
+    return str(source) if isinstance(source, (str, Path)) else None
+
+
+def _load(source, config: Config) -> ImageData:
+    from imgclf.data.sources import load_data
+
+    if isinstance(source, ImageData):
+        return source
+    if source is None:
+        raise ImgclfError("no data given: pass a folder, a CSV, a built-in dataset name or (images, labels).")
+    return load_data(source, config.data)
+
+
+def _extra_split(source: str, data: ImageData, config: Config, what: str) -> ImageSet:
+    """A separate --val/--test source, brought to the training data's size, channels and classes."""
+    from imgclf.data.sources import load_data
+
+    size_cfg = dataclasses.replace(config.data, image_size=data.image_size, channels=data.channels, val_fraction=0.0)
+    extra = load_data(source, size_cfg)
+    index = {c: i for i, c in enumerate(data.classes)}
+    unknown = sorted(set(extra.classes) - set(index))
+    if unknown:
+        raise ImgclfError(f"--{what} {source}: classes {unknown[:5]} are not among the training classes; they cannot be scored.")
+    parts = [s for s in (extra.train, extra.test) if s is not None]
+    part = parts[0]
+    remap = torch.tensor([index[c] for c in extra.classes]).numpy()
+    labels = remap[part.labels.clip(min=0)]
+    labels[part.labels < 0] = -1
+    return ImageSet(part.images, part.index, labels, part.all_origins)
+
+
+def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
+    from imgclf.models.registry import create_model, default_model_name
+
+    t = config.train
+    if t.init_from:
+        from imgclf.engine.bundle import load_bundle
+
+        model, spec = load_bundle(t.init_from)
+        arch = spec["architecture"]
+        if arch["in_channels"] != data.channels:
+            raise ImgclfError(f"--init-from {t.init_from}: that model takes {arch['in_channels']}-channel images, this data has "
+                              f"{data.channels}; pass --channels {arch['in_channels']}.")
+        if spec["classes"] != data.classes:
+            model.reset_classifier(data.num_classes)
+            log.info("init-from %s: new head for %d classes (the bundle had %d)", t.init_from, data.num_classes, len(spec["classes"]))
+        arch = {**arch, "num_classes": data.num_classes, "image_size": list(data.image_size)}
+        return model.train(), arch
+    name = t.model or default_model_name(data.image_size)
+    model = create_model(name, data.channels, data.num_classes, data.image_size, pretrained=t.pretrained, weights=t.weights)
+    arch = {"name": name, "in_channels": data.channels, "num_classes": data.num_classes, "image_size": list(data.image_size), "kwargs": {}}
+    return model, arch
+
+
+class Trainer:
+    """One run: set up from the config, then fit() epoch by epoch with checkpoints after each."""
+
+    def __init__(self, data: ImageData, config: Config, run_dir: Path, source_text: str | None):
+        from imgclf.models.transfer import param_groups
+
+        t = config.train
+        self.config, self.data, self.run_dir, self.source_text = config, data, run_dir, source_text
+        self.device = hardware.pick_device(t.device)
+        self.dtype = hardware.pick_precision(t.precision, self.device)
+        self.channels_last = hardware.use_channels_last(t.channels_last, self.device)
+        torch.manual_seed(config.data.seed)
+        model, self.arch = _build_model(config, data)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = torch.compile(self.model) if t.compile else self.model
+        self.base_lr = t.resolved_lr()
+        groups = param_groups(self.model, self.base_lr, t.backbone_lr_scale)
+        for g in groups:
+            g["scale"] = g["lr"] / self.base_lr
+        self.optimizer = self._optimizer(groups)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        loader_args = dict(mean=data.mean, std=data.std, device=self.device, channels_last=self.channels_last)
+        self.train_loader = DeviceLoader(data.train, t.batch_size, train=True, augment=config.data.augment if t.augment else None,
+                                         hflip_default=data.hflip, seed=config.data.seed,
+                                         drop_last=len(data.train) > t.batch_size, **loader_args)
+        if not t.augment:
+            self.train_loader.augment = None
+        self.val_loader = DeviceLoader(data.val, EVAL_BATCH, **loader_args) if data.val is not None else None
+        self.test_loader = DeviceLoader(data.test, EVAL_BATCH, **loader_args) if data.test is not None and data.test.labeled else None
+        self.epoch, self.step = 0, 0
+        self.best = {"val_acc": -1.0, "epoch": 0}
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+
+    def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        t = self.config.train
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.base_lr, momentum=t.momentum, nesterov=t.momentum > 0, weight_decay=t.weight_decay)
+        cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+        return cls(groups, lr=self.base_lr, weight_decay=t.weight_decay)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def state(self) -> dict:
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
+                "early_stop": {"bad_epochs": self.bad_epochs}, "history": list(self.history), "rng": rng_state()}
+
+    def restore(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
+        self.bad_epochs = int(state["early_stop"]["bad_epochs"])
+        self.history = [dict(r) for r in state["history"]]
+        set_rng_state(state["rng"])
+        rewrite(self.run_dir / "metrics.csv", self.history)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        t = self.config.train
+        total = t.epochs * len(self.train_loader)
+        try:
+            while self.epoch < t.epochs:
+                row = self._epoch(total)
+                self._end_epoch(row)
+                if t.early_stop and self.bad_epochs >= t.early_stop:
+                    log.info("early stop: no better validation accuracy for %d epochs (best %.2f%% at epoch %d)",
+                             self.bad_epochs, 100 * self.best["val_acc"], self.best["epoch"])
+                    break
+        except KeyboardInterrupt:
+            log.warning("interrupted in epoch %d; %s holds the %d completed epoch(s): resume with: imgclf train --resume %s",
+                        self.epoch + 1, self.last_path, self.epoch, self.run_dir)
+            raise
+        except torch.OutOfMemoryError:
+            h, w = self.data.image_size
+            raise ImgclfError(f"the {self.device.type} ran out of memory at batch size {t.batch_size} ({self.arch['name']}, "
+                              f"{self.data.channels}x{h}x{w} images); try --batch-size {max(1, t.batch_size // 2)}"
+                              + (", --precision 16" if self.dtype is None and self.device.type == "cuda" else "")
+                              + " or a smaller --image-size.") from None
+
+    def _set_lr(self, total: int) -> float:
+        t = self.config.train
+        lr = self.base_lr * lr_factor(t.schedule, self.step, total, t.resolved_warmup())
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("scale", 1.0)
+        return lr
+
+    def _freeze_for(self, epoch: int) -> None:
+        from imgclf.models.transfer import freeze_backbone, unfreeze
+
+        t = self.config.train
+        if t.freeze_epochs and epoch < t.freeze_epochs:
+            freeze_backbone(self.model)
+        elif t.freeze_epochs:
+            unfreeze(self.model)
+
+    def _epoch(self, total: int) -> dict:
+        from tqdm import tqdm
+
+        t = self.config.train
+        self._freeze_for(self.epoch)
+        self.model.train()
+        self.train_loader.set_epoch(self.epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, start = 0, time.perf_counter()
+        check_every = FINITE_CHECK_EVERY.get(self.device.type, DEFAULT_FINITE_CHECK)
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=None)
+        lr = self.base_lr
+        for i, (x, y) in enumerate(bar):
+            lr = self._set_lr(total)
+            with hardware.autocast(self.device, self.dtype):
+                out = self.net(x)
+                loss = F.cross_entropy(out, y, label_smoothing=t.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+            self.step += 1
+            if (i + 1) % check_every == 0 and not torch.isfinite(loss_sum):
+                self._non_finite(i, lr)
+            if i % 10 == 0 and bar.disable is False:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):,.0f}")
+        if not torch.isfinite(loss_sum):
+            self._non_finite(len(self.train_loader) - 1, lr)
+        seconds = time.perf_counter() - start
+        row = {"epoch": self.epoch + 1, "train_loss": round(loss_sum.item() / max(seen, 1), 5),
+               "train_acc": round(correct.item() / max(seen, 1), 5), "lr": float(f"{lr:.6g}"),
+               "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1)}
+        if self.val_loader is not None:
+            val = evaluate_loader(self.net, self.val_loader, self.device, self.dtype)
+            row.update(val_loss=round(val["loss"], 5), val_acc=round(val["acc"], 5))
+        return row
+
+    def _non_finite(self, step_in_epoch: int, lr: float) -> None:
+        kept = f"{self.last_path} keeps epoch {self.epoch}" if self.epoch else "no epoch had completed, so nothing was saved"
+        raise ImgclfError(f"the training loss became non-finite in epoch {self.epoch + 1} at step {step_in_epoch + 1} "
+                          f"(learning rate {lr:.3g}); {kept}; try a lower --lr such as {lr / 10:.2g}.")
+
+    def _end_epoch(self, row: dict) -> None:
+        t = self.config.train
+        self.epoch += 1
+        self.history.append(row)
+        append_row(self.run_dir / "metrics.csv", row)
+        val_text = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
+        log.info("epoch %d/%d  train loss %.4f acc %.2f%%%s  lr %.4g  %.1fs  %s img/s", row["epoch"], t.epochs,
+                 row["train_loss"], 100 * row["train_acc"], val_text, row["lr"], row["seconds"], f"{row['images_per_s']:,.0f}")
+        metric = row.get("val_acc", row["train_acc"])
+        if metric > self.best["val_acc"]:
+            self.best, self.bad_epochs = {"val_acc": metric, "epoch": row["epoch"]}, 0
+            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", {"model": unwrap(self.model).state_dict(), "epoch": self.epoch, "best": dict(self.best)})
+        else:
+            self.bad_epochs += 1
+        save_checkpoint(self.last_path, self.state())
+
+    # -- the end -------------------------------------------------------------------------------------
+    def finish(self) -> dict | None:
+        """Best weights into the model, the test score, the bundle and results.json."""
+        best_path = self.run_dir / "checkpoints" / "best.pt"
+        if best_path.exists():
+            unwrap(self.model).load_state_dict(load_checkpoint(best_path)["model"])
+        test = None
+        if self.test_loader is not None:
+            test = evaluate_loader(self.net, self.test_loader, self.device, self.dtype)
+            log.info("test: loss %.4f  accuracy %.2f%% on %d images (weights of epoch %d)", test["loss"], 100 * test["acc"],
+                     len(self.data.test), self.best["epoch"])
+        metrics = {"best_epoch": self.best["epoch"], "best_val_acc": self.best["val_acc"] if self.val_loader else None,
+                   "epochs": self.epoch, "test_loss": test["loss"] if test else None, "test_acc": test["acc"] if test else None,
+                   "train_seconds": round(sum(r["seconds"] for r in self.history), 2)}
+        save_bundle(self.run_dir, self.model, self.bundle_spec(metrics))
+        (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
+        return test
+
+    def bundle_spec(self, metrics: dict) -> dict:
+        d = self.data
+        return {"architecture": self.arch, "classes": d.classes,
+                "input": {"channels": d.channels, "size": list(d.image_size), "resize": self.config.data.resize},
+                "normalization": {"mean": list(d.mean), "std": list(d.std)},
+                "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
+                                 "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
+                "metrics": metrics, "source": self.source_text}
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: DeviceLoader, device: torch.device, dtype) -> dict:
+    """Mean cross-entropy (no label smoothing) and accuracy over a loader."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
+    for x, y in loader:
+        with hardware.autocast(device, dtype):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    model.train(was_training)
+    return {"loss": loss_sum.item() / max(n, 1), "acc": correct.item() / max(n, 1), "images": n}
+
+
+def train(data=None, config: Config | None = None, *, resume: str | Path | None = None, **settings) -> Run:
+    """Train a classifier: data is a folder, a CSV, a built-in name, (images, labels) or ImageData.
+
+    Settings are the flat config names (model=, epochs=, lr=, image_size=, ...). resume= continues a run
+    directory from its last checkpoint; with a larger epochs= it extends a finished run.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        if saved is None:
+            raise ImgclfError(f"{run_dir}: not a run directory (no config.yaml); pass the folder a training run wrote.")
+        config = saved.override(**settings)
+        source = data if data is not None else json.loads((run_dir / "run.json").read_text()).get("source")
+        if source is None:
+            raise ImgclfError(f"{run_dir} was trained on in-memory arrays; pass them again: imgclf.train((images, labels), resume=...).")
+    else:
+        config = (config or Config()).override(**settings)
+        source = data
+    data_obj = _load(source, config)
+    log.info(data_obj.summary())
+    if config.train.val:
+        data_obj = dataclasses.replace(data_obj, val=_extra_split(config.train.val, data_obj, config, "val"))
+    if config.train.test:
+        data_obj = dataclasses.replace(data_obj, test=_extra_split(config.train.test, data_obj, config, "test"))
+    if resume is None:
+        name = config.train.model or "default"
+        default_name = f"{slug(Path(str(source)).name if isinstance(source, (str, Path)) else 'arrays')}-{name}"
+        run_dir = new_run_dir(config.train.out, config.train.name, default_name, config.train.force)
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+        (run_dir / "run.json").write_text(json.dumps({"source": _source_text(source)}))
+    trainer = Trainer(data_obj, config, run_dir, _source_text(source))
+    if resume is not None:
+        trainer.restore(load_checkpoint(trainer.last_path))
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+        log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.train.epochs)
+    params = sum(p.numel() for p in trainer.model.parameters())
+    log.info("device %s, precision %s, channels-last %s; model %s, %s parameters; run directory %s", trainer.device,
+             {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype], "on" if trainer.channels_last else "off",
+             trainer.arch["name"], f"{params:,}", run_dir)
+    trainer.fit()
+    test = trainer.finish()
+    log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json)", run_dir)
+    return Run(run_dir, trainer.model, trainer.history, config, data_obj, test, trainer.best)
