@@ -25,10 +25,12 @@ test: install data
 	$(BIN)/python -m pytest -q
 
 demo: install data
-	$(BIN)/imgclf data inspect fashion-mnist --grid fashion-mnist-grid.png
+	$(BIN)/imgclf train fashion-mnist --name fashion-mnist-demo --force
 
 bench: install data
 	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/python benchmarks/default_model.py
+	$(BIN)/python benchmarks/train_fashion_mnist.py
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

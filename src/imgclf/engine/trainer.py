@@ -313,6 +313,14 @@ def evaluate_loader(model: nn.Module, loader: DeviceLoader, device: torch.device
     return {"loss": loss_sum.item() / max(n, 1), "acc": correct.item() / max(n, 1), "images": n}
 
 
+def _augment_text(trainer: Trainer) -> str:
+    aug = trainer.train_loader.augment
+    if aug is None:
+        return "off"
+    parts = [f"crop/shift up to {aug.max_dy}px"] + (["flip"] if aug.hflip else []) + ([f"erasing p={aug.erasing:g}"] if aug.erasing else [])
+    return ", ".join(parts)
+
+
 def train(data=None, config: Config | None = None, *, resume: str | Path | None = None, **settings) -> Run:
     """Train a classifier: data is a folder, a CSV, a built-in name, (images, labels) or ImageData.
 
@@ -352,6 +360,10 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     log.info("device %s, precision %s, channels-last %s; model %s, %s parameters; run directory %s", trainer.device,
              {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype], "on" if trainer.channels_last else "off",
              trainer.arch["name"], f"{params:,}", run_dir)
+    t = config.train
+    log.info("training: %d epochs, batch %d, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
+             "augmentation %s; every setting in %s", t.epochs, t.batch_size, t.optimizer, t.resolved_lr(), t.schedule,
+             100 * t.resolved_warmup(), t.weight_decay, t.label_smoothing, _augment_text(trainer), run_dir / "config.yaml")
     trainer.fit()
     test = trainer.finish()
     log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json)", run_dir)

@@ -1,0 +1,131 @@
+"""Issue 4's benchmark: the default `imgclf train fashion-mnist` beside the tutorial recipe, and the
+per-step cost of feeding a model from the device vs a torch DataLoader.
+
+Run one after another on the same machine, data already cached:
+1. imgclf's default recipe (what `imgclf train fashion-mnist` does), through the Python API.
+2. The tutorial recipe as seed 003 writes it: the nn.Sequential ConvNet, Adam 1e-3, batch 128,
+   15 epochs, plain tensors batched by index in a Python loop, no augmentation.
+3. Images/s of the training step of the default model fed by imgclf's DeviceLoader (channels-last on
+   and off) vs by a torch DataLoader over a TensorDataset.
+Writes benchmarks/results/train_fashion_mnist.{md,json}.
+
+    python benchmarks/train_fashion_mnist.py [--skip-tutorial]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+
+
+def imgclf_default(out: str) -> dict:
+    import imgclf
+
+    run = imgclf.train("fashion-mnist", out=out)
+    seconds = sum(r["seconds"] for r in run.history)
+    return {"recipe": "imgclf default (small_resnet, SGD one-cycle, augmentation)", "epochs": len(run.history),
+            "train s": seconds, "s/epoch": seconds / len(run.history), "test acc %": 100 * run.test["acc"]}
+
+
+def tutorial_recipe(data, epochs: int = 15) -> dict:
+    """Seed 003's loop: X_train / 255 as float tensors, N x 1 x 28 x 28, Adam(1e-3), batch 128."""
+    torch.manual_seed(0)
+    x_train = torch.tensor(np.concatenate([data.train.array(), data.val.array()]), dtype=torch.float32) / 255.0
+    y_train = torch.tensor(np.concatenate([data.train.labels, data.val.labels]))
+    x_test = torch.tensor(data.test.array(), dtype=torch.float32) / 255.0
+    y_test = torch.tensor(data.test.labels)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding="same"), nn.ReLU(), nn.Conv2d(32, 16, 3, padding="same"), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 28 * 28, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for i in range(0, len(x_train), 128):  # the tutorial walks the data in order, batch by batch
+            loss = F.cross_entropy(model(x_train[i:i + 128]), y_train[i:i + 128])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        acc = sum((model(x_test[i:i + 1000]).argmax(1) == y_test[i:i + 1000]).sum().item() for i in range(0, len(x_test), 1000)) / len(x_test)
+    return {"recipe": "tutorial (seed 003: Sequential ConvNet, Adam 1e-3, batch 128)", "epochs": epochs, "train s": seconds,
+            "s/epoch": seconds / epochs, "test acc %": 100 * acc}
+
+
+def step_rate(data, feed: str, steps: int = 40, batch: int = 256) -> float:
+    """Images/s of training steps of the default model, fed one of three ways."""
+    from imgclf import AugmentConfig, DeviceLoader, create_model
+
+    torch.manual_seed(0)
+    channels_last = feed == "imgclf DeviceLoader, channels-last"
+    model = create_model("small_resnet", 1, 10, (28, 28))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    if feed.startswith("imgclf"):
+        batches = iter(DeviceLoader(data.train, batch, mean=data.mean, std=data.std, train=True, augment=AugmentConfig(),
+                                    channels_last=channels_last))
+    else:
+        x = (torch.tensor(data.train.array(), dtype=torch.float32) / 255.0 - data.mean[0]) / data.std[0]
+        ds = torch.utils.data.TensorDataset(x, torch.tensor(data.train.labels))
+        batches = iter(torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True))
+    for i in range(steps + 5):
+        if i == 5:
+            start = time.perf_counter()
+        xb, yb = next(batches)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-tutorial", action="store_true", help="leave out the 7-minute tutorial recipe")
+    args = parser.parse_args()
+    import imgclf
+
+    torch.set_num_threads(2)
+    data = imgclf.load_data("fashion-mnist")
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        rows.append(imgclf_default(out))
+    print(rows[-1], flush=True)
+    if not args.skip_tutorial:
+        rows.append(tutorial_recipe(data))
+        print(rows[-1], flush=True)
+    feeds = ["torch DataLoader over TensorDataset", "imgclf DeviceLoader", "imgclf DeviceLoader, channels-last"]
+    rates = {f: [] for f in feeds}
+    for _ in range(3):  # interleaved, so drifts in machine load hit every feed alike
+        for f in feeds:
+            rates[f].append(step_rate(data, f))
+    step_rows = [{"feed (default model, batch 256, CPU)": f, "median images/s": common.median(v),
+                  "runs": " ".join(f"{r:,.0f}" for r in v)} for f, v in rates.items()]
+    base = common.median(rates[feeds[0]])
+    default = rows[0]
+    summary = [f"imgclf default: {default['test acc %']:.2f}% test accuracy after {default['train s']:.0f} s of training "
+               f"({default['s/epoch']:.1f} s/epoch); target >= 92% within 300 s: "
+               + ("met" if default["test acc %"] >= 92 and default["train s"] <= 300 else "NOT met")]
+    if not args.skip_tutorial:
+        tut = rows[1]
+        summary.append(f"tutorial recipe: {tut['test acc %']:.2f}% after {tut['train s']:.0f} s; imgclf reaches "
+                       f"{default['test acc %'] - tut['test acc %']:+.2f} points in {default['train s'] / tut['train s']:.2f}x the time.")
+    for f in feeds[1:]:
+        summary.append(f"training step fed by {f}: {common.median(rates[f]) / base:.2f}x the images/s of the DataLoader feed.")
+    summary.append("Per-step figures: " + "; ".join(f"{r['feed (default model, batch 256, CPU)']}: {r['median images/s']:,.0f} img/s ({r['runs']})" for r in step_rows))
+    path = common.write("train_fashion_mnist", rows, summary, {"step_rates": step_rows})
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
