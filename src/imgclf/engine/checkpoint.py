@@ -7,8 +7,11 @@ states, so that a resumed run continues exactly where the saved one stood.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,22 @@ def atomic_write(path: Path, write) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold Ctrl-C until the block ends, so an epoch's checkpoint and its metrics row land together."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def rng_state() -> dict:

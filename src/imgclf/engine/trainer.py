@@ -21,7 +21,7 @@ from imgclf.data.imageset import ImageData, ImageSet
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine import hardware
 from imgclf.engine.bundle import save_bundle, unwrap
-from imgclf.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from imgclf.engine.checkpoint import deferred_interrupts, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgclf.engine.metrics_log import append_row, rewrite
 from imgclf.engine.rundir import new_run_dir, slug
 from imgclf.engine.schedule import lr_factor
@@ -254,10 +254,14 @@ class Trainer:
                           f"(learning rate {lr:.3g}); {kept}; try a lower --lr such as {lr / 10:.2g}.")
 
     def _end_epoch(self, row: dict) -> None:
+        with deferred_interrupts():
+            self._record_epoch(row)
+
+    def _record_epoch(self, row: dict) -> None:
+        """Checkpoints first, then the metrics row: a row on disk always has its checkpoint behind it."""
         t = self.config.train
         self.epoch += 1
         self.history.append(row)
-        append_row(self.run_dir / "metrics.csv", row)
         val_text = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
         log.info("epoch %d/%d  train loss %.4f acc %.2f%%%s  lr %.4g  %.1fs  %s img/s", row["epoch"], t.epochs,
                  row["train_loss"], 100 * row["train_acc"], val_text, row["lr"], row["seconds"], f"{row['images_per_s']:,.0f}")
@@ -268,6 +272,7 @@ class Trainer:
         else:
             self.bad_epochs += 1
         save_checkpoint(self.last_path, self.state())
+        append_row(self.run_dir / "metrics.csv", row)
 
     # -- the end -------------------------------------------------------------------------------------
     def finish(self) -> dict | None:
