@@ -40,6 +40,25 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def train_step_rate(model, batches, steps: int, warmup: int = 5) -> float:
+    """Images/s of plain training steps (SGD, cross-entropy) over an iterator of (x, y) batches."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    images = 0
+    for i in range(steps + warmup):
+        if i == warmup:
+            start = time.perf_counter()
+        x, y = next(batches)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        images += len(y) if i >= warmup else 0
+    return images / (time.perf_counter() - start)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -34,17 +34,7 @@ def build(spec: str, data):
 
 
 def images_per_second(model, loader, steps: int = 15) -> float:
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    model.train()
-    it = iter(loader)
-    for i in range(steps + 3):
-        if i == 3:
-            start = time.perf_counter()
-        x, y = next(it)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return steps * BATCH / (time.perf_counter() - start)
+    return common.train_step_rate(model, iter(loader), steps, warmup=3)
 
 
 @torch.no_grad()

@@ -71,7 +71,6 @@ def step_rate(data, feed: str, steps: int = 40, batch: int = 256) -> float:
     model = create_model("small_resnet", 1, 10, (28, 28))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     if feed.startswith("imgclf"):
         batches = iter(DeviceLoader(data.train, batch, mean=data.mean, std=data.std, train=True, augment=AugmentConfig(),
                                     channels_last=channels_last))
@@ -79,14 +78,7 @@ def step_rate(data, feed: str, steps: int = 40, batch: int = 256) -> float:
         x = (torch.tensor(data.train.array(), dtype=torch.float32) / 255.0 - data.mean[0]) / data.std[0]
         ds = torch.utils.data.TensorDataset(x, torch.tensor(data.train.labels))
         batches = iter(torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True))
-    for i in range(steps + 5):
-        if i == 5:
-            start = time.perf_counter()
-        xb, yb = next(batches)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(xb), yb).backward()
-        opt.step()
-    return steps * batch / (time.perf_counter() - start)
+    return common.train_step_rate(model, batches, steps)
 
 
 def main() -> None:

@@ -78,8 +78,9 @@ def test_augmentation_changes_images_but_not_shapes():
 
 
 def test_flip_is_off_for_digits(data):
-    loader = _loader(data, train=True)
+    loader = _loader(data, train=True, augment=AugmentConfig())
     assert loader.augment.hflip is False
+    assert _loader(data, train=True).augment is None  # no AugmentConfig: batches served as they are
 
 
 def test_shift_moves_content_by_at_most_the_padding():

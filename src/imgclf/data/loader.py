@@ -36,8 +36,9 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 class DeviceLoader:
     """Iterates (images float N x C x H x W normalised, labels int64) batches of one split on `device`.
 
-    train=True shuffles (a new order every epoch, from seed and epoch) and augments; rank/world_size give
-    each process a disjoint shard of every epoch's order, together all of it once.
+    train=True shuffles (a new order every epoch, from seed and epoch) and, given an AugmentConfig,
+    augments; rank/world_size give each process a disjoint shard of every epoch's order, together all of
+    it once.
     """
 
     def __init__(self, images: ImageSet, batch_size: int, *, mean, std, device="cpu", train: bool = False,
@@ -54,7 +55,7 @@ class DeviceLoader:
         std_t = torch.tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
         self._scale = (1.0 / (255.0 * std_t)).to(self.device)  # x/255 - mean, / std, as one multiply-add
         self._shift = (-torch.tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1) / std_t).to(self.device)
-        self.augment = Augment.resolve(augment or AugmentConfig(), images.images.shape[2:], hflip_default) if train else None
+        self.augment = Augment.resolve(augment, images.images.shape[2:], hflip_default) if train and augment else None
         nbytes = len(images) * int(np.prod(images.images.shape[1:]))
         self.resident = nbytes <= RESIDENT_SHARE * _free_bytes(self.device) if resident is None else resident
         self._images = torch.from_numpy(images.array()).to(self.device) if self.resident else None

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,7 +77,7 @@ def _extra_split(source: str, data: ImageData, config: Config, what: str) -> Ima
         raise ImgclfError(f"--{what} {source}: classes {unknown[:5]} are not among the training classes; they cannot be scored.")
     parts = [s for s in (extra.train, extra.test) if s is not None]
     part = parts[0]
-    remap = torch.tensor([index[c] for c in extra.classes]).numpy()
+    remap = np.array([index[c] for c in extra.classes], dtype=np.int64)
     labels = remap[part.labels.clip(min=0)]
     labels[part.labels < 0] = -1
     return ImageSet(part.images, part.index, labels, part.all_origins)
@@ -132,8 +133,6 @@ class Trainer:
         self.train_loader = DeviceLoader(data.train, t.batch_size, train=True, augment=config.data.augment if t.augment else None,
                                          hflip_default=data.hflip, seed=config.data.seed,
                                          drop_last=len(data.train) > t.batch_size, **loader_args)
-        if not t.augment:
-            self.train_loader.augment = None
         self.val_loader = DeviceLoader(data.val, EVAL_BATCH, **loader_args) if data.val is not None else None
         self.test_loader = DeviceLoader(data.test, EVAL_BATCH, **loader_args) if data.test is not None and data.test.labeled else None
         self.epoch, self.step = 0, 0
