@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data test demo bench clean
+.PHONY: install data browser test demo bench clean
 
 install: $(BIN)/imgclf
 
@@ -21,7 +21,14 @@ data: install
 		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
 	else $(BIN)/imgclf data fetch fashion-mnist; fi
 
-test: install data
+# Debian's Chromium and its driver, for the browser test of report.html.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "Chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q chromium chromium-driver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)); \
+	else echo "Chromium is missing: install chromium and chromedriver for the browser test"; fi
+
+test: install data browser
 	$(BIN)/python -m pytest -q
 
 demo: install data

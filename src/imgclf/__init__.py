@@ -15,6 +15,8 @@ _EXPORTS = {
     "Config": "imgclf.config",
     "TrainConfig": "imgclf.config",
     "load_bundle": "imgclf.engine.bundle",
+    "evaluate": "imgclf.evaluation",
+    "Evaluation": "imgclf.evaluation",
     "load_data": "imgclf.data.sources",
     "ImageData": "imgclf.data.imageset",
     "ImageSet": "imgclf.data.imageset",

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 from imgclf.config import DataConfig
 from imgclf.errors import ImgclfError
@@ -123,6 +124,41 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from imgclf.engine.bundle import bundle_dir
+    from imgclf.engine.rundir import slug
+    from imgclf.evaluation import evaluate
+
+    ev = evaluate(args.model, args.source, split=args.split, batch_size=args.batch_size, tta=args.tta, device=args.device)
+    print(ev.table())
+    out = Path(args.json) if args.json else bundle_dir(args.model) / "evaluations" / f"{slug(Path(args.source).name)}-{ev.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"written: {ev.save_json(out)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from imgclf.config import Config
+    from imgclf.data.sources import load_data
+    from imgclf.engine.bundle import bundle_dir
+    from imgclf.evaluation import evaluate
+    from imgclf.report.page import write_report
+
+    run_dir = bundle_dir(args.run_dir)
+    source = args.source
+    config = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else Config()
+    if source is None and (run_dir / "run.json").exists():
+        source = json.loads((run_dir / "run.json").read_text()).get("source")
+    if source is None:
+        raise ImgclfError(f"{run_dir}: its training data was in memory; pass the data to score with --source SOURCE.")
+    data = load_data(source, config.data)  # the run's own settings, so its validation split comes back the same
+    ev = evaluate(run_dir, data, split=args.split, batch_size=args.batch_size, device=args.device)
+    print(f"report: {write_report(run_dir, ev, data.summary())}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -196,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(train, AUGMENT_FLAGS)
     _add_flags(train, TRAIN_FLAGS)
     train.set_defaults(run=_cmd_train)
+    ev = sub.add_parser("evaluate", help="score a trained model on labeled data: table of metrics and JSON")
+    ev.add_argument("model", help="a run directory or a bundle folder")
+    ev.add_argument("source", help="a folder, a CSV file or a built-in dataset")
+    ev.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: test, else val, else all)")
+    ev.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
+    ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images (when training used flips)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    ev.add_argument("--json", metavar="FILE", help="where the metrics go (default: <model>/evaluations/<source>-<split>.json)")
+    ev.set_defaults(run=_cmd_evaluate)
+    rep = sub.add_parser("report", help="(re)write a run's report.html and plots")
+    rep.add_argument("run_dir", metavar="RUN", help="a run directory")
+    rep.add_argument("--source", help="data to score (default: the run's own training source)")
+    rep.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: test, else val)")
+    rep.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
+    rep.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    rep.set_defaults(run=_cmd_report)
     models = sub.add_parser("models", help="list built-in networks and timm architectures")
     models.add_argument("pattern", nargs="?", help="wildcard pattern or part of a name, e.g. 'resnet*' or 'efficientnet'")
     models.add_argument("--limit", type=int, default=40, help="timm names to list (default: 40)")

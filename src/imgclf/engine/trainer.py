@@ -289,7 +289,24 @@ class Trainer:
                    "train_seconds": round(sum(r["seconds"] for r in self.history), 2)}
         save_bundle(self.run_dir, self.model, self.bundle_spec(metrics))
         (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
+        self.write_report()
         return test
+
+    def write_report(self) -> Path | None:
+        """report.html from the test split (or validation when there is no labeled test split)."""
+        from imgclf.evaluation import Evaluation, compute_metrics, predict_probs
+        from imgclf.report.page import write_report
+
+        d = self.data
+        split, part = ("test", d.test) if self.test_loader is not None else ("val", d.val)
+        if part is None or not len(part):
+            log.info("no labeled test or validation images: no report")
+            return None
+        probs = predict_probs(self.model, part, d.mean, d.std, device=self.device, batch_size=EVAL_BATCH)
+        metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": False}
+        path = write_report(self.run_dir, Evaluation(d.classes, split, part, probs, metrics), d.summary())
+        log.info("report: %s", path)
+        return path
 
     def bundle_spec(self, metrics: dict) -> dict:
         d = self.data
@@ -298,7 +315,8 @@ class Trainer:
                 "normalization": {"mean": list(d.mean), "std": list(d.std)},
                 "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
                                  "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
-                "metrics": metrics, "source": self.source_text}
+                "metrics": metrics, "source": self.source_text,
+                "training": {"hflip": bool(self.train_loader.augment and self.train_loader.augment.hflip)}}
 
 
 @torch.no_grad()
@@ -370,5 +388,5 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
              100 * t.resolved_warmup(), t.weight_decay, t.label_smoothing, _augment_text(trainer), run_dir / "config.yaml")
     trainer.fit()
     test = trainer.finish()
-    log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json)", run_dir)
+    log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)", run_dir)
     return Run(run_dir, trainer.model, trainer.history, config, data_obj, test, trainer.best)

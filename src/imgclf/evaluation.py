@@ -1,0 +1,166 @@
+"""Scoring a trained model on labeled images: the figures a person asks for after training.
+
+Loss, top-1 and top-k accuracy, per-class precision/recall/F1/support with macro and weighted averages,
+the confusion matrix, the most confused pairs and the highest-loss examples. The formulas are
+scikit-learn's; this module gathers predictions and arranges the answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.data.imageset import ImageData, ImageSet
+from imgclf.data.loader import DeviceLoader
+from imgclf.errors import ImgclfError
+
+log = logging.getLogger("imgclf")
+TOP_LOSSES = 16
+CONFUSED_PAIRS = 10
+
+
+@dataclass
+class Evaluation:
+    """Predictions on one labeled split and the metrics computed from them."""
+
+    classes: list[str]
+    split: str
+    images: ImageSet
+    probs: np.ndarray  # N x K softmax
+    metrics: dict
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.images.labels
+
+    def table(self) -> str:
+        return format_report(self.metrics)
+
+    def save_json(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.metrics, indent=2))
+        return path
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: ImageSet, mean, std, *, device="cpu", batch_size: int = 512,
+                  tta: bool = False) -> np.ndarray:
+    """Softmax probabilities for every image of a split; tta averages them with the mirrored images'."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    loader = DeviceLoader(images, batch_size, mean=mean, std=std, device=device)
+    out = []
+    for x, _ in loader:
+        p = model(x).float().softmax(1)
+        if tta:
+            p = (p + model(x.flip(3)).float().softmax(1)) / 2
+        out.append(p.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], origins: list[str] | None = None) -> dict:
+    """Every figure of the report, from true labels and predicted probabilities."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+    k_all = list(range(len(classes)))
+    pred = probs.argmax(1)
+    per_sample_loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
+    p, r, f1, support = precision_recall_fscore_support(labels, pred, labels=k_all, zero_division=0)
+    averages = {}
+    for avg in ("macro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(labels, pred, labels=k_all, average=avg, zero_division=0)
+        averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(labels))}
+    cm = confusion_matrix(labels, pred, labels=k_all)
+    off = [(int(cm[i, j]), i, j) for i in k_all for j in k_all if i != j and cm[i, j]]
+    pairs = [{"true": classes[i], "predicted": classes[j], "count": n} for n, i, j in sorted(off, reverse=True)[:CONFUSED_PAIRS]]
+    worst = np.argsort(-per_sample_loss, kind="stable")[:TOP_LOSSES]
+    metrics = {
+        "images": int(len(labels)), "loss": float(per_sample_loss.mean()), "accuracy": float(accuracy_score(labels, pred)),
+        "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)],
+        "macro_avg": averages["macro"], "weighted_avg": averages["weighted"],
+        "confusion_matrix": cm.tolist(), "most_confused": pairs,
+        "top_losses": [{"index": int(i), "origin": origins[i] if origins else str(int(i)), "true": classes[labels[i]],
+                        "predicted": classes[pred[i]], "confidence": float(probs[i, pred[i]]), "loss": float(per_sample_loss[i])}
+                       for i in worst],
+    }
+    if len(classes) > 5:
+        metrics["top5_accuracy"] = float(top_k_accuracy_score(labels, probs, k=5, labels=k_all))
+    return metrics
+
+
+def format_report(m: dict) -> str:
+    """The classification report as scikit-learn prints it, with the headline figures above it."""
+    width = max(12, *(len(r["class"]) for r in m["per_class"]))
+    head = f"{'':>{width}}  {'precision':>9}  {'recall':>9}  {'f1-score':>9}  {'support':>9}"
+    row = lambda name, r: f"{name:>{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  {r['support']:>9}"
+    lines = [f"images {m['images']}  loss {m['loss']:.4f}  accuracy {100 * m['accuracy']:.2f}%"
+             + (f"  top-5 accuracy {100 * m['top5_accuracy']:.2f}%" if "top5_accuracy" in m else ""), "", head, ""]
+    lines += [row(r["class"], r) for r in m["per_class"]]
+    lines += ["", row("macro avg", m["macro_avg"]), row("weighted avg", m["weighted_avg"])]
+    if m["most_confused"]:
+        lines += ["", "most confused (true -> predicted: count):"]
+        lines += [f"  {p['true']} -> {p['predicted']}: {p['count']}" for p in m["most_confused"][:5]]
+    return "\n".join(lines)
+
+
+def _labeled_split(data: ImageData, split: str | None) -> tuple[str, ImageSet]:
+    splits = data.splits()
+    if split:
+        if split not in splits:
+            raise ImgclfError(f"the data has no {split} split (it has {', '.join(splits)}); choose one of those.")
+        choice = split
+    else:
+        choice = next((s for s in ("test", "val", "train") if s in splits and splits[s].labeled), None)
+        if choice is None:
+            raise ImgclfError(f"{data.source}: no labeled images to score; evaluation needs labels.")
+    if not splits[choice].labeled:
+        raise ImgclfError(f"the {choice} split of {data.source} has no labels; evaluation needs labeled images.")
+    return choice, splits[choice]
+
+
+def evaluate(model_or_run, data, *, split: str | None = None, batch_size: int = 512, tta: bool = False,
+             device: str = "auto") -> Evaluation:
+    """Score a run directory, a bundle, or a Run on data: a source (folder, CSV, built-in name) or ImageData.
+
+    A source is brought to the model's input (channels, size, resize) from its bundle; the test split is
+    scored when there is one, else validation, else all images (split= chooses).
+    """
+    from imgclf.data.sources import load_data
+    from imgclf.engine.bundle import load_bundle
+    from imgclf.engine.hardware import pick_device
+
+    if hasattr(model_or_run, "run_dir"):
+        model_or_run = model_or_run.run_dir
+    model, spec = load_bundle(model_or_run)
+    if not isinstance(data, ImageData):
+        size = tuple(spec["input"]["size"])
+        data = load_data(data, image_size=size, channels=spec["input"]["channels"], resize=spec["input"]["resize"], val_fraction=0.0)
+    choice, part = _labeled_split(data, split)
+    part = _to_model_classes(part, data.classes, spec["classes"])
+    if tta and not spec.get("training", {}).get("hflip", False):
+        log.warning("test-time flips skipped: the model was trained without horizontal flips, so mirrored images are new to it")
+        tta = False
+    norm = spec["normalization"]
+    probs = predict_probs(model, part, norm["mean"], norm["std"], device=pick_device(device), batch_size=batch_size, tta=tta)
+    metrics = compute_metrics(part.labels, probs, spec["classes"], part.origins)
+    metrics.update(split=choice, tta=tta, model=str(model_or_run))
+    return Evaluation(spec["classes"], choice, part, probs, metrics)
+
+
+def _to_model_classes(part: ImageSet, data_classes: list[str], model_classes: list[str]) -> ImageSet:
+    """Labels renumbered to the model's class order; classes the model never learnt are an error."""
+    if data_classes == model_classes:
+        return part
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = sorted(set(data_classes[l] for l in np.unique(part.labels)) - set(index))
+    if unknown:
+        raise ImgclfError(f"classes {unknown[:5]} of the data are not classes of the model; score data with the model's classes only.")
+    remap = np.array([index.get(c, -1) for c in data_classes], dtype=np.int64)
+    return dataclasses.replace(part, labels=remap[part.labels])
