@@ -16,6 +16,8 @@ _EXPORTS = {
     "TrainConfig": "imgclf.config",
     "load_bundle": "imgclf.engine.bundle",
     "evaluate": "imgclf.evaluation",
+    "load": "imgclf.predict",
+    "ImageClassifier": "imgclf.predict",
     "Evaluation": "imgclf.evaluation",
     "load_data": "imgclf.data.sources",
     "ImageData": "imgclf.data.imageset",

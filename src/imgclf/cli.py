@@ -159,6 +159,47 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from imgclf.predict import fill_template, load, prediction_rows, resolve_inputs
+
+    clf = load(args.model, device=args.device, batch_size=args.batch_size)
+    ids, paths = resolve_inputs(args.inputs)
+    single = len(ids) == 1 and not args.out and not args.template
+    columns, rows = prediction_rows(clf, ids, paths, top_k=5 if single else args.top_k, proba=args.proba)
+    bad = [r for r in rows if r["error"]]
+    if single:
+        row = rows[0]
+        if row["error"]:
+            raise ImgclfError(f"{row['id']}: {row['error']}.")
+        print(f"{row['id']}:")
+        for i in range(1, min(5, len(clf.classes_)) + 1):
+            print(f"  {row[f'top{i}_label']:<24} {float(row[f'top{i}_prob']):7.2%}")
+        return 0
+    if args.template:
+        columns, rows = fill_template(Path(args.template), rows)
+    out = Path(args.out or "predictions.csv")
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{len(rows) - len(bad)} predictions written to {out}" + (f"; {len(bad)} input(s) could not be read (see the error column)" if bad else ""))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from imgclf.export import PARITY_ATOL, export
+
+    r = export(args.model, args.format, args.out, dynamic_batch=args.dynamic_batch, check=args.check)
+    print(f"exported: {r.path} (input, classes and preprocessing in {r.path}.json)")
+    print(f"parity with PyTorch on {r.images} real images: max abs logit difference {r.max_abs_diff:.2e} "
+          f"(limit {PARITY_ATOL:.0e}), top-1 agreement {r.top1_agree:.2%}")
+    if not r.ok:
+        raise ImgclfError(f"{r.path}: the export does not match PyTorch closely enough; keep using the bundle, and report this model.")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     import fnmatch
 
@@ -248,6 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
     rep.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     rep.set_defaults(run=_cmd_report)
+    pr = sub.add_parser("predict", help="labels for images, folders or a CSV of ids; writes a submission CSV")
+    pr.add_argument("model", help="a run directory or a bundle folder")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), or a CSV of ids (e.g. test.csv)")
+    pr.add_argument("--out", help="the CSV to write (default: predictions.csv; one image alone prints its top 5)")
+    pr.add_argument("--template", help="a sample submission whose columns and row order the output copies")
+    pr.add_argument("--top-k", type=int, default=0, help="also write the K best classes with probabilities")
+    pr.add_argument("--proba", action="store_true", help="also write one probability column per class")
+    pr.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    pr.set_defaults(run=_cmd_predict)
+    ex = sub.add_parser("export", help="export a bundle to ONNX or TorchScript, checked against PyTorch on real images")
+    ex.add_argument("model", help="a run directory or a bundle folder")
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    ex.add_argument("--out", help="the file to write (default: model.onnx or model.torchscript.pt beside the bundle)")
+    ex.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: batches of 1)")
+    ex.add_argument("--check", metavar="SOURCE", help="images for the parity check (default: the run's own data)")
+    ex.set_defaults(run=_cmd_export)
     models = sub.add_parser("models", help="list built-in networks and timm architectures")
     models.add_argument("pattern", nargs="?", help="wildcard pattern or part of a name, e.g. 'resnet*' or 'efficientnet'")
     models.add_argument("--limit", type=int, default=40, help="timm names to list (default: 40)")
@@ -263,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    from imgclf.logs import ensure_console
+
+    ensure_console(args.verbose)  # imgclf's own messages only: libraries keep their quieter defaults
     try:
         return args.run(args)
     except ImgclfError as err:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import statistics
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import numpy as np
 
 from imgclf.config import DataConfig
 from imgclf.data import decode
+from imgclf.data.parallel import chunks, run_chunks, worker_count
 from imgclf.data.listing import FileListing
 from imgclf.data.skips import Skipped, SkipLog, read_skipped, write_skipped
 from imgclf.errors import DataError
@@ -102,40 +100,6 @@ def choose_size(sides: list[tuple[int, int]], requested: tuple[int, int] | None)
     return (side, side), note
 
 
-def _workers(config: DataConfig) -> int:
-    return max(1, config.workers or os.cpu_count() or 1)
-
-
-def _parallel(fn, jobs: list[tuple], workers: int, what: str) -> list:
-    """fn(*job) for every job, in order, over worker processes when it is worth starting them."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc=what, unit="chunk", disable=None, leave=False)
-    try:
-        if workers == 1 or len(jobs) == 1:
-            results = []
-            for job in jobs:
-                results.append(fn(*job))
-                bar.update()
-            return results
-        # fork starts workers in milliseconds and needs no __main__ guard in user scripts; macOS cannot fork safely.
-        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(fn, *job) for job in jobs]
-            results = []
-            for fut in futures:
-                results.append(fut.result())
-                bar.update()
-            return results
-    finally:
-        bar.close()
-
-
-def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
-    size = int(min(1024, max(32, n // (workers * 16) or 1)))
-    return [(i, min(n, i + size)) for i in range(0, n, size)]
-
-
 def load_or_build(listing: FileListing, config: DataConfig, skips: SkipLog) -> Decoded:
     """The cached decode of listing if it is current, else a fresh one; decode skips go to skips."""
     key_dir = _key_dir(listing, config)
@@ -167,9 +131,9 @@ def _load(key_dir: Path, stamp: str) -> Decoded | None:
 
 def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Path, stamp: str) -> Decoded:
     entries = [(path, label, SPLIT_CODES[split]) for split, pairs in listing.files.items() for path, label in pairs]
-    workers = _workers(config)
+    workers = worker_count(config.workers)
     paths = [e[0] for e in entries]
-    probes = [r for part in _parallel(decode.probe_many, [(paths[a:b],) for a, b in _chunks(len(paths), workers)], workers, "reading headers") for r in part]
+    probes = [r for part in run_chunks(decode.probe_many, [(paths[a:b],) for a, b in chunks(len(paths), workers)], workers, "reading headers") for r in part]
     decode_skips: list[Skipped] = []
     good = []
     for entry, info in zip(entries, probes):
@@ -190,8 +154,8 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
     out_file = str(tmp / "images.npy")
     np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(good), channels, *size)).flush()
     good_paths = [e[0] for e, _ in good]
-    jobs = [(good_paths[a:b], a, out_file, channels, size, config.resize) for a, b in _chunks(len(good), workers)]
-    failed = dict(f for part in _parallel(decode.decode_into, jobs, workers, "decoding images") for f in part)
+    jobs = [(good_paths[a:b], a, out_file, channels, size, config.resize) for a, b in chunks(len(good), workers)]
+    failed = dict(f for part in run_chunks(decode.decode_into, jobs, workers, "decoding images") for f in part)
     for row, reason in sorted(failed.items()):
         skips.add(good_paths[row], reason)
         decode_skips.append(Skipped(good_paths[row], reason))

@@ -122,7 +122,11 @@ def fit(img: Image.Image, size: tuple[int, int] | None, resize: str) -> Image.Im
 
 def decode(path: str, channels: int, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
     """One file as a uint8 C x H x W array; raises BadImage with the reason when it cannot be used."""
-    original = _open(path)
+    return prepare(_open(path), channels, size, resize)
+
+
+def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
+    """An opened image (closed afterwards) as uint8 C x H x W: orientation, mode, channels, size."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -181,3 +185,16 @@ def decode_into(paths: list[str], start: int, out_file: str, channels: int, size
     out.flush()
     del out
     return failed
+
+
+def decode_many(paths: list[str], channels: int, size: tuple[int, int], resize: str) -> list[np.ndarray | str]:
+    """decode() over a chunk in a worker, returning arrays (prediction has no cache to write into)."""
+    out: list[np.ndarray | str] = []
+    for path in paths:
+        try:
+            out.append(decode(path, channels, size, resize))
+        except BadImage as bad:
+            out.append(str(bad))
+        except Exception as err:  # as in probe_many
+            out.append(_unexpected(err))
+    return out

@@ -349,6 +349,9 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     Settings are the flat config names (model=, epochs=, lr=, image_size=, ...). resume= continues a run
     directory from its last checkpoint; with a larger epochs= it extends a finished run.
     """
+    from imgclf.logs import ensure_console
+
+    ensure_console()
     if resume is not None:
         run_dir = Path(resume)
         saved = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
