@@ -38,6 +38,7 @@ bench: install data
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/default_model.py
 	$(BIN)/python benchmarks/train_fashion_mnist.py
+	$(BIN)/python benchmarks/predict.py
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

@@ -16,7 +16,7 @@ import torch
 
 from imgclf.data import decode
 from imgclf.data.listing import is_hidden, is_image_name
-from imgclf.data.parallel import chunks, run_chunks, worker_count
+from imgclf.data.parallel import chunks, iter_chunks, worker_count
 from imgclf.errors import ImgclfError
 
 PARALLEL_FROM = 256  # files; below this, starting worker processes costs more than it saves
@@ -49,9 +49,12 @@ class ImageClassifier:
         from imgclf.engine.hardware import pick_device
 
         self.path, self.batch_size, self.workers = Path(path), batch_size, workers
+        from imgclf.engine.hardware import use_channels_last
+
         self.device_ = pick_device(device)
         self.model_, self.spec_ = load_bundle(path)
-        self.model_.to(self.device_)
+        self.channels_last_ = use_channels_last(None, self.device_)
+        self.model_.to(self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format)
         self.classes_ = list(self.spec_["classes"])
         inp = self.spec_["input"]
         self.channels_, self.size_, self.resize_ = inp["channels"], tuple(inp["size"]), inp["resize"]
@@ -69,16 +72,11 @@ class ImageClassifier:
         """Any accepted input as a list of items in the model's input format, bad files included."""
         from PIL import Image
 
-        if isinstance(x, (str, Path)):
-            path = Path(x)
-            if path.is_dir():
-                return self.decode_files([str(p) for p in image_files(path)])
-            return self.decode_files([str(path)])
+        paths = self._paths(x)
+        if paths is not None:
+            return self.decode_files(paths)
         if isinstance(x, Image.Image):
             return [Item("image", decode.prepare(x.copy(), self.channels_, self.size_, self.resize_))]
-        if isinstance(x, (list, tuple)) and all(isinstance(v, (str, Path)) for v in x):
-            files = [str(p) for v in x for p in (image_files(Path(v)) if Path(v).is_dir() else [Path(v)])]
-            return self.decode_files(files)
         if isinstance(x, (list, tuple)) and all(isinstance(v, Image.Image) for v in x):
             return [it for v in x for it in self.items(v)]
         if hasattr(x, "shape"):
@@ -86,21 +84,36 @@ class ImageClassifier:
         raise ImgclfError(f"cannot predict on a {type(x).__name__}; pass a path, a folder, paths, a PIL image, or an array.")
 
     def decode_files(self, paths: list[str], ids: list[str] | None = None) -> list[Item]:
+        return [it for part in self._decoded_chunks(paths, ids) for it in part]
+
+    def _decoded_chunks(self, paths: list[str], ids: list[str] | None = None):
+        """Items chunk by chunk, in order, decoded by worker processes while the caller uses earlier ones.
+
+        An empty path (a CSV id without an image) becomes an item with its error.
+        """
         ids = ids or paths
-        existing = [p for p in paths if p]
-        workers = worker_count(self.workers) if len(existing) >= PARALLEL_FROM else 1
+        workers = worker_count(self.workers) if len(paths) >= PARALLEL_FROM else 1
+        spans = chunks(len(paths), workers, size=self.batch_size)  # one decoded chunk, one batch
         args = (self.channels_, self.size_, self.resize_)
-        decoded = [r for part in run_chunks(decode.decode_many, [(existing[a:b], *args) for a, b in chunks(len(existing), workers)],
-                                            workers, "decoding") for r in part]
-        results = iter(decoded)
-        items = []
-        for image_id, path in zip(ids, paths):
-            if not path:
-                items.append(Item(image_id, None, "missing file: no image for this id"))
-                continue
-            r = next(results)
-            items.append(Item(image_id, None, r) if isinstance(r, str) else Item(image_id, r))
-        return items
+        jobs = [([p for p in paths[a:b] if p], *args) for a, b in spans]
+        for (a, b), decoded in zip(spans, iter_chunks(decode.decode_many, jobs, workers, "decoding")):
+            results = iter(decoded)
+            part = []
+            for image_id, path in zip(ids[a:b], paths[a:b]):
+                if not path:
+                    part.append(Item(image_id, None, "missing file: no image for this id"))
+                    continue
+                r = next(results)
+                part.append(Item(image_id, None, r) if isinstance(r, str) else Item(image_id, r))
+            yield part
+
+    def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None) -> tuple[list[Item], np.ndarray]:
+        """Items and their probabilities, the model working on each chunk as soon as it is decoded."""
+        items, probs = [], []
+        for part in self._decoded_chunks(paths, ids):
+            items += part
+            probs.append(self.probabilities(part))
+        return items, (np.concatenate(probs) if probs else np.zeros((0, len(self.classes_)), np.float32))
 
     def _array_items(self, x) -> list[Item]:
         from imgclf.config import DataConfig
@@ -118,7 +131,7 @@ class ImageClassifier:
         return [Item(f"array:{i}", im) for i, im in enumerate(batch)]
 
     # -- the model ---------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def probabilities(self, items: list[Item]) -> np.ndarray:
         """N x K probabilities for the items with pixels (rows of bad items are NaN)."""
         out = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float32)
@@ -128,17 +141,29 @@ class ImageClassifier:
             part = rows[a:a + self.batch_size]
             x = torch.from_numpy(np.stack([items[i].pixels for i in part])).to(self.device_)
             x = x.float().mul_(self._scale).add_(self._shift)
+            if self.channels_last_:
+                x = x.contiguous(memory_format=torch.channels_last)
             out[part] = self.model_(x).float().softmax(1).cpu().numpy()
         return out
 
     def _checked(self, x) -> tuple[list[Item], np.ndarray]:
-        items = self.items(x)
+        paths = self._paths(x)
+        items, probs = self.files_with_probabilities(paths) if paths is not None else (self.items(x), None)
         bad = [it for it in items if it.error]
         if bad:
             raise ImgclfError(f"{bad[0].id}: {bad[0].error}; remove it, or use 'imgclf predict', which reports bad files and goes on.")
         if not items:
             raise ImgclfError(f"{x}: no images to predict on.")
-        return items, self.probabilities(items)
+        return items, probs if probs is not None else self.probabilities(items)
+
+    @staticmethod
+    def _paths(x) -> list[str] | None:
+        """The files behind a path, folder or list of them; None for in-memory images."""
+        if isinstance(x, (str, Path)):
+            x = [x]
+        if isinstance(x, (list, tuple)) and x and all(isinstance(v, (str, Path)) for v in x):
+            return [str(p) for v in x for p in (image_files(Path(v)) if Path(v).is_dir() else [Path(v)])]
+        return None
 
     def predict_proba(self, x) -> np.ndarray:
         """Probabilities, one row per image, columns in classes_ order."""
@@ -191,8 +216,7 @@ def resolve_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_k: int = 0, proba: bool = False) -> tuple[list[str], list[dict]]:
     """The submission table: id, label (empty with an error for bad inputs), optional top-k and probabilities."""
-    items = clf.decode_files(paths, ids)
-    probs = clf.probabilities(items)
+    items, probs = clf.files_with_probabilities(paths, ids)
     columns = ["id", "label"]
     k = min(top_k, len(clf.classes_))
     columns += [f"top{i}_{what}" for i in range(1, k + 1) for what in ("label", "prob")]

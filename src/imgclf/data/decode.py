@@ -71,6 +71,14 @@ def probe(path: str) -> tuple[int, int, bool, str]:
         return h, w, color, img.mode
 
 
+def _has_orientation(img: Image.Image) -> bool:
+    """Whether EXIF asks for a rotation or flip (exif_transpose copies every image, so ask first)."""
+    try:
+        return img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
+    except Exception:  # a broken EXIF block: treated as no orientation, as exif_transpose would
+        return False
+
+
 def _flatten_alpha(img: Image.Image) -> Image.Image:
     """Composite transparent images on white, the background a person sees them on."""
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
@@ -130,7 +138,12 @@ def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _to_uint8(ImageOps.exif_transpose(original))
+            original.load()
+            oriented = ImageOps.exif_transpose(original) if _has_orientation(original) else original
+            img = _to_uint8(oriented)
+            target = "L" if channels == 1 else "RGB"
+            img = fit(img if img.mode == target else img.convert(target), size, resize)
+            a = np.asarray(img, dtype=np.uint8)
     except BadImage:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
@@ -139,9 +152,6 @@ def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, 
         raise BadImage(reason) from None
     finally:
         original.close()
-    img = img.convert("L" if channels == 1 else "RGB")
-    img = fit(img, size, resize)
-    a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
