@@ -253,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description="Image classifiers from folders of images.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_data_commands, _train_command, _scoring_commands, _deploy_commands, _model_commands):
+        add(sub)
+    return parser
+
+
+def _data_commands(sub) -> None:
     data = sub.add_parser("data", help="look at and fetch datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     inspect = data_sub.add_parser("inspect", help="show what a source holds: layout, classes, sizes, skipped files")
@@ -264,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     _add_data_flags(fetch)
     fetch.set_defaults(run=_cmd_data_fetch)
-    train = sub.add_parser("train", help="train a classifier on a source; writes a run directory",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def _train_command(sub) -> None:
+    train = sub.add_parser("train", help="train a classifier on a source; writes a run directory")
     train.add_argument("source", nargs="?", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, ...)")
     train.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. from an earlier run); flags override it")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (with --epochs, extend it)")
@@ -273,22 +281,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(train, AUGMENT_FLAGS)
     _add_flags(train, TRAIN_FLAGS)
     train.set_defaults(run=_cmd_train)
+
+
+def _bundle_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default: {batch_size})")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+
+
+def _scoring_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="score a trained model on labeled data: table of metrics and JSON")
     ev.add_argument("model", help="a run directory or a bundle folder")
     ev.add_argument("source", help="a folder, a CSV file or a built-in dataset")
     ev.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: test, else val, else all)")
-    ev.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
     ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images (when training used flips)")
-    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     ev.add_argument("--json", metavar="FILE", help="where the metrics go (default: <model>/evaluations/<source>-<split>.json)")
+    _bundle_args(ev, 512)
     ev.set_defaults(run=_cmd_evaluate)
     rep = sub.add_parser("report", help="(re)write a run's report.html and plots")
     rep.add_argument("run_dir", metavar="RUN", help="a run directory")
     rep.add_argument("--source", help="data to score (default: the run's own training source)")
     rep.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: test, else val)")
-    rep.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
-    rep.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    _bundle_args(rep, 512)
     rep.set_defaults(run=_cmd_report)
+
+
+def _deploy_commands(sub) -> None:
     pr = sub.add_parser("predict", help="labels for images, folders or a CSV of ids; writes a submission CSV")
     pr.add_argument("model", help="a run directory or a bundle folder")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), or a CSV of ids (e.g. test.csv)")
@@ -296,8 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--template", help="a sample submission whose columns and row order the output copies")
     pr.add_argument("--top-k", type=int, default=0, help="also write the K best classes with probabilities")
     pr.add_argument("--proba", action="store_true", help="also write one probability column per class")
-    pr.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    _bundle_args(pr, 256)
     pr.set_defaults(run=_cmd_predict)
     ex = sub.add_parser("export", help="export a bundle to ONNX or TorchScript, checked against PyTorch on real images")
     ex.add_argument("model", help="a run directory or a bundle folder")
@@ -306,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: batches of 1)")
     ex.add_argument("--check", metavar="SOURCE", help="images for the parity check (default: the run's own data)")
     ex.set_defaults(run=_cmd_export)
+
+
+def _model_commands(sub) -> None:
     models = sub.add_parser("models", help="list built-in networks and timm architectures")
     models.add_argument("pattern", nargs="?", help="wildcard pattern or part of a name, e.g. 'resnet*' or 'efficientnet'")
     models.add_argument("--limit", type=int, default=40, help="timm names to list (default: 40)")
@@ -316,7 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--input", required=True, metavar="CxHxW", help="input shape, e.g. 1x28x28")
     summary.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
     summary.set_defaults(run=_cmd_summary)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
