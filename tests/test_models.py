@@ -188,3 +188,22 @@ def test_pretrained_hub_unreachable_gives_one_line_with_the_way_out():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("ERR could not get pretrained weights for resnet18") and "--weights FILE" in out
     assert len(out.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["small_resnet", "apparel_cnn", "resnet18"])
+def test_folded_batchnorm_gives_the_same_outputs(name):
+    from imgclf.models.inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model(name, 3, 5, 32)
+    model.train()
+    for _ in range(3):  # give the norms running statistics that are not the identity
+        model(torch.randn(16, 3, 32, 32))
+    model.eval()
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+    if name == "small_resnet":
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
