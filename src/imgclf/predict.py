@@ -121,7 +121,7 @@ class ImageClassifier:
     def _array_items(self, x) -> list[Item]:
         from imgclf.config import DataConfig
         from imgclf.data.arrays import to_nchw_uint8
-        from imgclf.data.sources import _conform
+        from imgclf.data.sources import conform_arrays
 
         a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         # 3-D: N x H x W gray images, unless the axes say one colour image (H x W x 3|4, or 3|4 x H x W for
@@ -130,7 +130,7 @@ class ImageClassifier:
         if a.ndim == 2 or one_color:
             a = a[None]
         batch, _ = to_nchw_uint8(a)
-        batch, _ = _conform(batch, DataConfig(image_size=self.size_, channels=self.channels_, resize=self.resize_))
+        batch, _ = conform_arrays(batch, DataConfig(image_size=self.size_, channels=self.channels_, resize=self.resize_))
         return [Item(f"array:{i}", im) for i, im in enumerate(batch)]
 
     # -- the model ---------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def load(path: str | Path, device: str = "auto", batch_size: int = 256) -> Image
 def resolve_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     """Command-line inputs as (ids, paths) in input order: files, folders (recursive, ids relative to
     the folder), or a CSV of ids (ids as written, images found beside it as for training data)."""
-    from imgclf.data.listing import _image_folder_for, _read_csv
+    from imgclf.data.listing import image_folder_for, read_csv_rows
 
     ids, paths = [], []
     for text in inputs:
@@ -203,9 +203,9 @@ def resolve_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
                 ids.append(str(f.relative_to(path)))
                 paths.append(str(f))
         elif path.suffix.lower() == ".csv" and path.is_file():
-            rows, id_col, _ = _read_csv(path, None, None)
+            rows, id_col, _ = read_csv_rows(path, None, None)
             raw = [(r.get(id_col) or "").strip() for r in rows]
-            folder = _image_folder_for(path, path.stem, [i for i in raw[:20] if i])
+            folder = image_folder_for(path, path.stem, [i for i in raw[:20] if i])
             for image_id in raw:
                 ids.append(image_id)
                 paths.append((folder.find(image_id) or "") if image_id else "")
@@ -241,9 +241,9 @@ def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_
 
 def fill_template(template: Path, rows: list[dict]) -> tuple[list[str], list[dict]]:
     """The template's columns and row order, its label column filled with the predictions by id."""
-    from imgclf.data.listing import _read_csv
+    from imgclf.data.listing import read_csv_rows
 
-    t_rows, id_col, label_col = _read_csv(template, None, None)
+    t_rows, id_col, label_col = read_csv_rows(template, None, None)
     if label_col is None:
         raise ImgclfError(f"{template}: no label column (label, class or target) to fill; pass a sample submission with one.")
     by_id = {str(r["id"]): r for r in rows}

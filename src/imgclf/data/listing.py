@@ -122,7 +122,7 @@ def _pick_column(header: list[str], wanted: str | None, defaults: tuple[str, ...
     return None
 
 
-class _FolderIndex:
+class FolderIndex:
     """Resolves CSV ids (with or without extension) to files in one folder with one directory scan."""
 
     def __init__(self, folder: Path):
@@ -142,12 +142,12 @@ class _FolderIndex:
         return self.by_name.get(image_id) or self.by_stem.get(image_id)
 
 
-def _image_folder_for(csv_path: Path, split: str, first_ids: list[str]) -> _FolderIndex:
+def image_folder_for(csv_path: Path, split: str, first_ids: list[str]) -> FolderIndex:
     """The folder holding a CSV's images: <split>/, images/, beside the CSV, or any folder beside it."""
     base = csv_path.parent
     candidates = [base / split, base / "images", base / split / "images", base / csv_path.stem, base]
     candidates += [Path(p) for p in sorted(e.path for e in os.scandir(base) if e.is_dir() and not is_hidden(e.name))]
-    indexes = [_FolderIndex(c) for c in candidates if c.is_dir()]
+    indexes = [FolderIndex(c) for c in candidates if c.is_dir()]
     for idx in indexes:
         if any(idx.find(i) for i in first_ids):
             return idx
@@ -155,7 +155,7 @@ def _image_folder_for(csv_path: Path, split: str, first_ids: list[str]) -> _Fold
     raise DataError(f"{csv_path}: none of its first ids ({', '.join(first_ids[:3])}) is an image in {tried}; put the images in {base / split}.")
 
 
-def _read_csv(csv_path: Path, id_column: str | None, label_column: str | None) -> tuple[list[dict], str, str | None]:
+def read_csv_rows(csv_path: Path, id_column: str | None, label_column: str | None) -> tuple[list[dict], str, str | None]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -202,13 +202,13 @@ def list_csv(root: Path, skips: SkipLog, id_column: str | None = None, label_col
     classes: list[str] = []
     files: dict[str, list[tuple[str, int]]] = {}
     for split, csv_path in csvs.items():
-        rows, id_col, label_col = _read_csv(csv_path, id_column, label_column)
+        rows, id_col, label_col = read_csv_rows(csv_path, id_column, label_column)
         if split == "train" and label_col is None:
             raise DataError(f"{csv_path}: no label column among {', '.join(rows[0])}; name it with --label-column.")
         if split == "train":
             classes = _classes_from([_normal_label(r[label_col] or "") for r in rows if (r[label_col] or "").strip()])
         index = {name: i for i, name in enumerate(classes)}
-        folder = _image_folder_for(csv_path, split, [r[id_col].strip() for r in rows[:20] if r[id_col]])
+        folder = image_folder_for(csv_path, split, [r[id_col].strip() for r in rows[:20] if r[id_col]])
         files[split] = _resolve_rows(rows, id_col, label_col, index, folder, csv_path, skips)
     template = next((str(p) for p in (root / "sample_submission.csv",) if p.is_file()), None)
     layout = f"CSV of ids and labels with {_split_words(csvs)} splits"
@@ -216,7 +216,7 @@ def list_csv(root: Path, skips: SkipLog, id_column: str | None = None, label_col
     return FileListing(layout, root, classes, files, extra_files=extra, submission_template=template)
 
 
-def _resolve_rows(rows, id_col, label_col, index, folder: _FolderIndex, csv_path: Path, skips: SkipLog) -> list[tuple[str, int]]:
+def _resolve_rows(rows, id_col, label_col, index, folder: FolderIndex, csv_path: Path, skips: SkipLog) -> list[tuple[str, int]]:
     """Rows to (path, label), skipping missing files, unknown labels and duplicate ids with the reason."""
     seen: dict[str, int] = {}
     out: list[tuple[str, int] | None] = []

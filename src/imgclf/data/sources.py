@@ -75,7 +75,7 @@ def _from_files(root: Path, config: DataConfig, train_csv: Path | None = None) -
     return data
 
 
-def _conform(images: np.ndarray, config: DataConfig) -> tuple[np.ndarray, str]:
+def conform_arrays(images: np.ndarray, config: DataConfig) -> tuple[np.ndarray, str]:
     """Arrays brought to the requested channels and size, as files are when decoded."""
     c = images.shape[1]
     if config.channels and config.channels != c:
@@ -99,7 +99,7 @@ def _from_arrays(images, labels, classes, layout, config: DataConfig) -> ImageDa
     y, names = arrays.labels_and_classes(labels, classes)
     if len(x) != len(y):
         raise DataError(f"{len(x)} images but {len(y)} labels; give one label per image.")
-    x, note = _conform(x, config)
+    x, note = conform_arrays(x, config)
     origins = [f"array:{i}" for i in range(len(x))]
     train = ImageSet(x, np.arange(len(x)), y, origins)
     how = "given" if layout else "detected"
@@ -113,7 +113,7 @@ def _from_builtin(name: str, config: DataConfig) -> ImageData:
     for split, pair in (("train", raw.train), ("test", raw.test)):
         if pair is None:
             continue
-        x, note = _conform(pair[0], config)
+        x, note = conform_arrays(pair[0], config)
         sets[split] = ImageSet(x, np.arange(len(x)), pair[1], [f"{name}:{split}:{i}" for i in range(len(x))])
     return _assemble(name, f"built-in dataset from {raw.location}", raw.classes, sets, config,
                      hflip=builtin.BUILTINS[name].hflip, notes=[note])
