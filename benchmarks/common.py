@@ -30,6 +30,15 @@ def machine() -> dict:
             "torch": torch.__version__, "platform": platform.platform()}
 
 
+def fashion_mnist_file(stem: str) -> Path:
+    """A Fashion-MNIST IDX file wherever 'make data' put it (Debian's package or imgclf's download)."""
+    from imgclf.config import DataConfig
+    from imgclf.data.builtin import locate
+
+    folder = locate("fashion-mnist", DataConfig())
+    return folder / f"{stem}.gz" if (folder / f"{stem}.gz").exists() else folder / stem
+
+
 def timed(fn, repeats: int) -> list[float]:
     """Seconds of each of `repeats` calls of fn(), run one after another (never concurrently)."""
     out = []

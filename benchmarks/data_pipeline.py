@@ -23,12 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 BATCH = 256
 
 
 def _idx(path: Path) -> np.ndarray:
-    data = gzip.open(path, "rb").read()
+    data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     ndim = data[3]
     shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -42,7 +41,8 @@ def build_tree(root: Path, n: int) -> Path:
     if marker.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    images, labels = _idx(FMNIST / "train-images-idx3-ubyte.gz")[:n], _idx(FMNIST / "train-labels-idx1-ubyte.gz")[:n]
+    images = _idx(common.fashion_mnist_file("train-images-idx3-ubyte"))[:n]
+    labels = _idx(common.fashion_mnist_file("train-labels-idx1-ubyte"))[:n]
     for c in range(10):
         (root / f"class{c}").mkdir(parents=True)
     for i, (im, lab) in enumerate(zip(images, labels)):

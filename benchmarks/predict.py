@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def write_pngs(folder: Path, n: int) -> list[str]:
     from PIL import Image
 
-    data = gzip.open(FMNIST / "t10k-images-idx3-ubyte.gz", "rb").read()
+    path = common.fashion_mnist_file("t10k-images-idx3-ubyte")
+    data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     images = np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)[:n]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -11,15 +11,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+def _find_fashion_mnist() -> Path | None:
+    """Where 'make data' put Fashion-MNIST: Debian's package, or imgclf's own download (no apt, no root)."""
+    from imgclf.config import DataConfig
+    from imgclf.data.builtin import locate
+
+    try:
+        return locate("fashion-mnist", DataConfig(), download=False)
+    except Exception:
+        return None
+
+
+FMNIST_DIR = _find_fashion_mnist()
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FOLDER_NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(folder: Path, stem: str) -> np.ndarray:
     """An independent IDX reader, so the tests do not check imgclf against itself."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    gz = folder / f"{stem}.gz"
+    data = gzip.open(gz, "rb").read() if gz.exists() else (folder / stem).read_bytes()
     ndim = data[3]
     shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -30,14 +41,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own decode cache, and built-ins are never looked up in a user's home."""
     monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("IMGCLF_DATA", raising=False)
+    if FMNIST_DIR is not None and not str(FMNIST_DIR).startswith("/usr/share/datasets"):
+        monkeypatch.setenv("IMGCLF_DATA", str(FMNIST_DIR.parent))  # found in the user's cache, which tests hide
 
 
 @pytest.fixture(scope="session")
 def fmnist():
     """The real Fashion-MNIST training set: (images N x 28 x 28 uint8, labels)."""
-    if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail("Fashion-MNIST is missing: run 'make data' (Debian package dataset-fashion-mnist).")
-    return _read_idx(FMNIST_DIR / "train-images-idx3-ubyte.gz"), _read_idx(FMNIST_DIR / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    if FMNIST_DIR is None:
+        pytest.fail("Fashion-MNIST is missing: run 'make data' (Debian package dataset-fashion-mnist, or imgclf's download).")
+    return _read_idx(FMNIST_DIR, "train-images-idx3-ubyte"), _read_idx(FMNIST_DIR, "train-labels-idx1-ubyte").astype(np.int64)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FMNIST_CLASSES, FOLDER_NAMES
+from conftest import FMNIST_CLASSES, FMNIST_DIR, FOLDER_NAMES
 from imgclf import DataError, load_data
 
 
@@ -89,11 +89,11 @@ def test_builtin_lookup_order_prefers_data_root(tmp_path, monkeypatch):
     import shutil
 
     copy = tmp_path / "mine" / "fashion-mnist"
-    shutil.copytree("/usr/share/datasets/fashion-mnist", copy)
+    shutil.copytree(FMNIST_DIR, copy)
     monkeypatch.setenv("IMGCLF_DATA", str(tmp_path / "mine"))
     assert str(copy) in load_data("fashion-mnist").layout
     other = tmp_path / "other" / "FashionMNIST" / "raw"  # torchvision's own layout is found too
-    shutil.copytree("/usr/share/datasets/fashion-mnist", other)
+    shutil.copytree(FMNIST_DIR, other)
     assert str(other) in load_data("fashion-mnist", data_root=str(tmp_path / "other")).layout
 
 
