@@ -62,7 +62,7 @@ def test_strict_stops_on_a_cache_hit_too(tmp_path, fmnist_small):
 def test_csv_problems_are_skipped_with_reasons(csv_layout, tmp_path):
     root = tmp_path / "apparel"
     shutil.copytree(csv_layout, root)
-    rows = list(csv.reader(open(root / "train.csv")))
+    rows = list(csv.reader((root / "train.csv").read_text().splitlines()))
     rows += [["9999", "3"], ["5", "1" if rows[5][1] != "1" else "2"], ["7", rows[7][1]], ["", "1"]]
     with open(root / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)

@@ -82,7 +82,7 @@ def test_folder_with_bad_files_reports_them_in_place(run, held_out, tmp_path):
     out = tmp_path / "p.csv"
     proc = run_cli("predict", str(run.run_dir), str(folder), "--out", str(out), "--top-k", "2")
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.DictReader(open(out)))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["id"] for r in rows] == ["0.png", "2.png", "2_empty.png", "3_text.jpg", "4.png", "sub/1.png", "sub/3.png"]
     bad = {r["id"]: r for r in rows if r["error"]}
     assert set(bad) == {"2_empty.png", "3_text.jpg"} and all(r["label"] == "" for r in bad.values())
@@ -97,12 +97,12 @@ def test_csv_of_ids_and_a_submission_template(run, csv_layout, tmp_path):
     proc = run_cli("predict", str(run.run_dir), str(csv_layout / "test.csv"), "--template", str(csv_layout / "sample_submission.csv"),
                    "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.reader(open(out)))
+    rows = list(csv.reader(out.read_text().splitlines()))
     assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == [str(i) for i in range(201, 251)]
     assert all(r[1] in [str(i) for i in range(10)] for r in rows[1:])
     plain = tmp_path / "plain.csv"
     proc = run_cli("predict", str(run.run_dir), str(csv_layout / "test.csv"), "--out", str(plain), "--proba")
-    got = list(csv.DictReader(open(plain)))
+    got = list(csv.DictReader(plain.read_text().splitlines()))
     assert [r["id"] for r in got] == [str(i) for i in range(201, 251)]
     assert abs(sum(float(got[0][f"prob_{c}"]) for c in range(10)) - 1) < 1e-4
     assert [r["label"] for r in got] == [r[1] for r in rows[1:]]

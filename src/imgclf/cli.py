@@ -138,24 +138,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    import json
+    from imgclf.report.page import report_run
 
-    from imgclf.config import Config
-    from imgclf.data.sources import load_data
-    from imgclf.engine.bundle import bundle_dir
-    from imgclf.evaluation import evaluate
-    from imgclf.report.page import write_report
-
-    run_dir = bundle_dir(args.run_dir)
-    source = args.source
-    config = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else Config()
-    if source is None and (run_dir / "run.json").exists():
-        source = json.loads((run_dir / "run.json").read_text()).get("source")
-    if source is None:
-        raise ImgclfError(f"{run_dir}: its training data was in memory; pass the data to score with --source SOURCE.")
-    data = load_data(source, config.data)  # the run's own settings, so its validation split comes back the same
-    ev = evaluate(run_dir, data, split=args.split, batch_size=args.batch_size, device=args.device)
-    print(f"report: {write_report(run_dir, ev, data.summary())}")
+    print(f"report: {report_run(args.run_dir, args.source, split=args.split, batch_size=args.batch_size, device=args.device)}")
     return 0
 
 

@@ -43,8 +43,8 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
+        if isinstance(self.augment, dict):  # from YAML or a flat override
+            self.augment = from_dict(AugmentConfig, self.augment)
         if isinstance(self.image_size, list):
             self.image_size = tuple(self.image_size)
         self.validate()
@@ -170,10 +170,7 @@ class Config:
             raise ImgclfError(f"{path}: cannot read it as a YAML config ({str(err).splitlines()[0]}); pass a config.yaml written by imgclf.") from None
         if not isinstance(values, dict) or set(values) - {"data", "train"}:
             raise ImgclfError(f"{path}: a config has two sections, data: and train:; found {sorted(values) if isinstance(values, dict) else type(values).__name__}.")
-        data = dict(values.get("data") or {})
-        if isinstance(data.get("image_size"), list):
-            data["image_size"] = tuple(data["image_size"])
-        return cls(data=data, train=dict(values.get("train") or {}))
+        return cls(data=dict(values.get("data") or {}), train=dict(values.get("train") or {}))
 
 
 def to_dict(config: Any) -> dict:
@@ -187,8 +184,4 @@ def from_dict(cls: type, values: dict) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ImgclfError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-    values = dict(values)
-    for f in dataclasses.fields(cls):  # nested sections arrive as dicts from YAML
-        if f.name in values and isinstance(values[f.name], dict) and f.name == "augment":
-            values[f.name] = from_dict(AugmentConfig, values[f.name])
     return cls(**values)

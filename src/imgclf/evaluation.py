@@ -7,7 +7,6 @@ scikit-learn's; this module gathers predictions and arranges the answers.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -143,7 +142,7 @@ def evaluate(model_or_run, data, *, split: str | None = None, batch_size: int = 
         size = tuple(spec["input"]["size"])
         data = load_data(data, image_size=size, channels=spec["input"]["channels"], resize=spec["input"]["resize"], val_fraction=0.0)
     choice, part = _labeled_split(data, split)
-    part = _to_model_classes(part, data.classes, spec["classes"])
+    part = part.relabel(data.classes, spec["classes"], "model's classes")
     if tta and not spec.get("training", {}).get("hflip", False):
         log.warning("test-time flips skipped: the model was trained without horizontal flips, so mirrored images are new to it")
         tta = False
@@ -152,15 +151,3 @@ def evaluate(model_or_run, data, *, split: str | None = None, batch_size: int = 
     metrics = compute_metrics(part.labels, probs, spec["classes"], part.origins)
     metrics.update(split=choice, tta=tta, model=str(model_or_run))
     return Evaluation(spec["classes"], choice, part, probs, metrics)
-
-
-def _to_model_classes(part: ImageSet, data_classes: list[str], model_classes: list[str]) -> ImageSet:
-    """Labels renumbered to the model's class order; classes the model never learnt are an error."""
-    if data_classes == model_classes:
-        return part
-    index = {c: i for i, c in enumerate(model_classes)}
-    unknown = sorted(set(data_classes[l] for l in np.unique(part.labels)) - set(index))
-    if unknown:
-        raise ImgclfError(f"classes {unknown[:5]} of the data are not classes of the model; score data with the model's classes only.")
-    remap = np.array([index.get(c, -1) for c in data_classes], dtype=np.int64)
-    return dataclasses.replace(part, labels=remap[part.labels])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.skips import Skipped
+from imgclf.errors import DataError
 
 
 @dataclass
@@ -52,6 +53,22 @@ class ImageSet:
     def subset(self, rows: np.ndarray) -> "ImageSet":
         rows = np.asarray(rows, dtype=np.int64)
         return ImageSet(self.images, self.index[rows], self.labels[rows], self.all_origins)
+
+    def relabel(self, own_classes: list[str], target_classes: list[str], target: str) -> "ImageSet":
+        """The split with labels renumbered from own_classes to target_classes (matched by name).
+
+        A labeled image of a class the target lacks is an error naming those classes; unlabeled stay -1.
+        """
+        if own_classes == target_classes:
+            return self
+        index = {c: i for i, c in enumerate(target_classes)}
+        present = {own_classes[l] for l in np.unique(self.labels[self.labels >= 0])}
+        unknown = sorted(present - set(index))
+        if unknown:
+            raise DataError(f"classes {unknown[:5]} are not among the {target} ({len(target_classes)} classes); they cannot be scored.")
+        remap = np.array([index.get(c, -1) for c in own_classes], dtype=np.int64)
+        labels = np.where(self.labels >= 0, remap[self.labels.clip(min=0)], -1)
+        return ImageSet(self.images, self.index, labels, self.all_origins)
 
     def class_counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels[self.labels >= 0], minlength=num_classes)

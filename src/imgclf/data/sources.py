@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from imgclf.config import DataConfig
+from imgclf.config import DataConfig, from_dict, to_dict
 from imgclf.data import arrays, builtin, cache, listing
 from imgclf.data.decode import fit_array
 from imgclf.data.imageset import ImageData, ImageSet, channel_stats, stratified_split
@@ -20,12 +19,7 @@ log = logging.getLogger("imgclf")
 
 def make_config(config: DataConfig | None = None, **overrides) -> DataConfig:
     """config (or the defaults) with keyword overrides applied and validated."""
-    base = config or DataConfig()
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise DataError(f"unknown data setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-    return dataclasses.replace(base, **overrides)
+    return from_dict(DataConfig, {**to_dict(config or DataConfig()), **overrides})
 
 
 def load_data(source, config: DataConfig | None = None, *, labels=None, classes: list[str] | None = None,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 from imgclf.errors import ImgclfError
+
+
+def run_source(run_dir: Path) -> str | None:
+    """The source a run was trained on (None for in-memory arrays), as train() recorded it in run.json."""
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()).get("source") if path.is_file() else None
 
 
 def slug(text: str) -> str:

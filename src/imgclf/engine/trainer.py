@@ -7,12 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +22,7 @@ from imgclf.engine import hardware
 from imgclf.engine.bundle import save_bundle, unwrap
 from imgclf.engine.checkpoint import deferred_interrupts, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgclf.engine.metrics_log import append_row, rewrite
-from imgclf.engine.rundir import new_run_dir, slug
+from imgclf.engine.rundir import new_run_dir, run_source, slug
 from imgclf.engine.schedule import lr_factor
 from imgclf.errors import ImgclfError
 
@@ -71,16 +69,7 @@ def _extra_split(source: str, data: ImageData, config: Config, what: str) -> Ima
 
     size_cfg = dataclasses.replace(config.data, image_size=data.image_size, channels=data.channels, val_fraction=0.0)
     extra = load_data(source, size_cfg)
-    index = {c: i for i, c in enumerate(data.classes)}
-    unknown = sorted(set(extra.classes) - set(index))
-    if unknown:
-        raise ImgclfError(f"--{what} {source}: classes {unknown[:5]} are not among the training classes; they cannot be scored.")
-    parts = [s for s in (extra.train, extra.test) if s is not None]
-    part = parts[0]
-    remap = np.array([index[c] for c in extra.classes], dtype=np.int64)
-    labels = remap[part.labels.clip(min=0)]
-    labels[part.labels < 0] = -1
-    return ImageSet(part.images, part.index, labels, part.all_origins)
+    return extra.train.relabel(extra.classes, data.classes, f"training classes (--{what} {source})")
 
 
 def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
@@ -275,38 +264,42 @@ class Trainer:
 
     # -- the end -------------------------------------------------------------------------------------
     def finish(self) -> dict | None:
-        """Best weights into the model, the test score, the bundle and results.json."""
+        """Best weights into the model, one scoring pass (test split, else validation) for the test
+        figures and the report, then the bundle and results.json."""
+        from imgclf.report.page import write_report
+
         best_path = self.run_dir / "checkpoints" / "best.pt"
         if best_path.exists():
             unwrap(self.model).load_state_dict(load_checkpoint(best_path)["model"])
+        evaluation = self.score()
         test = None
-        if self.test_loader is not None:
-            test = evaluate_loader(self.net, self.test_loader, self.device, self.dtype)
+        if evaluation is not None and evaluation.split == "test":
+            m = evaluation.metrics
+            test = {"loss": m["loss"], "acc": m["accuracy"], "images": m["images"]}
             log.info("test: loss %.4f  accuracy %.2f%% on %d images (weights of epoch %d)", test["loss"], 100 * test["acc"],
-                     len(self.data.test), self.best["epoch"])
+                     test["images"], self.best["epoch"])
         metrics = {"best_epoch": self.best["epoch"], "best_val_acc": self.best["val_acc"] if self.val_loader else None,
                    "epochs": self.epoch, "test_loss": test["loss"] if test else None, "test_acc": test["acc"] if test else None,
                    "train_seconds": round(sum(r["seconds"] for r in self.history), 2)}
         save_bundle(self.run_dir, self.model, self.bundle_spec(metrics))
         (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
-        self.write_report()
+        if evaluation is not None:
+            log.info("report: %s", write_report(self.run_dir, evaluation, self.data.summary()))
+        else:
+            log.info("no labeled test or validation images: no report")
         return test
 
-    def write_report(self) -> Path | None:
-        """report.html from the test split (or validation when there is no labeled test split)."""
+    def score(self):
+        """The Evaluation of the test split when it is labeled, else of validation; None without either."""
         from imgclf.evaluation import Evaluation, compute_metrics, predict_probs
-        from imgclf.report.page import write_report
 
         d = self.data
         split, part = ("test", d.test) if self.test_loader is not None else ("val", d.val)
         if part is None or not len(part):
-            log.info("no labeled test or validation images: no report")
             return None
         probs = predict_probs(self.model, part, d.mean, d.std, device=self.device, batch_size=EVAL_BATCH)
         metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": False}
-        path = write_report(self.run_dir, Evaluation(d.classes, split, part, probs, metrics), d.summary())
-        log.info("report: %s", path)
-        return path
+        return Evaluation(d.classes, split, part, probs, metrics)
 
     def bundle_spec(self, metrics: dict) -> dict:
         d = self.data
@@ -358,7 +351,7 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
         if saved is None:
             raise ImgclfError(f"{run_dir}: not a run directory (no config.yaml); pass the folder a training run wrote.")
         config = saved.override(**settings)
-        source = data if data is not None else json.loads((run_dir / "run.json").read_text()).get("source")
+        source = data if data is not None else run_source(run_dir)
         if source is None:
             raise ImgclfError(f"{run_dir} was trained on in-memory arrays; pass them again: imgclf.train((images, labels), resume=...).")
     else:
