@@ -190,20 +190,38 @@ def test_pretrained_hub_unreachable_gives_one_line_with_the_way_out():
     assert len(out.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["small_resnet", "apparel_cnn", "resnet18"])
-def test_folded_batchnorm_gives_the_same_outputs(name):
-    from imgclf.models.inference import fold_batchnorm
+@pytest.mark.parametrize("name", ["small_resnet", "apparel_cnn", "mnist_cnn", "resnet18"])
+def test_inference_rewrites_give_the_same_outputs(name):
+    from imgclf.models.inference import MaxPool2x2, for_inference
 
-    torch.manual_seed(0)
-    model = create_model(name, 3, 5, 32)
-    model.train()
-    for _ in range(3):  # give the norms running statistics that are not the identity
-        model(torch.randn(16, 3, 32, 32))
-    model.eval()
-    folded = fold_batchnorm(model)
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(folded(x), model(x), atol=1e-4)
+    for size in [(32, 32), (29, 31)]:  # odd sides: floor-mode pooling drops the last row/column
+        torch.manual_seed(0)
+        model = create_model(name, 3, 5, size)
+        model.train()
+        for _ in range(3):  # give the norms running statistics that are not the identity
+            model(torch.randn(16, 3, *size))
+        model.eval()
+        layers = [type(m) for m in model.modules()]
+        fast = for_inference(model)
+        x = torch.randn(4, 3, *size)
+        with torch.no_grad():
+            assert torch.allclose(fast(x), model(x), atol=1e-4)
+            assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-4)
     if name == "small_resnet":
-        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    if name != "resnet18":  # timm's ResNet pools 3x3 with stride 2: left alone
+        assert any(isinstance(m, MaxPool2x2) for m in fast.modules())
+        assert not any(isinstance(m, MaxPool2x2) for m in for_inference(model, "cuda").modules())
+    assert [type(m) for m in model.modules()] == layers  # the original is untouched
+
+
+def test_pairwise_max_pool_equals_max_pool_exactly():
+    from imgclf.models.inference import MaxPool2x2
+
+    x = torch.randn(2, 5, 9, 12)
+    x[0, 1, 2, 3] = float("nan")
+    x[1, 2, 4, 4] = float("inf")
+    want, got = nn.MaxPool2d(2)(x), MaxPool2x2()(x)
+    assert got.shape == want.shape == (2, 5, 4, 6)
+    assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(want, nan=7.0))
+    assert torch.isnan(got[0, 1, 1, 1]) and torch.isnan(want[0, 1, 1, 1])

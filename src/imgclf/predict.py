@@ -51,11 +51,11 @@ class ImageClassifier:
         self.path, self.batch_size, self.workers = Path(path), batch_size, workers
         from imgclf.engine.hardware import use_channels_last
 
-        from imgclf.models.inference import fold_batchnorm
+        from imgclf.models.inference import for_inference
 
         self.device_ = pick_device(device)
         model, self.spec_ = load_bundle(path)
-        self.model_ = fold_batchnorm(model)
+        self.model_ = for_inference(model, self.device_)
         self.channels_last_ = use_channels_last(None, self.device_)
         self.model_.to(self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format)
         self.classes_ = list(self.spec_["classes"])

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy in eval mode with every Conv2d -> BatchNorm2d pair of an nn.Sequential folded into one conv.
+def for_inference(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """A copy in eval mode, rewritten for speed with the same outputs; the original is untouched (a
+    training run may still hold it).
 
-    In eval mode BatchNorm is a fixed per-channel affine map, so it can live in the conv's weights and
-    bias: one pass over the activations fewer per layer (about 1.5x faster on CPU for small_resnet).
-    Pairs outside a Sequential (as in timm's ResNets) are left as they are.
+    - Every Conv2d -> BatchNorm2d pair of an nn.Sequential becomes one conv: in eval mode BatchNorm is a
+      fixed per-channel affine map that can live in the conv's weights and bias, one pass over the
+      activations fewer per layer (about 1.5x faster on CPU for small_resnet). Pairs outside a
+      Sequential (as in timm's ResNets) are left as they are.
+    - On a CPU, 2x2 max-pooling becomes elementwise maxima (MaxPool2x2). Not on GPUs: unmeasured there.
     """
-    folded = copy.deepcopy(model).eval()
-    _fold(folded)
-    return folded
+    fast = copy.deepcopy(model).eval()
+    _fold(fast)
+    if torch.device(device).type == "cpu":
+        _swap_pools(fast)
+    return fast
 
 
 def _fold(module: nn.Module) -> None:
@@ -35,3 +41,31 @@ def _fold(module: nn.Module) -> None:
             child = nn.Sequential(*out)
             setattr(module, name, child)
         _fold(child)
+
+
+class MaxPool2x2(nn.Module):
+    """nn.MaxPool2d(2) as the maximum of its four strided views: the same values (NaN included), but
+    without the argmax indices that PyTorch's CPU kernel computes even under inference_mode; 1.5x
+    faster small_resnet inference on a CPU (measured by hand with 1 and 2 threads, batches of 256)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row/column is dropped
+        x = x[..., :h, :w]
+        top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
+        return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
+def _is_plain_2x2(pool: nn.MaxPool2d) -> bool:
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
+            and pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
+
+
+def _swap_pools(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.MaxPool2d) and _is_plain_2x2(child):
+            setattr(module, name, MaxPool2x2())
+        else:
+            _swap_pools(child)
