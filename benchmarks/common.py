@@ -49,6 +49,16 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each fn per round, the fns taking turns within a round, so that a slow spell of a
+    shared machine falls on all of them rather than on one."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name] += timed(fn, 1)
+    return out
+
+
 def train_step_rate(model, batches, steps: int, warmup: int = 5) -> float:
     """Images/s of plain training steps (SGD, cross-entropy) over an iterator of (x, y) batches."""
     import torch

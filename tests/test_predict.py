@@ -108,6 +108,35 @@ def test_csv_of_ids_and_a_submission_template(run, csv_layout, tmp_path):
     assert [r["label"] for r in got] == [r[1] for r in rows[1:]]
 
 
+def test_many_files_go_through_worker_processes_with_the_same_answers(run, fmnist, tmp_path):
+    """Past PARALLEL_FROM files, CPU workers decode and predict their chunks themselves: same rows, same
+    order, bad files and ids without a file in place, and this process keeps its own torch threads."""
+    images = fmnist[0][50000:50300]
+    paths, ids = [], []
+    for i, im in enumerate(images):
+        Image.fromarray(im, "L").save(tmp_path / f"{i:03d}.png")
+        paths.append(str(tmp_path / f"{i:03d}.png"))
+        ids.append(str(i))
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    for at, (image_id, path) in {70: ("empty", str(tmp_path / "empty.png")), 150: ("text", str(tmp_path / "text.jpg")),
+                                 200: ("missing", "")}.items():
+        paths.insert(at, path)
+        ids.insert(at, image_id)
+    threads = torch.get_num_threads()
+    pooled = imgclf.ImageClassifier(run.run_dir, device="cpu", workers=2, batch_size=64)
+    serial = imgclf.ImageClassifier(run.run_dir, device="cpu", workers=1, batch_size=64)
+    items, probs = pooled.files_with_probabilities(paths, ids)
+    assert torch.get_num_threads() == threads
+    serial_items, serial_probs = serial.files_with_probabilities(paths, ids)
+    assert [(it.id, it.error) for it in items] == [(it.id, it.error) for it in serial_items]
+    assert [it.id for it in items if it.error] == ["empty", "text", "missing"]
+    good = [i for i, it in enumerate(items) if not it.error]
+    assert np.isnan(np.delete(probs, good, axis=0)).all()
+    assert np.allclose(probs[good], serial_probs[good], atol=1e-5)
+    assert np.allclose(probs[good], serial.predict_proba(images), atol=1e-5)
+
+
 def test_single_image_prints_its_top_5(run, held_out, tmp_path):
     Image.fromarray(held_out[0][0], "L").save(tmp_path / "one.png")
     proc = run_cli("predict", str(run.run_dir), str(tmp_path / "one.png"))

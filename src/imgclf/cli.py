@@ -149,7 +149,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from imgclf.predict import fill_template, load, prediction_rows, resolve_inputs
 
-    clf = load(args.model, device=args.device, batch_size=args.batch_size)
+    clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers)
     ids, paths = resolve_inputs(args.inputs)
     single = len(ids) == 1 and not args.out and not args.template
     columns, rows = prediction_rows(clf, ids, paths, top_k=5 if single else args.top_k, proba=args.proba)
@@ -298,6 +298,7 @@ def _deploy_commands(sub) -> None:
     pr.add_argument("--template", help="a sample submission whose columns and row order the output copies")
     pr.add_argument("--top-k", type=int, default=0, help="also write the K best classes with probabilities")
     pr.add_argument("--proba", action="store_true", help="also write one probability column per class")
+    pr.add_argument("--workers", type=int, help="processes that decode the files (and on a CPU run the model); default: all cores")
     _bundle_args(pr, 256)
     pr.set_defaults(run=_cmd_predict)
     ex = sub.add_parser("export", help="export a bundle to ONNX or TorchScript, checked against PyTorch on real images")

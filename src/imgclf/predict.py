@@ -27,8 +27,26 @@ class Item:
     """One input of a prediction: where it came from, and its pixels or why there are none."""
 
     id: str
-    pixels: np.ndarray | None  # uint8 C x H x W in the model's input format
+    pixels: np.ndarray | None  # uint8 C x H x W in the model's input format; None once predicted, or bad
     error: str | None = None
+
+
+# Classifiers in use by files_with_probabilities, by id: forked workers inherit them; spawned ones
+# (macOS) load the bundle once each and keep it here.
+_SHARED: dict[int, "ImageClassifier"] = {}
+
+
+def _one_torch_thread() -> None:
+    """Worker set-up: one torch thread per process, so the workers together use each core once."""
+    torch.set_num_threads(1)
+
+
+def _decode_and_predict(key: int, bundle: str, paths: list[str]) -> tuple[list[str | None], np.ndarray]:
+    """A worker's job: decode a chunk of files and run the model on it."""
+    if key not in _SHARED:
+        _SHARED[key] = ImageClassifier(bundle, device="cpu")
+    clf = _SHARED[key]
+    return clf.predict_decoded(decode.decode_many(paths, clf.channels_, clf.size_, clf.resize_))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -46,12 +64,10 @@ class ImageClassifier:
 
     def __init__(self, path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None):
         from imgclf.engine.bundle import load_bundle
-        from imgclf.engine.hardware import pick_device
+        from imgclf.engine.hardware import pick_device, use_channels_last
+        from imgclf.models.inference import for_inference
 
         self.path, self.batch_size, self.workers = Path(path), batch_size, workers
-        from imgclf.engine.hardware import use_channels_last
-
-        from imgclf.models.inference import for_inference
 
         self.device_ = pick_device(device)
         model, self.spec_ = load_bundle(path)
@@ -72,12 +88,9 @@ class ImageClassifier:
 
     # -- inputs to items ---------------------------------------------------------------------------
     def items(self, x) -> list[Item]:
-        """Any accepted input as a list of items in the model's input format, bad files included."""
+        """In-memory images (PIL images or arrays) as items in the model's input format."""
         from PIL import Image
 
-        paths = self._paths(x)
-        if paths is not None:
-            return self.decode_files(paths)
         if isinstance(x, Image.Image):
             return [Item("image", decode.prepare(x.copy(), self.channels_, self.size_, self.resize_))]
         if isinstance(x, (list, tuple)) and all(isinstance(v, Image.Image) for v in x):
@@ -86,37 +99,45 @@ class ImageClassifier:
             return self._array_items(x)
         raise ImgclfError(f"cannot predict on a {type(x).__name__}; pass a path, a folder, paths, a PIL image, or an array.")
 
-    def decode_files(self, paths: list[str], ids: list[str] | None = None) -> list[Item]:
-        return [it for part in self._decoded_chunks(paths, ids) for it in part]
+    def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None) -> tuple[list[Item], np.ndarray]:
+        """An item per path (its error, or None; pixels are not kept) and N x K probabilities, NaN for bad files.
 
-    def _decoded_chunks(self, paths: list[str], ids: list[str] | None = None):
-        """Items chunk by chunk, in order, decoded by worker processes while the caller uses earlier ones.
-
-        An empty path (a CSV id without an image) becomes an item with its error.
+        Files go chunk by chunk, one batch each, so memory holds a few batches whatever the number of files.
+        On a CPU each worker process decodes its chunk and runs the model on it with one thread: nothing
+        waits, and torch's threads do not fight the decoders for the cores (1.5x the images/s of decoding
+        in workers and predicting here; benchmarks/predict.py). On a GPU the workers decode and this
+        process feeds the device. An empty path (a CSV id without an image) gets its error.
         """
         ids = ids or paths
         workers = worker_count(self.workers) if len(paths) >= PARALLEL_FROM else 1
-        spans = chunks(len(paths), workers, size=self.batch_size)  # one decoded chunk, one batch
-        args = (self.channels_, self.size_, self.resize_)
-        jobs = [([p for p in paths[a:b] if p], *args) for a, b in spans]
-        for (a, b), decoded in zip(spans, iter_chunks(decode.decode_many, jobs, workers, "decoding")):
-            results = iter(decoded)
-            part = []
-            for image_id, path in zip(ids[a:b], paths[a:b]):
-                if not path:
-                    part.append(Item(image_id, None, "missing file: no image for this id"))
-                    continue
-                r = next(results)
-                part.append(Item(image_id, None, r) if isinstance(r, str) else Item(image_id, r))
-            yield part
+        in_workers = workers > 1 and self.device_.type == "cpu"
+        spans = chunks(len(paths), workers, size=self.batch_size)
+        present = [[p for p in paths[a:b] if p] for a, b in spans]
+        if in_workers:
+            fn, init, jobs = _decode_and_predict, _one_torch_thread, [(id(self), str(self.path), ps) for ps in present]
+        else:
+            fn, init, jobs = decode.decode_many, None, [(ps, self.channels_, self.size_, self.resize_) for ps in present]
+        items: list[Item] = []
+        probs = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
+        _SHARED[id(self)] = self  # forked workers find this classifier here instead of loading the bundle again
+        try:
+            for (a, b), out in zip(spans, iter_chunks(fn, jobs, workers, "predicting", initializer=init)):
+                errors, chunk_probs = out if in_workers else self.predict_decoded(out)
+                found = iter(zip(errors, chunk_probs))
+                for row, (image_id, path) in enumerate(zip(ids[a:b], paths[a:b]), start=a):
+                    if not path:
+                        items.append(Item(image_id, None, "missing file: no image for this id"))
+                        continue
+                    error, probs[row] = next(found)
+                    items.append(Item(image_id, None, error))
+        finally:
+            _SHARED.pop(id(self), None)
+        return items, probs
 
-    def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None) -> tuple[list[Item], np.ndarray]:
-        """Items and their probabilities, the model working on each chunk as soon as it is decoded."""
-        items, probs = [], []
-        for part in self._decoded_chunks(paths, ids):
-            items += part
-            probs.append(self.probabilities(part))
-        return items, (np.concatenate(probs) if probs else np.zeros((0, len(self.classes_)), np.float32))
+    def predict_decoded(self, decoded: list[np.ndarray | str]) -> tuple[list[str | None], np.ndarray]:
+        """decode_many's output (pixels, or a reason) as (reason or None, probabilities) per file."""
+        items = [Item("", None, r) if isinstance(r, str) else Item("", r) for r in decoded]
+        return [it.error for it in items], self.probabilities(items)
 
     def _array_items(self, x) -> list[Item]:
         from imgclf.config import DataConfig
@@ -185,9 +206,9 @@ class ImageClassifier:
         return [[(self.classes_[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int = 256) -> ImageClassifier:
-    """A run directory or bundle, ready to predict."""
-    return ImageClassifier(path, device=device, batch_size=batch_size)
+def load(path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None) -> ImageClassifier:
+    """A run directory or bundle, ready to predict; workers: processes for files (default: all cores)."""
+    return ImageClassifier(path, device=device, batch_size=batch_size, workers=workers)
 
 
 def resolve_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:

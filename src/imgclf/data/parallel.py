@@ -12,8 +12,11 @@ def worker_count(requested: int | None) -> int:
     return max(1, requested or os.cpu_count() or 1)
 
 
-def iter_chunks(fn, jobs: list[tuple], workers: int, what: str):
-    """fn(*job) for every job, yielded in order as each is ready, so a consumer can work meanwhile."""
+def iter_chunks(fn, jobs: list[tuple], workers: int, what: str, initializer=None):
+    """fn(*job) for every job, yielded in order as each is ready, so a consumer can work meanwhile.
+
+    initializer runs once in each worker process (never in this one, where workers == 1 runs the jobs).
+    """
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc=what, unit="chunk", disable=None, leave=False)
@@ -25,7 +28,7 @@ def iter_chunks(fn, jobs: list[tuple], workers: int, what: str):
             return
         # fork starts workers in milliseconds and needs no __main__ guard in user scripts; macOS cannot fork safely.
         ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer) as pool:
             futures = [pool.submit(fn, *job) for job in jobs]
             for fut in futures:
                 yield fut.result()
