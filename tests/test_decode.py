@@ -64,16 +64,18 @@ def test_gray_palette_stays_gray(tmp_path, fmnist_small):
     assert probe(str(tmp_path / "p.png"))[2] is False
 
 
-def test_exif_orientation_is_applied(tmp_path):
+@pytest.mark.parametrize("ext", ["jpg", "png", "webp"])
+def test_exif_orientation_is_applied(tmp_path, ext):
     upright = np.zeros((40, 20), np.uint8)  # tall image, bright top rows
     upright[:8] = 255
     stored = np.rot90(upright, k=1)  # what a camera writes: pixels rotated, the tag says how to undo it
-    img = Image.fromarray(np.ascontiguousarray(stored), "L")
+    img = Image.fromarray(np.ascontiguousarray(stored), "L" if ext != "webp" else None).convert("L" if ext != "webp" else "RGB")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 clockwise to display
-    img.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
-    assert probe(str(tmp_path / "r.jpg"))[:2] == (40, 20)
-    got = decode(str(tmp_path / "r.jpg"), 1, None)[0]
+    path = str(tmp_path / f"r.{ext}")
+    img.save(path, exif=exif.tobytes(), **({"quality": 95} if ext == "jpg" else {"lossless": True} if ext == "webp" else {}))
+    assert probe(path)[:2] == (40, 20)
+    got = decode(path, 1, None)[0]
     assert got.shape == (40, 20) and got[:8].mean() > 200 and got[8:].mean() < 40
 
 

@@ -22,18 +22,15 @@ class BadImage(Exception):
 
 def _open(path: str) -> Image.Image:
     try:
-        if os.path.getsize(path) == 0:
-            raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; a bomb is a bomb either way.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(path)
-    except BadImage:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage(f"decompression bomb: more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS}") from None
     except UnidentifiedImageError:
-        raise BadImage("not an image, or corrupt beyond recognition") from None
+        # The size is asked only now: one stat call fewer per good file.
+        raise BadImage("empty file (0 bytes)" if os.path.getsize(path) == 0 else "not an image, or corrupt beyond recognition") from None
     except PermissionError:
         raise BadImage("unreadable: permission denied") from None
     except OSError as err:
@@ -71,8 +68,17 @@ def probe(path: str) -> tuple[int, int, bool, str]:
         return h, w, color, img.mode
 
 
+# Formats whose EXIF block Pillow keeps in info["exif"] once the image is loaded: without that key
+# there is no orientation, and asking getexif() would cost as much as decoding a small PNG.
+_EXIF_IN_INFO = {"JPEG", "MPO", "PNG", "WEBP"}
+
+
 def _has_orientation(img: Image.Image) -> bool:
-    """Whether EXIF asks for a rotation or flip (exif_transpose copies every image, so ask first)."""
+    """Whether EXIF asks for a rotation or flip (exif_transpose copies every image, so ask first).
+
+    Call it after load(): a PNG may keep its EXIF chunk after the pixels."""
+    if img.format in _EXIF_IN_INFO and "exif" not in img.info:
+        return False
     try:
         return img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
     except Exception:  # a broken EXIF block: treated as no orientation, as exif_transpose would
