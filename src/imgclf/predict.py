@@ -104,8 +104,8 @@ class ImageClassifier:
 
         Files go chunk by chunk, one batch each, so memory holds a few batches whatever the number of files.
         On a CPU each worker process decodes its chunk and runs the model on it with one thread: nothing
-        waits, and torch's threads do not fight the decoders for the cores (1.5x the images/s of decoding
-        in workers and predicting here; benchmarks/predict.py). On a GPU the workers decode and this
+        waits, and torch's threads do not fight the decoders for the cores (1.1x to 1.2x the images/s of
+        decoding in workers and predicting here on 2 cores; benchmarks/predict.py). On a GPU the workers decode and this
         process feeds the device. An empty path (a CSV id without an image) gets its error.
         """
         ids = ids or paths
