@@ -79,6 +79,28 @@ def test_exif_orientation_is_applied(tmp_path, ext):
     assert got.shape == (40, 20) and got[:8].mean() > 200 and got[8:].mean() < 40
 
 
+@pytest.mark.parametrize("where", ["xmp", "raw profile"])
+def test_png_orientation_from_xmp_or_a_text_chunk_is_applied(tmp_path, where):
+    """Pillow also reads the orientation of a PNG from XMP and from ImageMagick's 'Raw profile type
+    exif' text chunk; the shortcut that skips getexif() must not miss them."""
+    from PIL import PngImagePlugin
+
+    stored = np.zeros((20, 40), np.uint8)  # wide as stored, bright left columns
+    stored[:, :8] = 255
+    info = PngImagePlugin.PngInfo()
+    if where == "xmp":
+        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                      '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        raw = exif.tobytes()
+        info.add_text("Raw profile type exif", f"\nexif\n{len(raw)}\n" + raw.hex())
+    Image.fromarray(stored, "L").save(tmp_path / "o.png", pnginfo=info)
+    got = decode(str(tmp_path / "o.png"), 1, None)[0]
+    assert got.shape == (40, 20) and got[:8].mean() > 200 and got[8:].mean() < 40  # rotated: left became top
+
+
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     make_bomb_png(tmp_path / "bomb.png")
     with pytest.raises(BadImage, match="decompression bomb"):

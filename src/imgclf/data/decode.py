@@ -68,16 +68,18 @@ def probe(path: str) -> tuple[int, int, bool, str]:
         return h, w, color, img.mode
 
 
-# Formats whose EXIF block Pillow keeps in info["exif"] once the image is loaded: without that key
-# there is no orientation, and asking getexif() would cost as much as decoding a small PNG.
+# Formats whose orientation Pillow reads only from these info keys once the image is loaded (EXIF,
+# ImageMagick's text chunk, XMP): without any of them there is no orientation, and asking getexif()
+# would cost as much as decoding a small PNG. TIFF keeps it in its own tags, so it is always asked.
 _EXIF_IN_INFO = {"JPEG", "MPO", "PNG", "WEBP"}
+_ORIENTATION_KEYS = {"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"}
 
 
 def _has_orientation(img: Image.Image) -> bool:
     """Whether EXIF asks for a rotation or flip (exif_transpose copies every image, so ask first).
 
     Call it after load(): a PNG may keep its EXIF chunk after the pixels."""
-    if img.format in _EXIF_IN_INFO and "exif" not in img.info:
+    if img.format in _EXIF_IN_INFO and _ORIENTATION_KEYS.isdisjoint(img.info):
         return False
     try:
         return img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
