@@ -69,7 +69,7 @@ def test_exif_orientation_is_applied(tmp_path, ext):
     upright = np.zeros((40, 20), np.uint8)  # tall image, bright top rows
     upright[:8] = 255
     stored = np.rot90(upright, k=1)  # what a camera writes: pixels rotated, the tag says how to undo it
-    img = Image.fromarray(np.ascontiguousarray(stored), "L" if ext != "webp" else None).convert("L" if ext != "webp" else "RGB")
+    img = Image.fromarray(np.ascontiguousarray(stored)).convert("RGB" if ext == "webp" else "L")  # WebP has no gray mode
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 clockwise to display
     path = str(tmp_path / f"r.{ext}")

@@ -105,8 +105,8 @@ class ImageClassifier:
         Files go chunk by chunk, one batch each, so memory holds a few batches whatever the number of files.
         On a CPU each worker process decodes its chunk and runs the model on it with one thread: nothing
         waits, and torch's threads do not fight the decoders for the cores (1.1x to 1.2x the images/s of
-        decoding in workers and predicting here on 2 cores; benchmarks/predict.py). On a GPU the workers decode and this
-        process feeds the device. An empty path (a CSV id without an image) gets its error.
+        decoding in workers and predicting here on 2 cores; benchmarks/predict.py). On a GPU the workers
+        decode and this process feeds the device. An empty path (a CSV id without an image) gets its error.
         """
         ids = ids or paths
         workers = worker_count(self.workers) if len(paths) >= PARALLEL_FROM else 1
@@ -115,11 +115,11 @@ class ImageClassifier:
         present = [[p for p in paths[a:b] if p] for a, b in spans]
         if in_workers:
             fn, init, jobs = _decode_and_predict, _one_torch_thread, [(id(self), str(self.path), ps) for ps in present]
+            _SHARED[id(self)] = self  # forked workers find this classifier here instead of loading the bundle again
         else:
             fn, init, jobs = decode.decode_many, None, [(ps, self.channels_, self.size_, self.resize_) for ps in present]
         items: list[Item] = []
         probs = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
-        _SHARED[id(self)] = self  # forked workers find this classifier here instead of loading the bundle again
         try:
             for (a, b), out in zip(spans, iter_chunks(fn, jobs, workers, "predicting", initializer=init)):
                 errors, chunk_probs = out if in_workers else self.predict_decoded(out)
@@ -136,8 +136,9 @@ class ImageClassifier:
 
     def predict_decoded(self, decoded: list[np.ndarray | str]) -> tuple[list[str | None], np.ndarray]:
         """decode_many's output (pixels, or a reason) as (reason or None, probabilities) per file."""
-        items = [Item("", None, r) if isinstance(r, str) else Item("", r) for r in decoded]
-        return [it.error for it in items], self.probabilities(items)
+        errors = [r if isinstance(r, str) else None for r in decoded]
+        items = [Item("", None if e else r, e) for r, e in zip(decoded, errors)]
+        return errors, self.probabilities(items)
 
     def _array_items(self, x) -> list[Item]:
         from imgclf.config import DataConfig
