@@ -111,6 +111,15 @@ def csv_layout(tmp_path_factory, fmnist):
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, fmnist_small):
+    """A run directory of a model trained one epoch on 300 Fashion-MNIST images: enough to predict with."""
+    import imgclf
+
+    images, labels = fmnist_small
+    return imgclf.train((images, labels), epochs=1, batch_size=64, device="cpu", out=str(tmp_path_factory.mktemp("tiny-run"))).run_dir
+
+
+@pytest.fixture(scope="session")
 def digits():
     from sklearn.datasets import load_digits
 
@@ -148,3 +157,94 @@ def add_bad_files(folder: Path, good_image: np.ndarray) -> dict[str, str]:
     return {"empty.png": "empty file", "truncated.png": "truncated", "corrupt.jpg": "not an image",
             "notes.png": "not an image", "bomb.png": "decompression bomb", "dangling.png": "unreadable",
             ".DS_Store": "hidden", "._img00001.png": "hidden", "Thumbs.db": "hidden"}
+
+
+def write_format_corpus(folder: Path) -> list[Path]:
+    """One small picture in every mode Pillow has, saved in every format and compression that Pillow can
+    write it in (combinations it refuses are left out); returns the files written."""
+    import warnings
+
+    modes = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"]
+    formats = {"png": [{}], "jpg": [{"quality": 90}, {"progressive": True}], "bmp": [{}], "gif": [{}],
+               "webp": [{"lossless": True}, {"quality": 80}], "ppm": [{}], "pgm": [{}],
+               "tif": [{}, {"compression": "tiff_lzw"}, {"compression": "tiff_adobe_deflate"}, {"compression": "packbits"},
+                       {"compression": "jpeg"}, {"compression": "group3"}, {"compression": "group4"}]}
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for mode in modes:
+        rgb = np.zeros((24, 32, 3), np.uint8)
+        rgb[4:20, 6:26] = rng.integers(40, 255, (16, 20, 3))
+        gray = np.asarray(Image.fromarray(rgb).convert("L"))
+        img = {"1": Image.fromarray(gray > 128), "I;16": Image.fromarray(gray.astype(np.uint16) * 257),
+               "I": Image.fromarray(gray.astype(np.int32) * 100), "F": Image.fromarray(gray.astype(np.float32) / 255),
+               "PA": Image.fromarray(rgb).convert("P").convert("PA")}.get(mode) or Image.fromarray(rgb).convert(mode)
+        for ext, variants in formats.items():
+            for k, options in enumerate(variants):
+                path = folder / f"{mode.replace(';', '_')}-{ext}{k}.{ext}"
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        img.save(path, **options)
+                    written.append(path)
+                except Exception:  # a combination Pillow cannot write
+                    path.unlink(missing_ok=True)
+    return written
+
+
+def write_odd_files(folder: Path, image: np.ndarray) -> dict[str, str]:
+    """Real files that decode but make the libraries talk, and broken ones that make them fail: file name ->
+    what it is. Each is what users' folders hold: a camera's malformed MPO, a damaged fax TIFF, a TIFF with a
+    private tag, a palette PNG with byte transparency, a corrupt EXIF block, damaged LZW data."""
+    import io
+    import struct
+    import warnings
+
+    from PIL import TiffImagePlugin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gray = Image.fromarray(image, "L")
+    jpeg = io.BytesIO()
+    gray.save(jpeg, "JPEG")
+    mpf = b"MPF\0II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHII", 0xB002, 7, 32, 100) + b"\0" * 4
+    data = jpeg.getvalue()
+    (folder / "malformed-mpo.jpg").write_bytes(data[:2] + b"\xff\xe2" + struct.pack(">H", len(mpf) + 2) + mpf + data[2:])
+    noisy = np.random.default_rng(1).integers(0, 255, (64, 64)).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Image.fromarray(noisy).convert("1").save(folder / "fax.tif", compression="group4")
+        Image.fromarray(noisy).save(folder / "lzw.tif", compression="tiff_lzw")
+    fax = bytearray((folder / "fax.tif").read_bytes())
+    for i in range(20, 200, 5):
+        fax[i] ^= 0x33
+    (folder / "damaged-fax.tif").write_bytes(bytes(fax))
+    lzw = bytearray((folder / "lzw.tif").read_bytes())
+    for i in range(200, 600, 7):
+        lzw[i] ^= 0x55
+    (folder / "damaged-lzw.tif").write_bytes(bytes(lzw))
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[65000] = "private"
+    tags.tagtype[65000] = 2
+    gray.save(folder / "private-tag.tif", compression="tiff_lzw", tiffinfo=tags)
+    gray.convert("P").save(folder / "palette-transparency.png", transparency=bytes([0] * 5))
+    return {"malformed-mpo.jpg": "decodes, Pillow warns", "fax.tif": "decodes", "lzw.tif": "decodes",
+            "damaged-fax.tif": "decodes, libtiff complains", "damaged-lzw.tif": "fails, libtiff complains",
+            "private-tag.tif": "decodes", "palette-transparency.png": "decodes"}
+
+
+def write_broken_copies(folder: Path, good: list[Path]) -> None:
+    """Of each format among good: a truncated copy, an empty file, a damaged header, and the file under
+    another format's extension (which Pillow still reads); plus a decompression bomb."""
+    seen = set()
+    for path in good:
+        ext = path.suffix
+        if ext in seen:
+            continue
+        seen.add(ext)
+        data = path.read_bytes()
+        stem = f"broken-{ext[1:]}"
+        (folder / f"{stem}-truncated{ext}").write_bytes(data[: len(data) // 2])
+        (folder / f"{stem}-empty{ext}").write_bytes(b"")
+        (folder / f"{stem}-header{ext}").write_bytes(b"\0" * 16 + data[16:])
+        (folder / f"{stem}-renamed{'.png' if ext != '.png' else '.jpg'}").write_bytes(data)
+    make_bomb_png(folder / "broken-bomb.png")

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from imgclf.data import decode
-from imgclf.data.listing import is_hidden, is_image_name
 from imgclf.data.parallel import chunks, iter_chunks, worker_count
+from imgclf.data.skips import SkipLog
+from imgclf.data.walk import image_files
 from imgclf.errors import ImgclfError
 
 PARALLEL_FROM = 256  # files; below this, starting worker processes costs more than it saves
@@ -29,6 +30,7 @@ class Item:
     id: str
     pixels: np.ndarray | None  # uint8 C x H x W in the model's input format; None once predicted, or bad
     error: str | None = None
+    warning: str | None = None  # what the image libraries said while decoding it
 
 
 # Classifiers in use by files_with_probabilities, by id: forked workers inherit them; spawned ones
@@ -41,21 +43,13 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _decode_and_predict(key: int, bundle: str, paths: list[str]) -> tuple[list[str | None], np.ndarray]:
+def _decode_and_predict(key: int, bundle: str, paths: list[str]) -> tuple[list[str | None], np.ndarray, dict[str, str]]:
     """A worker's job: decode a chunk of files and run the model on it."""
     if key not in _SHARED:
         _SHARED[key] = ImageClassifier(bundle, device="cpu")
     clf = _SHARED[key]
-    return clf.predict_decoded(decode.decode_many(paths, clf.channels_, clf.size_, clf.resize_))
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under a folder, recursively, in sorted order; hidden files left out."""
-    found = []
-    for dirpath, dirnames, filenames in sorted(os.walk(folder)):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        found += [Path(dirpath) / f for f in sorted(filenames) if not is_hidden(f) and is_image_name(f)]
-    return found
+    decoded, noise = decode.decode_many(paths, clf.channels_, clf.size_, clf.resize_)
+    return (*clf.predict_decoded(decoded), noise)
 
 
 class ImageClassifier:
@@ -100,7 +94,8 @@ class ImageClassifier:
         raise ImgclfError(f"cannot predict on a {type(x).__name__}; pass a path, a folder, paths, a PIL image, or an array.")
 
     def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None) -> tuple[list[Item], np.ndarray]:
-        """An item per path (its error, or None; pixels are not kept) and N x K probabilities, NaN for bad files.
+        """An item per path (its error and the libraries' warnings, or None; pixels are not kept) and N x K
+        probabilities, NaN for bad files.
 
         Files go chunk by chunk, one batch each, so memory holds a few batches whatever the number of files.
         On a CPU each worker process decodes its chunk and runs the model on it with one thread: nothing
@@ -122,14 +117,14 @@ class ImageClassifier:
         probs = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
         try:
             for (a, b), out in zip(spans, iter_chunks(fn, jobs, workers, "predicting", initializer=init)):
-                errors, chunk_probs = out if in_workers else self.predict_decoded(out)
+                errors, chunk_probs, noise = out if in_workers else (*self.predict_decoded(out[0]), out[1])
                 found = iter(zip(errors, chunk_probs))
                 for row, (image_id, path) in enumerate(zip(ids[a:b], paths[a:b]), start=a):
                     if not path:
                         items.append(Item(image_id, None, "missing file: no image for this id"))
                         continue
                     error, probs[row] = next(found)
-                    items.append(Item(image_id, None, error))
+                    items.append(Item(image_id, None, error, noise.get(path)))
         finally:
             _SHARED.pop(id(self), None)
         return items, probs
@@ -187,7 +182,7 @@ class ImageClassifier:
         if isinstance(x, (str, Path)):
             x = [x]
         if isinstance(x, (list, tuple)) and x and all(isinstance(v, (str, Path)) for v in x):
-            return [str(p) for v in x for p in (image_files(Path(v)) if Path(v).is_dir() else [Path(v)])]
+            return [p for v in x for p in (image_files(v) if Path(v).is_dir() else [str(v)])]
         return None
 
     def predict_proba(self, x) -> np.ndarray:
@@ -212,18 +207,19 @@ def load(path: str | Path, device: str = "auto", batch_size: int = 256, workers:
     return ImageClassifier(path, device=device, batch_size=batch_size, workers=workers)
 
 
-def resolve_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[list[str], list[str]]:
     """Command-line inputs as (ids, paths) in input order: files, folders (recursive, ids relative to
-    the folder), or a CSV of ids (ids as written, images found beside it as for training data)."""
+    the folder), or a CSV of ids (ids as written, images found beside it as for training data).
+    Folders are walked as training data is; what the walk leaves out goes to skips."""
     from imgclf.data.listing import image_folder_for, read_csv_rows
 
     ids, paths = [], []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            for f in image_files(path):
-                ids.append(str(f.relative_to(path)))
-                paths.append(str(f))
+            for f in image_files(path, skips):
+                ids.append(os.path.relpath(f, path))
+                paths.append(f)
         elif path.suffix.lower() == ".csv" and path.is_file():
             rows, id_col, _ = read_csv_rows(path, None, None)
             raw = [(r.get(id_col) or "").strip() for r in rows]
@@ -249,7 +245,7 @@ def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_
     columns.append("error")
     rows = []
     for item, p in zip(items, probs):
-        row = {"id": item.id, "label": "", "error": item.error or ""}
+        row = {"id": item.id, "label": "", "error": item.error or "", "warning": item.warning}  # warning: not a column
         if item.error is None:
             order = np.argsort(-p, kind="stable")
             row["label"] = clf.classes_[order[0]]

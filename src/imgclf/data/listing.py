@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.data.skips import SkipLog
+from imgclf.data.walk import Walker, is_image_name, is_system_folder
 from imgclf.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 ID_COLUMNS = ("id", "filename", "file", "image", "path")
 LABEL_COLUMNS = ("label", "class", "target")
@@ -37,32 +37,17 @@ def _split_words(splits: dict) -> str:
     return "/".join(s for s in ("train", "val", "test") if s in splits)
 
 
-def is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _walk_images(folder: Path, skips: SkipLog) -> list[str]:
-    """Image files under folder in ImageFolder's order (sorted walk), other files reported."""
+def _class_folders(root: Path, skips: SkipLog) -> list[Path]:
+    """The folders directly under root, sorted by name; hidden and system folders reported, not used."""
     found = []
-    for dirpath, dirnames, filenames in sorted(os.walk(folder, followlinks=True)):
-        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if is_hidden(name):
-                skips.add(path, "hidden or system file", error=False)
-            elif not is_image_name(name):
-                skips.add(path, "not an image file name (extension)", error=False)
-            else:
-                found.append(path)
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir():
+            continue
+        if is_system_folder(entry.name):
+            skips.add(entry.path, "hidden or system folder: not searched", error=False)
+        else:
+            found.append(Path(entry.path))
     return found
-
-
-def _class_folders(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_hidden(e.name))
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -78,32 +63,39 @@ def list_folders(root: Path, skips: SkipLog) -> FileListing:
     """A class-per-folder tree, or train/ val/ test/ folders each holding one."""
     split_dirs = _split_folders(root) or {"train": root}
     train_dir = split_dirs["train"]
-    classes = []
-    for name in _class_folders(train_dir):
-        if any(is_image_name(f) and not is_hidden(f) for _, _, fs in os.walk(train_dir / name) for f in fs):
-            classes.append(name)
-        else:
-            skips.add(str(train_dir / name), "empty class folder: no images in it", fix="add images or remove the folder")
+    subdirs = {split: _class_folders(folder, skips) for split, folder in split_dirs.items()}
+    # An unlabeled test folder of bare images is labeled by nothing; its folder is fenced whole.
+    bare = {split for split, dirs in subdirs.items() if split != "train" and not dirs}
+    walker = Walker(skips, fence=[d for split, dirs in subdirs.items() for d in dirs] + [split_dirs[s] for s in bare])
+    train_files = {d.name: walker.images(d) for d in subdirs["train"]}
+    classes = [name for name, paths in train_files.items() if paths]
+    for d in subdirs["train"]:
+        if not train_files[d.name] and str(d) not in walker.refused:
+            skips.add(str(d), "empty class folder: no images in it", fix="add images or remove the folder")
     if not classes:
         raise DataError(f"{train_dir}: no class folders with images; expected {train_dir}/<class>/<image>.png.")
     index = {name: i for i, name in enumerate(classes)}
-    files: dict[str, list[tuple[str, int]]] = {}
+    files: dict[str, list[tuple[str, int]]] = {"train": [(p, index[n]) for n, paths in train_files.items() for p in paths]}
     for split, folder in split_dirs.items():
-        subdirs = _class_folders(folder)
-        if split != "train" and not subdirs:  # an unlabeled test folder of bare images
-            files[split] = [(p, UNLABELED) for p in _walk_images(folder, skips)]
-            continue
-        pairs = []
-        for name in subdirs:
-            paths = _walk_images(folder / name, skips)
-            if name not in index:
-                for p in paths:
-                    skips.add(p, f"label outside the known set: class folder '{name}' is not in the training classes")
-                continue
-            pairs.extend((p, index[name]) for p in paths)
-        files[split] = pairs
+        if split in bare:
+            files[split] = [(p, UNLABELED) for p in walker.images(folder)]
+        elif split != "train":
+            files[split] = _labeled_files(walker, subdirs[split], index, skips)
     layout = f"class folders with {_split_words(split_dirs)} splits" if train_dir != root else "class folders"
     return FileListing(layout, root, classes, files)
+
+
+def _labeled_files(walker: Walker, folders: list[Path], index: dict[str, int], skips: SkipLog) -> list[tuple[str, int]]:
+    """(path, label) for a val or test split's class folders, labeled by the training classes."""
+    pairs = []
+    for folder in folders:
+        paths = walker.images(folder)
+        if folder.name not in index:
+            for p in paths:
+                skips.add(p, f"label outside the known set: class folder '{folder.name}' is not in the training classes")
+            continue
+        pairs.extend((p, index[folder.name]) for p in paths)
+    return pairs
 
 
 def _pick_column(header: list[str], wanted: str | None, defaults: tuple[str, ...], csv_path: Path, what: str, flag: str) -> str | None:
@@ -146,7 +138,7 @@ def image_folder_for(csv_path: Path, split: str, first_ids: list[str]) -> Folder
     """The folder holding a CSV's images: <split>/, images/, beside the CSV, or any folder beside it."""
     base = csv_path.parent
     candidates = [base / split, base / "images", base / split / "images", base / csv_path.stem, base]
-    candidates += [Path(p) for p in sorted(e.path for e in os.scandir(base) if e.is_dir() and not is_hidden(e.name))]
+    candidates += [Path(p) for p in sorted(e.path for e in os.scandir(base) if e.is_dir() and not is_system_folder(e.name))]
     indexes = [FolderIndex(c) for c in candidates if c.is_dir()]
     for idx in indexes:
         if any(idx.find(i) for i in first_ids):
