@@ -64,19 +64,40 @@ def test_gray_palette_stays_gray(tmp_path, fmnist_small):
     assert probe(str(tmp_path / "p.png"))[2] is False
 
 
-@pytest.mark.parametrize("ext", ["jpg", "png", "webp"])
-def test_exif_orientation_is_applied(tmp_path, ext):
-    upright = np.zeros((40, 20), np.uint8)  # tall image, bright top rows
-    upright[:8] = 255
-    stored = np.rot90(upright, k=1)  # what a camera writes: pixels rotated, the tag says how to undo it
-    img = Image.fromarray(np.ascontiguousarray(stored)).convert("RGB" if ext == "webp" else "L")  # WebP has no gray mode
+# How a camera stores an upright picture for each EXIF orientation: the tag says how to undo this.
+_STORED_AS = {1: [], 2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180], 4: [Image.Transpose.FLIP_TOP_BOTTOM],
+              5: [Image.Transpose.TRANSPOSE], 6: [Image.Transpose.ROTATE_90], 7: [Image.Transpose.TRANSVERSE],
+              8: [Image.Transpose.ROTATE_270]}
+_FORMATS = {  # file name: (mode written, save options)
+    "jpeg.jpg": ("L", {"quality": 95}), "png.png": ("L", {}), "webp.webp": ("RGB", {"lossless": True}),
+    "tiff-raw.tif": ("L", {}), "tiff-lzw.tif": ("L", {"compression": "tiff_lzw"}),
+    "tiff-g4.tif": ("1", {"compression": "group4"}), "tiff-strips.tif": ("L", {"rows_per_strip": 4}),
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("name", _FORMATS)
+def test_every_exif_orientation_decodes_upright(tmp_path, name, orientation):
+    """All 8 orientations in JPEG, PNG, WebP and TIFF (uncompressed, LZW, Group 4 fax, several strips)
+    give the upright picture, and the header probe gives its upright size."""
+    upright = np.zeros((24, 40), np.uint8)  # wide, with marks that tell every flip and turn apart
+    upright[:6, :10] = 255
+    upright[10:14, 20:] = 255
+    mode, options = _FORMATS[name]
+    img = Image.fromarray(upright).convert(mode)
+    for step in _STORED_AS[orientation]:
+        img = img.transpose(step)
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 clockwise to display
-    path = str(tmp_path / f"r.{ext}")
-    img.save(path, exif=exif.tobytes(), **({"quality": 95} if ext == "jpg" else {"lossless": True} if ext == "webp" else {}))
-    assert probe(path)[:2] == (40, 20)
-    got = decode(path, 1, None)[0]
-    assert got.shape == (40, 20) and got[:8].mean() > 200 and got[8:].mean() < 40
+    exif[0x0112] = orientation
+    path = str(tmp_path / name)
+    if "rows_per_strip" in options:  # Pillow's own TIFF writer makes several strips when told the rows per strip
+        img.save(path, tiffinfo={0x0112: orientation, 278: options["rows_per_strip"]})
+        assert len(Image.open(path).tile) > 1
+    else:
+        img.save(path, exif=exif.tobytes(), **options)
+    assert probe(path)[:2] == (24, 40)
+    got = decode(path, 1, None)[0].astype(int)
+    assert got.shape == (24, 40) and np.abs(got - upright).mean() < 4
 
 
 @pytest.mark.parametrize("where", ["xmp", "raw profile"])

@@ -1,6 +1,6 @@
 """Turning one image file (or array) into a uint8 C x H x W array of the dataset's size and channels.
 
-This module imports only Pillow and numpy: it runs in the decoding worker processes.
+This module imports only Pillow, numpy and the standard library: it runs in the decoding worker processes.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgclf.data.noise import NoiseCatcher
 
 GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
@@ -55,7 +57,8 @@ def probe(path: str) -> tuple[int, int, bool, str]:
     with _open(path) as img:
         w, h = img.size
         try:
-            if img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_SIDES:
+            # Pillow gives a TIFF's upright size at open (it rotates TIFFs itself when loading).
+            if img.format != "TIFF" and img.getexif().get(_EXIF_ORIENTATION) in _SWAPS_SIDES:
                 w, h = h, w
         except Exception:  # a broken EXIF block must not cost the image; the orientation is then unknown
             pass
@@ -146,6 +149,11 @@ def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if original.format == "TIFF":
+                # Pillow 13 memory-maps a one-strip uncompressed TIFF at its upright size, which scrambles
+                # orientations 5-8 (it rotates TIFFs itself in load()); without a file name it reads the
+                # strip at the stored size and then rotates it correctly.
+                original.filename = ""
             original.load()
             oriented = ImageOps.exif_transpose(original) if _has_orientation(original) else original
             img = _to_uint8(oriented)
@@ -172,47 +180,47 @@ def fit_array(image: np.ndarray, size: tuple[int, int] | None, resize: str = "cr
     return np.stack([np.asarray(fit(Image.fromarray(plane), size, resize)) for plane in image])
 
 
-def probe_many(paths: list[str]) -> list[tuple[int, int, bool, str] | str]:
+def _over_chunk(paths: list[str], one) -> tuple[list, dict[str, str]]:
+    """one(i, path) for a chunk of files in a worker: its result, or for a bad file its reason string;
+    and what the image libraries said, by path (caught, so that the terminal shows imgclf's lines only)."""
+    out, noise = [], {}
+    with NoiseCatcher() as catcher:
+        for i, path in enumerate(paths):
+            try:
+                result = one(i, path)
+            except BadImage as bad:
+                result = str(bad)
+            except Exception as err:  # Pillow parsing hostile bytes can raise anything; one file must not end the run
+                result = f"corrupt image: {type(err).__name__}: {err}"[:300]
+            said = catcher.take()
+            if said:
+                noise[path] = said
+                if isinstance(result, str):  # the library's words are the best clue to why it failed
+                    result = f"{result} (the decoder said: {said[:200]})"
+            out.append(result)
+    return out, noise
+
+
+def probe_many(paths: list[str]) -> tuple[list[tuple[int, int, bool, str] | str], dict[str, str]]:
     """probe() over a chunk in a worker; a bad file gives its reason string instead of a tuple."""
-    out: list[tuple[int, int, bool, str] | str] = []
-    for path in paths:
-        try:
-            out.append(probe(path))
-        except BadImage as bad:
-            out.append(str(bad))
-        except Exception as err:  # Pillow parsing hostile bytes can raise anything; one file must not end the run
-            out.append(_unexpected(err))
-    return out
+    return _over_chunk(paths, lambda _, path: probe(path))
 
 
-def _unexpected(err: Exception) -> str:
-    return f"corrupt image: {type(err).__name__}: {err}"[:300]
-
-
-def decode_into(paths: list[str], start: int, out_file: str, channels: int, size: tuple[int, int], resize: str) -> list[tuple[int, str]]:
-    """decode() a chunk straight into rows start.. of the cache's .npy, so no pixels cross processes."""
+def decode_into(paths: list[str], start: int, out_file: str, channels: int, size: tuple[int, int],
+                resize: str) -> tuple[list[tuple[int, str]], dict[str, str]]:
+    """decode() a chunk straight into rows start.. of the cache's .npy, so no pixels cross processes;
+    returns the (row, reason) of each file that failed, and what the libraries said."""
     out = np.load(out_file, mmap_mode="r+")
-    failed = []
-    for i, path in enumerate(paths):
-        try:
-            out[start + i] = decode(path, channels, size, resize)
-        except BadImage as bad:
-            failed.append((start + i, str(bad)))
-        except Exception as err:  # as in probe_many: a hostile file is skipped, not fatal
-            failed.append((start + i, _unexpected(err)))
+
+    def write(i: int, path: str) -> None:
+        out[start + i] = decode(path, channels, size, resize)
+
+    results, noise = _over_chunk(paths, write)
     out.flush()
     del out
-    return failed
+    return [(start + i, r) for i, r in enumerate(results) if isinstance(r, str)], noise
 
 
-def decode_many(paths: list[str], channels: int, size: tuple[int, int], resize: str) -> list[np.ndarray | str]:
+def decode_many(paths: list[str], channels: int, size: tuple[int, int], resize: str) -> tuple[list[np.ndarray | str], dict[str, str]]:
     """decode() over a chunk in a worker, returning arrays (prediction has no cache to write into)."""
-    out: list[np.ndarray | str] = []
-    for path in paths:
-        try:
-            out.append(decode(path, channels, size, resize))
-        except BadImage as bad:
-            out.append(str(bad))
-        except Exception as err:  # as in probe_many
-            out.append(_unexpected(err))
-    return out
+    return _over_chunk(paths, lambda _, path: decode(path, channels, size, resize))
