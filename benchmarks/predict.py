@@ -81,7 +81,7 @@ def main() -> None:
 
             workers = worker_count(None)
             jobs = [(paths[a:b], clf.channels_, clf.size_, clf.resize_) for a, b in chunks(len(paths), workers, size=clf.batch_size)]
-            probs = [clf.predict_decoded(out)[1] for out in iter_chunks(decode.decode_many, jobs, workers, "decoding")]
+            probs = [clf.predict_decoded(out)[1] for out, _ in iter_chunks(decode.decode_many, jobs, workers, "decoding")]
             labels["split"] = np.concatenate(probs).argmax(1)
 
         def tutorial():

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import FOLDER_NAMES, add_bad_files, write_class_tree
+from conftest import FOLDER_NAMES, add_bad_files, write_broken_copies, write_class_tree, write_format_corpus, write_odd_files
 from imgclf import DataError, load_data
 
 
@@ -24,8 +26,9 @@ def messy_tree(tmp_path, fmnist_small):
 
 
 def _reasons(path):
+    """File name -> reason of skipped.csv (or message of warnings.csv)."""
     with open(path, newline="") as f:
-        return {row["path"].rsplit("/", 1)[-1]: row["reason"] for row in csv.DictReader(f)}
+        return {row["path"].rsplit("/", 1)[-1]: row.get("reason") or row["message"] for row in csv.DictReader(f)}
 
 
 def test_bad_files_are_skipped_and_listed(messy_tree, caplog):
@@ -98,3 +101,68 @@ def test_cli_inspect_lists_skips(messy_tree):
     proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "bomb.png: decompression bomb" in proc.stdout and "skipped.csv" in proc.stdout
+
+
+def _pillow_decodes(path: Path) -> bool:
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.load()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, fmnist_small):
+    """Every mode x format x compression Pillow writes, odd but real files, and broken copies of each format."""
+    root = tmp_path_factory.mktemp("corpus") / "corpus"
+    folder = root / "all"
+    good = write_format_corpus(folder)
+    odd = write_odd_files(folder, fmnist_small[0][0])
+    write_broken_copies(folder, good)
+    return root, odd
+
+
+# imgclf's own log lines during a load: the cache, the skip count, the warning count. Nothing else may reach the terminal.
+OWN_LINES = ("cache built:", "cache hit:", "skipped ", "the image libraries warned about ")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_file_pillow_decodes_is_loaded_and_the_terminal_stays_quiet(corpus, tmp_path, workers):
+    root, odd = corpus
+    env = {**os.environ, "IMGCLF_CACHE": str(tmp_path / "cache")}  # a cold decode
+    proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root), "--val-fraction", "0", "--workers", workers],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    stray = [line for line in proc.stderr.splitlines() if not line.startswith(OWN_LINES)]
+    assert not stray, stray
+    data = load_data(root, val_fraction=0, cache_dir=str(tmp_path / "cache"))
+    assert data.cache_hit
+    files = sorted((root / "all").iterdir())
+    assert len(files) > 160
+    decodable = {str(p) for p in files if _pillow_decodes(p)}
+    assert set(data.train.origins) == decodable
+    reasons = _reasons(data.cache_dir / "skipped.csv")
+    assert {p.name for p in files if str(p) not in decodable} == set(reasons) and all(reasons.values())
+    assert "Using code not yet in table" in reasons["damaged-lzw.tif"]  # libtiff's words, kept as the reason
+    said = _reasons(data.cache_dir / "warnings.csv")
+    assert "malformed MPO" in said["malformed-mpo.jpg"] and "Fax4Decode" in said["damaged-fax.tif"]
+    assert "warned about" in proc.stderr and "warnings.csv" in proc.stdout
+
+
+def test_predict_keeps_the_libraries_quiet_too(corpus, tiny_bundle, tmp_path):
+    root, _ = corpus
+    out = tmp_path / "preds.csv"
+    proc = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(tiny_bundle), str(root), "--out", str(out), "--workers", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not proc.stderr.strip(), proc.stderr
+    assert "warned about" in proc.stdout
+    said = _reasons(out.with_name("preds.warnings.csv"))
+    assert "malformed MPO" in said["malformed-mpo.jpg"] and "Fax4Decode" in said["damaged-fax.tif"]

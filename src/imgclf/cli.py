@@ -147,13 +147,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
+    from imgclf.data.skips import SkipLog, warnings_summary, write_skipped, write_warnings
     from imgclf.predict import fill_template, load, prediction_rows, resolve_inputs
 
     clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers)
-    ids, paths = resolve_inputs(args.inputs)
+    skips = SkipLog()
+    ids, paths = resolve_inputs(args.inputs, skips)
     single = len(ids) == 1 and not args.out and not args.template
     columns, rows = prediction_rows(clf, ids, paths, top_k=5 if single else args.top_k, proba=args.proba)
     bad = [r for r in rows if r["error"]]
+    warned = {r["id"]: r["warning"] for r in rows if r["warning"]}
     if single:
         row = rows[0]
         if row["error"]:
@@ -161,15 +164,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"{row['id']}:")
         for i in range(1, min(5, len(clf.classes_)) + 1):
             print(f"  {row[f'top{i}_label']:<24} {float(row[f'top{i}_prob']):7.2%}")
+        if row["warning"]:
+            print(f"  (the image library warned: {row['warning']})")
         return 0
     if args.template:
         columns, rows = fill_template(Path(args.template), rows)
     out = Path(args.out or "predictions.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     print(f"{len(rows) - len(bad)} predictions written to {out}" + (f"; {len(bad)} input(s) could not be read (see the error column)" if bad else ""))
+    if skips.items:
+        write_skipped(skips.items, out.with_name(f"{out.stem}.skipped.csv"))
+        print(f"{skips.summary()}; each with its reason in {out.with_name(f'{out.stem}.skipped.csv')}")
+    if warned:
+        write_warnings(warned, out.with_name(f"{out.stem}.warnings.csv"))
+        print(warnings_summary(warned, out.with_name(f"{out.stem}.warnings.csv")))
+        for image_id, text in warned.items():
+            log.debug("  %s: %s", image_id, text)
     return 0
 
 

@@ -23,10 +23,11 @@ from imgclf.config import DataConfig
 from imgclf.data import decode
 from imgclf.data.parallel import chunks, run_chunks, worker_count
 from imgclf.data.listing import FileListing
-from imgclf.data.skips import Skipped, SkipLog, read_skipped, write_skipped
+from imgclf.data.noise import merged
+from imgclf.data.skips import Skipped, SkipLog, read_skipped, read_warnings, write_skipped, write_warnings
 from imgclf.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-file original sizes and the libraries' warnings
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MAX_AUTO_SIDE = 224  # auto-chosen sizes stop here: larger rarely pays for a CNN classifier from scratch
 
@@ -45,6 +46,8 @@ class Decoded:
     decode_skips: list[Skipped] = field(default_factory=list)
     sizes_seen: dict[str, int] = field(default_factory=dict)  # "HxW" -> count, most common first
     modes_seen: dict[str, int] = field(default_factory=dict)  # Pillow mode -> count
+    original_sizes: np.ndarray | None = None  # N x 2 int32: each file's height and width before resizing
+    warnings: dict[str, str] = field(default_factory=dict)  # path -> what the image libraries said
 
 
 def cache_root(config: DataConfig) -> Path:
@@ -122,18 +125,23 @@ def _load(key_dir: Path, stamp: str) -> Decoded | None:
         images = np.load(key_dir / "images.npy", mmap_mode="r")
         labels = np.load(key_dir / "labels.npy")
         splits = np.load(key_dir / "splits.npy")
+        original_sizes = np.load(key_dir / "original_sizes.npy")
     except (OSError, ValueError, json.JSONDecodeError):
         return None  # missing or damaged: rebuilt from the files
     decode_skips = read_skipped(key_dir / "decode_skipped.csv")
     return Decoded(images, labels, splits, manifest["origins"], manifest["size_note"], key_dir, True,
-                   decode_skips, manifest["sizes_seen"], manifest["modes_seen"])
+                   decode_skips, manifest["sizes_seen"], manifest["modes_seen"], original_sizes,
+                   read_warnings(key_dir / "warnings.csv"))
 
 
 def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Path, stamp: str) -> Decoded:
     entries = [(path, label, SPLIT_CODES[split]) for split, pairs in listing.files.items() for path, label in pairs]
     workers = worker_count(config.workers)
     paths = [e[0] for e in entries]
-    probes = [r for part in run_chunks(decode.probe_many, [(paths[a:b],) for a, b in chunks(len(paths), workers)], workers, "reading headers") for r in part]
+    probes, noise = [], {}
+    for part, said in run_chunks(decode.probe_many, [(paths[a:b],) for a, b in chunks(len(paths), workers)], workers, "reading headers"):
+        probes += part
+        noise.update(said)
     decode_skips: list[Skipped] = []
     good = []
     for entry, info in zip(entries, probes):
@@ -155,7 +163,11 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
     np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(good), channels, *size)).flush()
     good_paths = [e[0] for e, _ in good]
     jobs = [(good_paths[a:b], a, out_file, channels, size, config.resize) for a, b in chunks(len(good), workers)]
-    failed = dict(f for part in run_chunks(decode.decode_into, jobs, workers, "decoding images") for f in part)
+    failed = {}
+    for part, said in run_chunks(decode.decode_into, jobs, workers, "decoding images"):
+        failed.update(part)
+        for path, text in said.items():
+            noise[path] = merged(noise.get(path), text)  # the header read may have said the same
     for row, reason in sorted(failed.items()):
         skips.add(good_paths[row], reason)
         decode_skips.append(Skipped(good_paths[row], reason))
@@ -167,16 +179,20 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
     splits = np.array([e[2] for e, _ in kept], dtype=np.int8)
     sizes_seen = dict(collections.Counter(f"{info[0]}x{info[1]}" for _, info in kept).most_common(20))
     modes_seen = dict(collections.Counter(info[3] for _, info in kept).most_common())
+    original_sizes = np.array([info[:2] for _, info in kept], dtype=np.int32).reshape(-1, 2)
     np.save(tmp / "labels.npy", labels)
     np.save(tmp / "splits.npy", splits)
+    np.save(tmp / "original_sizes.npy", original_sizes)
     write_skipped(decode_skips, tmp / "decode_skipped.csv")
+    write_warnings(noise, tmp / "warnings.csv")
     manifest = {"version": CACHE_VERSION, "fingerprint": stamp, "root": str(listing.root), "channels": channels,
                 "size": list(size), "size_note": size_note, "origins": [e[0] for e, _ in kept],
                 "sizes_seen": sizes_seen, "modes_seen": modes_seen}
     (tmp / "manifest.json").write_text(json.dumps(manifest))
     _replace_dir(tmp, key_dir)
     images = np.load(key_dir / "images.npy", mmap_mode="r")
-    return Decoded(images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, modes_seen)
+    return Decoded(images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, modes_seen,
+                   original_sizes, noise)
 
 
 def _compact(out_file: str, keep: list[int]) -> None:

@@ -94,6 +94,8 @@ class ImageData:
     sizes_seen: dict[str, int] = field(default_factory=dict)
     modes_seen: dict[str, int] = field(default_factory=dict)
     submission_template: str | None = None
+    original_sizes: np.ndarray | None = None  # N_all x 2 (height, width of each file), rows as the image array's
+    decode_warnings: dict[str, str] = field(default_factory=dict)  # path -> what the image libraries said
 
     @property
     def channels(self) -> int:

@@ -42,6 +42,9 @@ def describe(data: ImageData) -> str:
         lines.append(f"  {s.path}: {s.reason}")
     if len(data.skipped) > SKIPS_SHOWN:
         lines.append(f"  ... and {len(data.skipped) - SKIPS_SHOWN} more")
+    if data.decode_warnings:
+        lines.append(f"warnings: {len(data.decode_warnings)} file(s) made the image libraries warn, each message in "
+                     f"{data.cache_dir / 'warnings.csv'} (--verbose prints them)")
     return "\n".join(lines)
 
 

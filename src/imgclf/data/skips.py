@@ -41,18 +41,43 @@ class SkipLog:
         return f"skipped {len(self.items)} file(s) ({parts}{more})"
 
 
-def write_skipped(items: list[Skipped], path: Path) -> None:
-    """skipped.csv: one row per skipped file with its reason, replaced atomically."""
+def _write_pairs(rows, header: tuple[str, str], path: Path) -> None:
+    """A two-column CSV (\n line endings), replaced atomically so a reader never sees half of it."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows((s.path, s.reason) for s in items)
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
     os.replace(tmp, path)
 
 
-def read_skipped(path: Path) -> list[Skipped]:
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [Skipped(row["path"], row["reason"]) for row in csv.DictReader(f)]
+        reader = csv.reader(f)
+        next(reader, None)
+        return [(row[0], row[1]) for row in reader if len(row) >= 2]
+
+
+def write_skipped(items: list[Skipped], path: Path) -> None:
+    """skipped.csv: one row per skipped file with its reason."""
+    _write_pairs(((s.path, s.reason) for s in items), ("path", "reason"), path)
+
+
+def read_skipped(path: Path) -> list[Skipped]:
+    return [Skipped(p, r) for p, r in _read_pairs(path)]
+
+
+def write_warnings(warnings: dict[str, str], path: Path) -> None:
+    """warnings.csv: what the image libraries said while decoding each file that made them speak."""
+    _write_pairs(warnings.items(), ("path", "message"), path)
+
+
+def read_warnings(path: Path) -> dict[str, str]:
+    return dict(_read_pairs(path))
+
+
+def warnings_summary(warnings: dict[str, str], where: Path) -> str:
+    """One line for the log: how many files made a library speak, and where each message is."""
+    return f"the image libraries warned about {len(warnings)} file(s); each message in {where} (--verbose prints them)"

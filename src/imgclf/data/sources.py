@@ -11,7 +11,7 @@ from imgclf.config import DataConfig, from_dict, to_dict
 from imgclf.data import arrays, builtin, cache, listing
 from imgclf.data.decode import fit_array
 from imgclf.data.imageset import ImageData, ImageSet, channel_stats, stratified_split
-from imgclf.data.skips import SkipLog
+from imgclf.data.skips import SkipLog, warnings_summary
 from imgclf.errors import DataError
 
 log = logging.getLogger("imgclf")
@@ -57,6 +57,10 @@ def _from_files(root: Path, config: DataConfig, train_csv: Path | None = None) -
     log.info("cache %s: %s", "hit" if decoded.hit else "built", decoded.cache_dir)
     if skips.items:
         log.warning("%s; each file and reason in %s", skips.summary(), decoded.cache_dir / "skipped.csv")
+    if decoded.warnings:
+        log.info(warnings_summary(decoded.warnings, decoded.cache_dir / "warnings.csv"))
+        for path, text in decoded.warnings.items():
+            log.debug("  %s: %s", path, text)
     parts = {name: np.flatnonzero(decoded.splits == code) for name, code in cache.SPLIT_CODES.items()}
     sets = {name: ImageSet(decoded.images, rows, decoded.labels[rows], decoded.origins)
             for name, rows in parts.items() if len(rows)}
@@ -65,6 +69,7 @@ def _from_files(root: Path, config: DataConfig, train_csv: Path | None = None) -
     data = _assemble(str(root), found.layout, found.classes, sets, config, hflip=True, notes=[decoded.size_note])
     data.skipped, data.cache_dir, data.cache_hit = list(skips.items), decoded.cache_dir, decoded.hit
     data.sizes_seen, data.modes_seen = decoded.sizes_seen, decoded.modes_seen
+    data.original_sizes, data.decode_warnings = decoded.original_sizes, decoded.warnings
     data.submission_template = found.submission_template
     return data
 
