@@ -39,6 +39,7 @@ bench: install data
 	$(BIN)/python benchmarks/default_model.py
 	$(BIN)/python benchmarks/train_fashion_mnist.py
 	$(BIN)/python benchmarks/predict.py
+	$(BIN)/python benchmarks/audit.py
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

@@ -59,6 +59,7 @@ TRAIN_FLAGS = {
     "out": (str, "folder of run directories (default: runs)"),
     "name": (str, "run directory name (default: <data>-<model>, numbered when taken)"),
     "force": ("store_true", "replace an existing run directory of that --name"),
+    "dedupe": ("store_true", "drop exact duplicates inside training and training copies of validation/test images (the first kept)"),
     "val": (str, "a separate validation source"),
     "test": (str, "a separate test source"),
 }
@@ -105,13 +106,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from imgclf.data.audit import audit
     from imgclf.data.inspect import describe, save_grid
     from imgclf.data.sources import load_data
 
     data = load_data(args.source, _data_config(args))
-    print(describe(data))
+    print(describe(data, audit(data)))
     if args.grid:
         print(f"grid:    {save_grid(data, args.grid)}")
+    return 0
+
+
+def _cmd_data_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from imgclf.data.audit import audit, csv_path
+    from imgclf.data.cache import cache_root
+    from imgclf.data.sources import load_data
+
+    config = _data_config(args)
+    data = load_data(args.source, config)
+    result = audit(data, near=not args.exact_only)
+    written = result.write_csv(args.out or csv_path(data, cache_root(config)))
+    if args.json == "-":
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(result.table())
+    print(f"every finding: {written}")
+    if args.json:
+        print(f"as JSON: {result.write_json(args.json)}")
     return 0
 
 
@@ -265,6 +288,14 @@ def _data_commands(sub) -> None:
     inspect.add_argument("--grid", metavar="FILE.png", help="also write a picture of a few images per class")
     _add_data_flags(inspect)
     inspect.set_defaults(run=_cmd_data_inspect)
+    audit = data_sub.add_parser("audit", help="check a source before trusting a score: duplicates and leaks between splits, "
+                                              "label conflicts, class balance, tiny and oddly shaped images")
+    audit.add_argument("source", help="a folder, a CSV file, or a built-in dataset")
+    audit.add_argument("--out", metavar="FILE.csv", help="where the findings go (default: audit.csv beside skipped.csv in the cache)")
+    audit.add_argument("--json", metavar="FILE", help="also write the findings as JSON; '-' prints only the JSON")
+    audit.add_argument("--exact-only", action="store_true", help="skip the near-duplicate search (a few seconds per 70,000 images)")
+    _add_data_flags(audit)
+    audit.set_defaults(run=_cmd_data_audit)
     fetch = data_sub.add_parser("fetch", help="download a built-in dataset into the cache (or find it on this machine)")
     fetch.add_argument("name")
     _add_data_flags(fetch)

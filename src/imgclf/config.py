@@ -98,6 +98,7 @@ class TrainConfig:
     out: str = "runs"
     name: str | None = None
     force: bool = False
+    dedupe: bool = False  # drop exact repeats inside training and training copies of val/test images
     val: str | None = None  # a separate validation source
     test: str | None = None  # a separate test source
 

@@ -11,8 +11,9 @@ from imgclf.data.imageset import ImageData
 SKIPS_SHOWN = 20
 
 
-def describe(data: ImageData) -> str:
-    """A plain-text report: layout, classes with counts per split, sizes and modes, cache, skipped files."""
+def describe(data: ImageData, audit=None) -> str:
+    """A plain-text report: layout, classes with counts per split, sizes and modes, cache, skipped files,
+    and the audit's counts when one is given."""
     h, w = data.image_size
     splits = data.splits()
     name_w = max(5, *(len(c) for c in data.classes))
@@ -45,6 +46,9 @@ def describe(data: ImageData) -> str:
     if data.decode_warnings:
         lines.append(f"warnings: {len(data.decode_warnings)} file(s) made the image libraries warn, each message in "
                      f"{data.cache_dir / 'warnings.csv'} (--verbose prints them)")
+    if audit is not None:
+        lines.append(f"audit ({audit.seconds:.1f} s; each finding: imgclf data audit {data.source}):")
+        lines += [f"  {line}" for line in audit.summary_lines()]
     return "\n".join(lines)
 
 

@@ -72,6 +72,20 @@ def _extra_split(source: str, data: ImageData, config: Config, what: str) -> Ima
     return extra.train.relabel(extra.classes, data.classes, f"training classes (--{what} {source})")
 
 
+def _check_duplicates(data: ImageData, config: Config) -> ImageData:
+    """Exact duplicates by hash only (no slower start): dropped with --dedupe, else one line if any leak."""
+    from imgclf.data.audit import drop_duplicates, leak_line
+    from imgclf.data.duplicates import exact_groups
+
+    groups = exact_groups(data.splits())
+    if config.train.dedupe:
+        data, note = drop_duplicates(data, groups)
+        log.info(note)
+    elif (line := leak_line(groups)) is not None:
+        log.warning(line)
+    return data
+
+
 def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
     from imgclf.models.registry import create_model, default_model_name
 
@@ -284,10 +298,18 @@ class Trainer:
         save_bundle(self.run_dir, self.model, self.bundle_spec(metrics))
         (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
         if evaluation is not None:
-            log.info("report: %s", write_report(self.run_dir, evaluation, self.data.summary()))
+            log.info("report: %s", write_report(self.run_dir, evaluation, self.data.summary(), self.audit()))
         else:
             log.info("no labeled test or validation images: no report")
         return test
+
+    def audit(self):
+        """The data audit for the report, its findings written to audit.csv in the run directory."""
+        from imgclf.data.audit import audit
+
+        result = audit(self.data)
+        result.write_csv(self.run_dir / "audit.csv")
+        return result
 
     def score(self):
         """The Evaluation of the test split when it is labeled, else of validation; None without either."""
@@ -363,6 +385,7 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
         data_obj = dataclasses.replace(data_obj, val=_extra_split(config.train.val, data_obj, config, "val"))
     if config.train.test:
         data_obj = dataclasses.replace(data_obj, test=_extra_split(config.train.test, data_obj, config, "test"))
+    data_obj = _check_duplicates(data_obj, config)
     if resume is None:
         name = config.train.model or "default"
         default_name = f"{slug(Path(str(source)).name if isinstance(source, (str, Path)) else 'arrays')}-{name}"

@@ -68,6 +68,7 @@ def report_run(run_dir: str | Path, source=None, *, split: str | None = None, ba
     """Score a finished run again and rewrite its report: on `source`, or on the run's own data loaded
     with the run's own settings (so its validation split comes back the same)."""
     from imgclf.config import Config
+    from imgclf.data.audit import audit
     from imgclf.data.sources import load_data
     from imgclf.engine.bundle import bundle_dir
     from imgclf.engine.rundir import run_source
@@ -81,11 +82,23 @@ def report_run(run_dir: str | Path, source=None, *, split: str | None = None, ba
     config = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else Config()
     data = load_data(source, config.data)
     ev = evaluate(run_dir, data, split=split, batch_size=batch_size, device=device)
-    return write_report(run_dir, ev, data.summary())
+    findings = audit(data)
+    findings.write_csv(run_dir / "audit.csv")
+    return write_report(run_dir, ev, data.summary(), findings)
 
 
-def write_report(run_dir: Path, evaluation, summary: str = "") -> Path:
-    """Plots, evaluation.json and report.html in the run directory; returns the page's path."""
+def _audit_section(audit) -> str:
+    if audit is None:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in audit.summary_lines())
+    return (f'<h2>Data audit</h2><ul id="audit">{items}</ul><p class="muted">Each finding (paths, labels, distance) in '
+            f"audit.csv beside this page.</p>")
+
+
+def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Path:
+    """Plots, evaluation.json and report.html in the run directory; returns the page's path.
+
+    audit: the data audit (imgclf.data.audit.Audit) whose counts get a section of their own."""
     run_dir = Path(run_dir)
     made = write_plots(run_dir, evaluation)
     evaluation.save_json(run_dir / "evaluation.json")
@@ -115,6 +128,7 @@ def write_report(run_dir: Path, evaluation, summary: str = "") -> Path:
 {section('top_losses', 'Top losses')}
 {section('samples', 'Sample predictions')}
 <h2>Dataset</h2><pre>{html.escape(summary or '(not recorded)')}</pre>
+{_audit_section(audit)}
 <h2>Configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>
 """
