@@ -90,8 +90,7 @@ def threshold_rows() -> tuple[list[dict], float]:
     train = _idx(common.fashion_mnist_file("train-images-idx3-ubyte"))[:, None].copy()
     originals = train[:DISTINCT]
     base = dup.describe(as_set(train), shifted=False)
-    own = base.central[:DISTINCT, 0]
-    own_spread = base.spread[:DISTINCT, 0]
+    own, own_spread = (t[:DISTINCT] for t in base.unshifted())
 
     def distances(described):  # each query to each of the first DISTINCT training images, best shift
         cos = torch.einsum("nve,me->nvm", described.central, own)

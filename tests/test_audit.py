@@ -34,12 +34,12 @@ def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, fmnist):
-    """train/ and test/ class folders of 2,000 distinct Fashion-MNIST images (the first 1,500 in train, the
-    next 500 in test), plus planted copies of training images: file name in test -> what it is."""
+    """train/, val/ and test/ class folders of 2,000 distinct Fashion-MNIST images (1,450 in train, 50 in
+    val, 500 in test), plus planted copies of training and validation images: file name -> what it is."""
     images, labels = fmnist
     root = tmp_path_factory.mktemp("planted") / "data"
     for i in range(2000):
-        _save(root / ("train" if i < 1500 else "test") / FOLDER_NAMES[labels[i]] / f"{i:04d}.png", images[i])
+        _save(root / ("train" if i < 1450 else "val" if i < 1500 else "test") / FOLDER_NAMES[labels[i]] / f"{i:04d}.png", images[i])
     other = lambda i: FOLDER_NAMES[(labels[i] + 1) % 10]  # noqa: E731
     plants = {
         f"test/{FOLDER_NAMES[labels[5]]}/copy-of-0005.png": (images[5], {}, "exact duplicate"),
@@ -51,6 +51,9 @@ def planted(tmp_path_factory, fmnist):
         f"test/{FOLDER_NAMES[labels[11]]}/shift-of-0011.png": (_shifted(images[11], 1, -1), {}, "near duplicate"),
         f"test/{FOLDER_NAMES[labels[12]]}/shift-jpeg-of-0012.jpg": (_shifted(images[12], 0, 1), {"quality": 75}, "near duplicate"),
         f"test/{FOLDER_NAMES[labels[13]]}/brighter-0013.png": (np.clip(images[13] * 1.1, 0, 255).astype(np.uint8), {}, "near duplicate"),
+        f"test/{FOLDER_NAMES[labels[1450]]}/shift-of-1450.png": (_shifted(images[1450], -1, 0), {}, "near duplicate"),
+        f"test/{FOLDER_NAMES[labels[1451]]}/shift-of-1451.png": (_shifted(images[1451], 0, -1), {}, "near duplicate"),
+        f"test/{FOLDER_NAMES[labels[1452]]}/brighter-1452.png": (np.clip(images[1452] * 1.1, 0, 255).astype(np.uint8), {}, "near duplicate"),
     }
     for name, (image, options, _) in plants.items():
         _save(root / name, image, **options)
@@ -65,12 +68,13 @@ def test_planted_duplicates_are_all_found_and_nothing_else(planted):
     assert {p: f.kind for p, f in pairs.items()} == plants
     for path, f in pairs.items():
         original = int(Path(path).stem[-4:])
-        assert Path(f.path_b).name == f"{original:04d}.png" and f.split_b == "train"
+        assert Path(f.path_b).name == f"{original:04d}.png" and f.split_b == ("train" if original < 1450 else "val")
         if f.kind == "near duplicate":
             assert 0 <= f.distance <= result.near_threshold
     counts = result.counts()
-    assert counts["exact_within"] == {"train": 1, "test": 0} and counts["exact_across"] == {"train-test": 2}
-    assert counts["label_conflicts"] == 2 and counts["near_across"] == {"train-test": 4}
+    assert counts["exact_within"] == {"train": 1, "val": 0, "test": 0}
+    assert counts["exact_across"] == {"train-val": 0, "train-test": 2, "val-test": 0}
+    assert counts["label_conflicts"] == 2 and counts["near_across"] == {"train-val": 0, "train-test": 4, "val-test": 3}
 
 
 def test_audit_cli_writes_csv_and_json_and_exits_zero(planted, tmp_path):
@@ -79,14 +83,14 @@ def test_audit_cli_writes_csv_and_json_and_exits_zero(planted, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "audit", str(root), "--val-fraction", "0", "--out", str(out),
                            "--json", str(js)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "label conflicts (identical pixels, different labels): 2" in proc.stdout and "train-test 4" in proc.stdout
+    assert "label conflicts (identical pixels, different labels): 2" in proc.stdout and "train-test 4, val-test 3" in proc.stdout
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["path_a"]: r["kind"] for r in rows if r["path_b"]} == plants
     assert json.loads(js.read_text())["counts"]["label_conflicts"] == 2
     proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "audit", str(root), "--val-fraction", "0", "--json", "-"],
                           capture_output=True, text=True)
-    assert proc.returncode == 0 and json.loads(proc.stdout)["counts"]["exact_across"] == {"train-test": 2}
+    assert proc.returncode == 0 and json.loads(proc.stdout)["counts"]["exact_across"] == {"train-val": 0, "train-test": 2, "val-test": 0}
     proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root), "--val-fraction", "0"], capture_output=True, text=True)
     assert proc.returncode == 0 and "audit (" in proc.stdout and "label conflicts (identical pixels, different labels): 2" in proc.stdout
 
@@ -102,11 +106,16 @@ def test_training_warns_of_a_leak_and_dedupe_drops_the_copies(planted, tmp_path,
     caplog.clear()
     deduped = imgclf.train(root, epochs=1, batch_size=256, device="cpu", val_fraction=0, dedupe=True, out=str(tmp_path))
     notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dedupe:")]
-    assert notes and "dropped 5 training image(s): 2 repeating an earlier training image, 3 identical to a validation/test image" in notes[0]
-    assert len(deduped.data.train) == len(run.data.train) - 5
+    # 0008 and its repeat: the repeat goes; 0009 under two labels: both go; 0005, 0006, 0007: copied into test.
+    assert notes and ("dropped 6 training image(s): 1 repeating an earlier training image, 2 under conflicting labels "
+                      "(every copy), 3 identical to a validation/test image") in notes[0]
+    assert len(deduped.data.train) == len(run.data.train) - 6
     assert not any(r.getMessage().startswith("leak:") for r in caplog.records)
-    kept = set(deduped.data.train.origins)
-    assert not any(Path(o).name.startswith("zz-") for o in kept)  # the later copy of each repeat went
+    kept = {Path(o).name for o in deduped.data.train.origins}
+    assert "0008.png" in kept and not kept & {"zz-again-0008.png", "0009.png", "zz-relabelled-0009.png", "0005.png"}
+    with open(deduped.run_dir / "dedupe.csv", newline="") as f:
+        reasons = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert "repeats" in reasons["zz-again-0008.png"] and "labels" in reasons["0009.png"] and "identical to test" in reasons["0005.png"]
 
 
 def test_sizes_and_balance(tmp_path, fmnist_small):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import FOLDER_NAMES, add_bad_files, write_broken_copies, write_class_tree, write_format_corpus, write_odd_files
@@ -166,3 +167,19 @@ def test_predict_keeps_the_libraries_quiet_too(corpus, tiny_bundle, tmp_path):
     assert "warned about" in proc.stdout
     said = _reasons(out.with_name("preds.warnings.csv"))
     assert "malformed MPO" in said["malformed-mpo.jpg"] and "Fax4Decode" in said["damaged-fax.tif"]
+
+
+def test_a_file_that_fails_to_decode_does_not_choose_the_size_or_the_channels(tmp_path, fmnist_small):
+    """Its header reads (600x400, colour) but its pixels do not: the others keep their own 28x28 gray."""
+    from PIL import Image
+
+    images, labels = fmnist_small
+    root = write_class_tree(tmp_path / "t", images[:13], labels[:13])
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 600, 3), dtype=np.uint8))
+    big.save(root / FOLDER_NAMES[labels[0]] / "big.png")
+    data = (root / FOLDER_NAMES[labels[0]] / "big.png").read_bytes()
+    (root / FOLDER_NAMES[labels[0]] / "big.png").write_bytes(data[: len(data) // 3])
+    loaded = load_data(root, val_fraction=0)
+    assert loaded.image_size == (28, 28) and loaded.channels == 1 and len(loaded.train) == 13
+    assert "truncated" in _reasons(loaded.cache_dir / "skipped.csv")["big.png"]
+    assert not any("sizes vary" in n for n in loaded.notes)

@@ -128,3 +128,53 @@ def test_predict_lists_the_same_files_and_writes_what_it_left_out(jupyter_tree, 
     assert "hidden or system folder" in skipped[str(jupyter_tree / "cat" / ".ipynb_checkpoints")]
     clf = imgclf.load(tiny_bundle, device="cpu")
     assert len(clf.predict_proba(str(jupyter_tree))) == 12
+
+
+def test_the_real_path_wins_over_a_link_to_the_same_picture(tmp_path, fmnist_small):
+    from imgclf.data.walk import image_files
+
+    root = _tree(tmp_path / "p", fmnist_small[0])
+    os.symlink(root / "dog" / "dog0.png", root / "cat" / "a-dog.png")  # walked before dog/ itself
+    (root / "z" / "sub").mkdir(parents=True)
+    Image.fromarray(fmnist_small[0][50], "L").save(root / "z" / "sub" / "x.png")
+    os.symlink(root / "z" / "sub", root / "a-sub")  # a link to a folder that the walk reaches later
+    found = [os.path.relpath(p, root) for p in image_files(root)]
+    assert "dog/dog0.png" in found and "cat/a-dog.png" not in found
+    assert "z/sub/x.png" in found and "a-sub/x.png" not in found
+    assert len(found) == len(set(found)) == 13
+
+
+def test_loose_files_beside_the_class_folders_are_reported(jupyter_tree):
+    (jupyter_tree / "README.txt").write_text("pets")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(jupyter_tree / "cover.png")
+    data = load_data(jupyter_tree, val_fraction=0)
+    skipped = _skipped(data.cache_dir / "skipped.csv")
+    assert "outside the class folders" in skipped[str(jupyter_tree / "cover.png")]
+    assert "not an image" in skipped[str(jupyter_tree / "README.txt")]
+
+
+def test_predict_on_several_folders_keeps_ids_apart(jupyter_tree, loop_tree, tiny_bundle, tmp_path):
+    out = tmp_path / "preds.csv"
+    proc = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(tiny_bundle), str(jupyter_tree), str(loop_tree), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with open(out, newline="") as f:
+        ids = [row["id"] for row in csv.DictReader(f)]
+    assert len(ids) == len(set(ids)) == 24 and os.path.join(str(loop_tree), "cat", "cat0.png") in ids
+
+
+def test_paths_that_cannot_work_are_one_line_errors(jupyter_tree, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True)
+
+    image = str(jupyter_tree / "cat" / "cat0.png")
+    for args, words in ((["data", "inspect", image], "is a file, not a dataset"),
+                        (["data", "audit", str(jupyter_tree), "--out", str(tmp_path)], "is a folder"),
+                        (["data", "audit", str(jupyter_tree), "--out", f"{image}/audit.csv"], "a file is in the way"),
+                        (["data", "inspect", str(jupyter_tree), "--grid", f"{image}/grid.png"], "a file is in the way"),
+                        (["train", str(jupyter_tree), "--out", image, "--epochs", "1"], "is a file; pass a folder")):
+        proc = run(*args)
+        assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+    closed = subprocess.run(f"{sys.executable} -m imgclf data audit {jupyter_tree} --exact-only | true; exit ${{PIPESTATUS[0]}}",
+                            shell=True, executable="/bin/bash", capture_output=True, text=True)
+    assert closed.returncode == 141 and "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr, closed.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -59,7 +60,8 @@ TRAIN_FLAGS = {
     "out": (str, "folder of run directories (default: runs)"),
     "name": (str, "run directory name (default: <data>-<model>, numbered when taken)"),
     "force": ("store_true", "replace an existing run directory of that --name"),
-    "dedupe": ("store_true", "drop exact duplicates inside training and training copies of validation/test images (the first kept)"),
+    "dedupe": ("store_true", "drop exact repeats inside training (every copy when their labels differ) and training copies of "
+                             "validation/test images; each listed in dedupe.csv"),
     "val": (str, "a separate validation source"),
     "test": (str, "a separate test source"),
 }
@@ -79,6 +81,19 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict) -> None:
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     _add_flags(parser, DATA_FLAGS)
     parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad file instead of skipping it")
+
+
+def _output_path(text: str, flag: str, example: str) -> Path:
+    """A file a command will write, its folder created; a folder, or a file where a folder must go, is a
+    one-line error instead of a traceback after the work is done."""
+    path = Path(text)
+    if path.is_dir():
+        raise ImgclfError(f"{flag} {text} is a folder; give a file name in it, e.g. {path / example}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImgclfError(f"{flag} {text}: its folder {path.parent} cannot be made, a file is in the way; choose another path.") from None
+    return path
 
 
 def _given(args: argparse.Namespace, names) -> dict:
@@ -110,10 +125,11 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     from imgclf.data.inspect import describe, save_grid
     from imgclf.data.sources import load_data
 
+    grid = _output_path(args.grid, "--grid", "grid.png") if args.grid else None
     data = load_data(args.source, _data_config(args))
     print(describe(data, audit(data)))
-    if args.grid:
-        print(f"grid:    {save_grid(data, args.grid)}")
+    if grid:
+        print(f"grid:    {save_grid(data, grid)}")
     return 0
 
 
@@ -125,16 +141,18 @@ def _cmd_data_audit(args: argparse.Namespace) -> int:
     from imgclf.data.sources import load_data
 
     config = _data_config(args)
+    out = _output_path(args.out, "--out", "audit.csv") if args.out else None
+    as_json = _output_path(args.json, "--json", "audit.json") if args.json and args.json != "-" else None
     data = load_data(args.source, config)
     result = audit(data, near=not args.exact_only)
-    written = result.write_csv(args.out or csv_path(data, cache_root(config)))
+    written = result.write_csv(out or csv_path(data, cache_root(config)))
     if args.json == "-":
         print(json.dumps(result.to_json(), indent=2))
         return 0
     print(result.table())
     print(f"every finding: {written}")
-    if args.json:
-        print(f"as JSON: {result.write_json(args.json)}")
+    if as_json:
+        print(f"as JSON: {result.write_json(as_json)}")
     return 0
 
 
@@ -152,9 +170,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from imgclf.engine.rundir import slug
     from imgclf.evaluation import evaluate
 
+    chosen = _output_path(args.json, "--json", "evaluation.json") if args.json else None
     ev = evaluate(args.model, args.source, split=args.split, batch_size=args.batch_size, tta=args.tta, device=args.device)
     print(ev.table())
-    out = Path(args.json) if args.json else bundle_dir(args.model) / "evaluations" / f"{slug(Path(args.source).name)}-{ev.split}.json"
+    out = chosen or bundle_dir(args.model) / "evaluations" / f"{slug(Path(args.source).name)}-{ev.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"written: {ev.save_json(out)}")
     return 0
@@ -173,6 +192,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from imgclf.data.skips import SkipLog, warnings_summary, write_skipped, write_warnings
     from imgclf.predict import fill_template, load, prediction_rows, resolve_inputs
 
+    out = _output_path(args.out or "predictions.csv", "--out", "predictions.csv")
     clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers)
     skips = SkipLog()
     ids, paths = resolve_inputs(args.inputs, skips)
@@ -192,8 +212,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if args.template:
         columns, rows = fill_template(Path(args.template), rows)
-    out = Path(args.out or "predictions.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -213,7 +231,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from imgclf.export import PARITY_ATOL, export
 
-    r = export(args.model, args.format, args.out, dynamic_batch=args.dynamic_batch, check=args.check)
+    out = _output_path(args.out, "--out", "model.onnx" if args.format == "onnx" else "model.torchscript.pt") if args.out else None
+    r = export(args.model, args.format, out, dynamic_batch=args.dynamic_batch, check=args.check)
     print(f"exported: {r.path} (input, classes and preprocessing in {r.path}.json)")
     print(f"parity with PyTorch on {r.images} real images: max abs logit difference {r.max_abs_diff:.2e} "
           f"(limit {PARITY_ATOL:.0e}), top-1 agreement {r.top1_agree:.2%}")
@@ -374,13 +393,22 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_console(args.verbose)  # imgclf's own messages only: libraries keep their quieter defaults
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not as noise at exit
+        return code
     except ImgclfError as err:
         print(f"imgclf: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as err:  # a file system refusal (permissions, a full disk): one line, not a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"imgclf: error: {where}{err.strerror or err}; check the path, its permissions and the free space.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -208,8 +208,9 @@ def load(path: str | Path, device: str = "auto", batch_size: int = 256, workers:
 
 
 def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[list[str], list[str]]:
-    """Command-line inputs as (ids, paths) in input order: files, folders (recursive, ids relative to
-    the folder), or a CSV of ids (ids as written, images found beside it as for training data).
+    """Command-line inputs as (ids, paths) in input order: files, folders (recursive, ids relative to the
+    folder, or led by it when there are several inputs), or a CSV of ids (ids as written, images found
+    beside it as for training data).
     Folders are walked as training data is; what the walk leaves out goes to skips."""
     from imgclf.data.listing import image_folder_for, read_csv_rows
 
@@ -218,7 +219,9 @@ def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[lis
         path = Path(text)
         if path.is_dir():
             for f in image_files(path, skips):
-                ids.append(os.path.relpath(f, path))
+                # One folder: ids relative to it, as a submission wants; several: the folder as given leads,
+                # so that a/1.png in two folders stays two ids.
+                ids.append(os.path.relpath(f, path) if len(inputs) == 1 else os.path.join(text, os.path.relpath(f, path)))
                 paths.append(f)
         elif path.suffix.lower() == ".csv" and path.is_file():
             rows, id_col, _ = read_csv_rows(path, None, None)

@@ -155,6 +155,8 @@ def audit(data: ImageData, near: bool = True) -> Audit:
     if result.balance.get("warning"):
         result.findings.append(Finding("class imbalance", "train", note=result.balance["warning"]))
     result.findings += _size_findings(data, splits, origins)
+    order = ["label conflict", "exact duplicate", "near duplicate", "class imbalance", "tiny image", "extreme aspect ratio"]
+    result.findings.sort(key=lambda f: (order.index(f.kind), f.distance or 0.0))  # the surest problems first
     result.seconds = time.perf_counter() - start
     return result
 
@@ -222,34 +224,66 @@ def _size_findings(data: ImageData, splits: dict[str, ImageSet], origins: dict) 
     return out
 
 
-def drop_duplicates(data: ImageData, groups=None) -> tuple[ImageData, str]:
-    """The data without exact repeats inside training and without training copies of val/test images
-    (the first of each kept), and a sentence saying how many went."""
+def drop_duplicates(data: ImageData, groups=None) -> tuple[ImageData, str, list[dict]]:
+    """The data without exact repeats in training: a repeat under the same label keeps its first copy; a
+    picture under two labels in training keeps none (neither label can be trusted, as with conflicting
+    CSV rows); a training copy of a validation or test image goes. Returns the data, a sentence for the
+    log, and one row per dropped image (path, label, reason) for dedupe.csv."""
     splits = data.splits()
     groups = duplicates.exact_groups(splits) if groups is None else groups
-    repeats, leaks = set(), set()
+    origins, labels = data.train.origins, data.train.labels
+    dropped: dict[int, str] = {}
     for group in groups:
-        held_out = any(s != "train" for s, _ in group)
         train_rows = [p for s, p in group if s == "train"]
+        held_out = [(s, p) for s, p in group if s != "train"]
+        names = {_label(data, splits[s].labels, p) for s, p in group} - {""}
         if held_out:
-            leaks.update(train_rows)
+            s, p = held_out[0]
+            dropped.update({r: f"identical to {s} image {splits[s].origins[p]}" for r in train_rows})
+        elif len(names) > 1:
+            dropped.update({r: f"the same picture has the labels {', '.join(sorted(names))} in training" for r in train_rows})
         else:
-            repeats.update(train_rows[1:])
-    drop = repeats | leaks
-    if not drop:
-        return data, "dedupe: no exact duplicates in training, nor training copies of validation/test images"
-    keep = np.array([i for i in range(len(data.train)) if i not in drop], dtype=np.int64)
+            dropped.update({r: f"repeats {origins[train_rows[0]]}" for r in train_rows[1:]})
+    if not dropped:
+        return data, "dedupe: no exact duplicates in training, nor training copies of validation/test images", []
+    kinds = {"repeat": sum(r.startswith("repeats") for r in dropped.values()),
+             "conflict": sum(r.startswith("the same picture") for r in dropped.values()),
+             "leak": sum(r.startswith("identical") for r in dropped.values())}
+    keep = np.array([i for i in range(len(data.train)) if i not in dropped], dtype=np.int64)
     train = data.train.subset(keep)
     mean, std = channel_stats(train)
-    note = (f"dedupe: dropped {len(drop)} training image(s): {len(repeats)} repeating an earlier training image, "
-            f"{len(leaks)} identical to a validation/test image; {len(keep)} left")
-    return dataclasses.replace(data, train=train, mean=mean, std=std, notes=[*data.notes, note]), note
+    note = (f"dedupe: dropped {len(dropped)} training image(s): {kinds['repeat']} repeating an earlier training image, "
+            f"{kinds['conflict']} under conflicting labels (every copy), {kinds['leak']} identical to a validation/test image; "
+            f"{len(keep)} left")
+    rows = [{"path": origins[r], "label": _label(data, labels, r), "reason": reason} for r, reason in sorted(dropped.items())]
+    return dataclasses.replace(data, train=train, mean=mean, std=std, notes=[*data.notes, note]), note, rows
 
 
-def leak_line(groups) -> str | None:
+def write_dropped(rows: list[dict], path: Path) -> Path:
+    """dedupe.csv: each training image --dedupe dropped, with its label and why."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "reason"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def leak_line(data: ImageData, groups) -> str | None:
     """One sentence for the training log when validation/test images also appear in training, else None."""
-    leaked = {(s, p) for g in groups if any(s == "train" for s, _ in g) for s, p in g if s != "train"}
+    splits = data.splits()
+    leaked, relabelled = set(), set()
+    for group in groups:
+        train_labels = {_label(data, splits[s].labels, p) for s, p in group if s == "train"}
+        if not train_labels:
+            continue
+        for s, p in group:
+            if s != "train":
+                leaked.add((s, p))
+                label = _label(data, splits[s].labels, p)
+                if label and label not in train_labels:
+                    relabelled.add((s, p))
     if not leaked:
         return None
-    return (f"leak: {len(leaked)} validation/test image(s) are exact copies of training images, so their scores are "
-            f"optimistic; train with --dedupe to drop the copies, and see 'imgclf data audit' for near duplicates")
+    other = f" ({len(relabelled)} of them under another label there)" if relabelled else ""
+    return (f"leak: {len(leaked)} validation/test image(s) are exact copies of training images{other}, so their scores "
+            f"are not to be trusted; train with --dedupe to drop the training copies, and see 'imgclf data audit' for near duplicates")

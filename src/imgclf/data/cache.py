@@ -137,11 +137,7 @@ def _load(key_dir: Path, stamp: str) -> Decoded | None:
 def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Path, stamp: str) -> Decoded:
     entries = [(path, label, SPLIT_CODES[split]) for split, pairs in listing.files.items() for path, label in pairs]
     workers = worker_count(config.workers)
-    paths = [e[0] for e in entries]
-    probes, noise = [], {}
-    for part, said in run_chunks(decode.probe_many, [(paths[a:b],) for a, b in chunks(len(paths), workers)], workers, "reading headers"):
-        probes += part
-        noise.update(said)
+    probes, noise = _probe_all([e[0] for e in entries], workers)
     decode_skips: list[Skipped] = []
     good = []
     for entry, info in zip(entries, probes):
@@ -152,29 +148,35 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
             good.append((entry, info))
     if not good:
         raise DataError(f"{listing.root}: none of its {len(entries)} image files could be read; see the reasons with 'imgclf data inspect {listing.root}'.")
-    channels = config.channels or (3 if any(info[2] for _, info in good) else 1)
-    size, size_note = choose_size([info[:2] for _, info in good], config.target_size())
-
     key_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = key_dir.with_name(key_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     out_file = str(tmp / "images.npy")
-    np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(good), channels, *size)).flush()
-    good_paths = [e[0] for e, _ in good]
-    jobs = [(good_paths[a:b], a, out_file, channels, size, config.resize) for a, b in chunks(len(good), workers)]
-    failed = {}
-    for part, said in run_chunks(decode.decode_into, jobs, workers, "decoding images"):
-        failed.update(part)
-        for path, text in said.items():
-            noise[path] = merged(noise.get(path), text)  # the header read may have said the same
-    for row, reason in sorted(failed.items()):
-        skips.add(good_paths[row], reason)
-        decode_skips.append(Skipped(good_paths[row], reason))
-    keep = [i for i in range(len(good)) if i not in failed]
+    while True:
+        channels = config.channels or (3 if any(info[2] for _, info in good) else 1)
+        size, size_note = choose_size([info[:2] for _, info in good], config.target_size())
+        good_paths = [e[0] for e, _ in good]
+        failed = _decode_into_file(good_paths, out_file, channels, size, config.resize, workers, noise)
+        for row, reason in sorted(failed.items()):
+            skips.add(good_paths[row], reason)
+            decode_skips.append(Skipped(good_paths[row], reason))
+        keep = [i for i in range(len(good)) if i not in failed]
+        if not keep:
+            raise DataError(f"{listing.root}: none of its {len(entries)} image files could be decoded; see the reasons with 'imgclf data inspect {listing.root}'.")
+        remaining = [good[i] for i in keep]
+        # A file whose header reads but whose pixels do not (truncated, corrupt) must not choose the size or
+        # the channels of the others: when it swayed the automatic choice, the rest is decoded again.
+        same_channels = config.channels or channels == (3 if any(info[2] for _, info in remaining) else 1)
+        same_size = config.target_size() or size == choose_size([info[:2] for _, info in remaining], None)[0]
+        if not failed or (same_channels and same_size):
+            break
+        good = remaining
     if failed:
         _compact(out_file, keep)
     kept = [good[i] for i in keep]
+    bad = {s.path for s in decode_skips}  # their reasons already carry what the libraries said
+    noise = {path: text for path, text in noise.items() if path not in bad}
     labels = np.array([e[1] for e, _ in kept], dtype=np.int64)
     splits = np.array([e[2] for e, _ in kept], dtype=np.int8)
     sizes_seen = dict(collections.Counter(f"{info[0]}x{info[1]}" for _, info in kept).most_common(20))
@@ -193,6 +195,29 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
     images = np.load(key_dir / "images.npy", mmap_mode="r")
     return Decoded(images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, modes_seen,
                    original_sizes, noise)
+
+
+def _probe_all(paths: list[str], workers: int) -> tuple[list, dict[str, str]]:
+    """Each file's header (height, width, colour, mode) or its reason, and what the libraries said."""
+    probes, noise = [], {}
+    for part, said in run_chunks(decode.probe_many, [(paths[a:b],) for a, b in chunks(len(paths), workers)], workers, "reading headers"):
+        probes += part
+        noise.update(said)
+    return probes, noise
+
+
+def _decode_into_file(paths: list[str], out_file: str, channels: int, size: tuple[int, int], resize: str, workers: int,
+                      noise: dict[str, str]) -> dict[int, str]:
+    """Decode paths in parallel into a new .npy of their number of rows; returns row -> reason of each failure
+    and adds what the libraries said to noise."""
+    np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), channels, *size)).flush()
+    jobs = [(paths[a:b], a, out_file, channels, size, resize) for a, b in chunks(len(paths), workers)]
+    failed = {}
+    for part, said in run_chunks(decode.decode_into, jobs, workers, "decoding images"):
+        failed.update(part)
+        for path, text in said.items():
+            noise[path] = merged(noise.get(path), text)  # the header read may have said the same
+    return failed
 
 
 def _compact(out_file: str, keep: list[int]) -> None:

@@ -61,6 +61,11 @@ class Descriptors:
     central: torch.Tensor  # N x V x E, unit-length centred views (V = 9 shifts, or 1 unshifted)
     spread: torch.Tensor  # N x V, the RMS deviation of each view from its mean, in gray levels
 
+    def unshifted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The view without a shift and its spread: what a split is compared by when it is the base."""
+        i = SHIFTS.index((0, 0)) if self.central.shape[1] == len(SHIFTS) else 0
+        return self.central[:, i], self.spread[:, i]
+
 
 def _small(x: torch.Tensor) -> torch.Tensor:
     side = min(SIDE, x.shape[-2], x.shape[-1])
@@ -112,11 +117,12 @@ def near_pairs(queries: Descriptors, base: Descriptors, skip: set[tuple[int, int
     k = min(CANDIDATES, len(base.spectrum))
     if not len(queries.spectrum) or not k:
         return found
+    base_central, base_spread = base.unshifted()
     for a in range(0, len(queries.spectrum), 1024):
         q = slice(a, a + 1024)
         cand = (queries.spectrum[q] @ base.spectrum.T).topk(k, dim=1).indices  # n x k
-        cos = torch.einsum("nve,nke->nvk", queries.central[q], base.central[cand, 0])
-        scale = torch.maximum(queries.spread[q][:, :, None], base.spread[cand, 0][:, None, :])
+        cos = torch.einsum("nve,nke->nvk", queries.central[q], base_central[cand])
+        scale = torch.maximum(queries.spread[q][:, :, None], base_spread[cand][:, None, :])
         dist = (scale * (1 - cos.clamp(-1, 1) ** 2).clamp_min(0).sqrt()).amin(1)  # n x k: the best shift
         for i in torch.nonzero(dist.amin(1) <= threshold).flatten().tolist():
             for j in torch.argsort(dist[i]).tolist():  # the closest that is not an exact copy

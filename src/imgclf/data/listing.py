@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.data.skips import SkipLog
-from imgclf.data.walk import Walker, is_image_name, is_system_folder
+from imgclf.data.walk import Walker, is_hidden, is_image_name, is_system_folder
 from imgclf.errors import DataError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -37,17 +37,30 @@ def _split_words(splits: dict) -> str:
     return "/".join(s for s in ("train", "val", "test") if s in splits)
 
 
-def _class_folders(root: Path, skips: SkipLog) -> list[Path]:
-    """The folders directly under root, sorted by name; hidden and system folders reported, not used."""
-    found = []
+def _class_folders(root: Path, skips: SkipLog) -> tuple[list[Path], list[str]]:
+    """The folders directly under root, sorted by name (hidden and system folders reported, not used), and
+    the files beside them."""
+    found, loose = [], []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if not entry.is_dir():
-            continue
-        if is_system_folder(entry.name):
+            loose.append(entry.path)
+        elif is_system_folder(entry.name):
             skips.add(entry.path, "hidden or system folder: not searched", error=False)
         else:
             found.append(Path(entry.path))
-    return found
+    return found, loose
+
+
+def _report_loose(paths: list[str], skips: SkipLog) -> None:
+    """Files beside the class folders belong to no class: said, so that an image there is not lost silently."""
+    for path in paths:
+        name = os.path.basename(path)
+        if is_hidden(name):
+            skips.add(path, "hidden or system file", error=False)
+        elif is_image_name(name):
+            skips.add(path, "image outside the class folders: it has no label; move it into its class's folder", error=False)
+        else:
+            skips.add(path, "not an image file name (extension)", error=False)
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -63,9 +76,13 @@ def list_folders(root: Path, skips: SkipLog) -> FileListing:
     """A class-per-folder tree, or train/ val/ test/ folders each holding one."""
     split_dirs = _split_folders(root) or {"train": root}
     train_dir = split_dirs["train"]
-    subdirs = {split: _class_folders(folder, skips) for split, folder in split_dirs.items()}
+    found = {split: _class_folders(folder, skips) for split, folder in split_dirs.items()}
+    subdirs = {split: dirs for split, (dirs, _) in found.items()}
     # An unlabeled test folder of bare images is labeled by nothing; its folder is fenced whole.
     bare = {split for split, dirs in subdirs.items() if split != "train" and not dirs}
+    for split, (_, loose) in found.items():
+        if split not in bare:
+            _report_loose(loose, skips)
     walker = Walker(skips, fence=[d for split, dirs in subdirs.items() for d in dirs] + [split_dirs[s] for s in bare])
     train_files = {d.name: walker.images(d) for d in subdirs["train"]}
     classes = [name for name, paths in train_files.items() if paths]

@@ -34,11 +34,14 @@ class SkipLog:
         self.items.extend(items)
 
     def summary(self) -> str:
-        """One line: how many were skipped and why, most common reason first."""
+        """One line: how many files and folders were skipped and why, most common reason first.
+
+        A reason is a kind before its first colon ("link loop: ..."), and the kind is what is counted."""
         kinds = collections.Counter(s.reason.split(":")[0] for s in self.items)
-        parts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(4))
-        more = "" if len(kinds) <= 4 else f", {len(kinds) - 4} other kinds"
-        return f"skipped {len(self.items)} file(s) ({parts}{more})"
+        parts = "; ".join(f"{kind} {n}" for kind, n in kinds.most_common(4))
+        rest = sum(n for _, n in kinds.most_common()[4:])
+        more = f"; {rest} of {len(kinds) - 4} other kind(s)" if rest else ""
+        return f"skipped {len(self.items)} file(s) or folder(s) ({parts}{more})"
 
 
 def _write_pairs(rows, header: tuple[str, str], path: Path) -> None:
@@ -80,4 +83,7 @@ def read_warnings(path: Path) -> dict[str, str]:
 
 def warnings_summary(warnings: dict[str, str], where: Path) -> str:
     """One line for the log: how many files made a library speak, and where each message is."""
-    return f"the image libraries warned about {len(warnings)} file(s); each message in {where} (--verbose prints them)"
+    import logging
+
+    verbose = logging.getLogger("imgclf").isEnabledFor(logging.DEBUG)
+    return f"the image libraries warned about {len(warnings)} file(s); each message in {where}" + ("" if verbose else " (-v prints them)")

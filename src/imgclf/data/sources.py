@@ -43,6 +43,9 @@ def load_data(source, config: DataConfig | None = None, *, labels=None, classes:
         return _from_files(path, config)
     if path.is_file() and path.suffix.lower() == ".csv":
         return _from_files(path.parent, config, train_csv=path)
+    if path.is_file():
+        raise DataError(f"{text} is a file, not a dataset; pass the folder that holds the class folders (or a CSV of ids "
+                        "and labels).")
     names = ", ".join(builtin.BUILTINS)
     raise DataError(f"{text}: no such folder or CSV file, and not a built-in dataset ({names}); check the path.")
 

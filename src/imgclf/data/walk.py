@@ -42,6 +42,9 @@ class Walker:
     fence: folders whose images carry a label of their own (the class folders of every split). A link
     from one of them into another, or to a folder holding one, is refused: its images would be listed
     under two labels, or a test image would leak into training.
+
+    Links are followed only after every real folder and file of a walk is listed, so that when a link
+    and the real path lead to the same picture, the real path is the one kept.
     """
 
     def __init__(self, skips: SkipLog | None = None, fence: list[Path] | None = None):
@@ -56,81 +59,101 @@ class Walker:
         top = str(top)
         top_real = os.path.realpath(top)
         if top_real in self.entered:
-            self.skips.add(top, f"a link to a folder already listed as {self.entered[top_real]}", error=False)
+            self.skips.add(top, f"same folder twice: already listed as {self.entered[top_real]}", error=False)
             self.refused.add(top)
             return []
         self.entered[top_real] = top
         folders: list[tuple[str, list[str]]] = []
         stack = [(top, top_real)]
-        while stack:
+        links: list[tuple[os.DirEntry, str, int]] = []  # (entry, real parent, index in folders), followed last
+        while stack or links:
+            if not stack:
+                pending, links = links, []
+                for entry, parent_real, where in pending:
+                    if entry.is_dir():
+                        real = self._folder_link(entry, parent_real, top_real)
+                        if real:
+                            stack.append((entry.path, real))
+                    elif self._file_link(entry, top_real):
+                        folders[where][1].append(entry.path)
+                continue
             path, real = stack.pop()
-            files, subfolders = self._scan(path, real, top_real)
+            files, subfolders, found_links = self._scan(path, real)
+            links += [(entry, real, len(folders)) for entry in found_links]
             folders.append((path, files))
             stack.extend(reversed(subfolders))  # the first name is entered first
         folders.sort(key=lambda f: f[0])
-        return [f for _, files in folders for f in files]
+        return [f for _, files in folders for f in sorted(files)]
 
-    def _scan(self, path: str, real: str, top_real: str) -> tuple[list[str], list[tuple[str, str]]]:
+    def _scan(self, path: str, real: str) -> tuple[list[str], list[tuple[str, str]], list[os.DirEntry]]:
+        """A folder's image files and subfolders to enter, and the links in it (image files or folders)."""
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as err:
             self.skips.add(path, f"unreadable folder: {err.strerror or err}", fix="check its permissions")
-            return [], []
-        files, subfolders = [], []
+            return [], [], []
+        files, subfolders, links = [], [], []
         for entry in entries:
             if entry.is_dir():
-                child = self._folder(entry, real, top_real)
-                if child:
+                if is_system_folder(entry.name):
+                    self.skips.add(entry.path, "hidden or system folder: not searched", error=False)
+                elif entry.is_symlink():
+                    links.append(entry)
+                elif (child := self._unseen_folder(os.path.join(real, entry.name), entry.path)) is not None:
                     subfolders.append((entry.path, child))
-            else:
-                found = self._file(entry, real, top_real)
-                if found:
-                    files.append(found)
-        return files, subfolders
+            elif self._image_name(entry):
+                if entry.is_symlink():
+                    links.append(entry)
+                elif self._regular(entry) and self._unseen_file(os.path.join(real, entry.name), entry.path):
+                    files.append(entry.path)
+        return files, subfolders, links
 
-    def _folder(self, entry: os.DirEntry, parent_real: str, top_real: str) -> str | None:
-        """The real path of a folder to enter, or None when it is skipped (and why is recorded)."""
-        if is_system_folder(entry.name):
-            self.skips.add(entry.path, "hidden or system folder: not searched", error=False)
-            return None
-        if entry.is_symlink():
-            real = os.path.realpath(entry.path)
-            if _inside(parent_real, real):
-                self.skips.add(entry.path, f"link loop: the link leads back to {real}, which holds it; not followed", error=False)
-                return None
-            if self._crosses_fence(real, top_real, entry.path):
-                return None
-        else:
-            real = os.path.join(parent_real, entry.name)
-        if real in self.entered:
-            self.skips.add(entry.path, f"the same folder as {self.entered[real]}, already listed; not searched again", error=False)
-            return None
-        self.entered[real] = entry.path
-        return real
-
-    def _file(self, entry: os.DirEntry, parent_real: str, top_real: str) -> str | None:
-        """The path of an image file to list, or None when it is skipped (and why is recorded)."""
+    def _image_name(self, entry: os.DirEntry) -> bool:
         if is_hidden(entry.name):
             self.skips.add(entry.path, "hidden or system file", error=False)
-            return None
+            return False
         if not is_image_name(entry.name):
             self.skips.add(entry.path, "not an image file name (extension)", error=False)
+            return False
+        return True
+
+    def _regular(self, entry: os.DirEntry) -> bool:
+        if entry.is_file():
+            return True
+        if entry.is_symlink():
+            self.skips.add(entry.path, f"unreadable: a link to a missing file ({os.readlink(entry.path)})",
+                           fix="restore its target or remove the link")
+        else:
+            self.skips.add(entry.path, "not a regular file (a device, pipe or socket)")
+        return False
+
+    def _unseen_folder(self, real: str, path: str) -> str | None:
+        if real in self.entered:
+            self.skips.add(path, f"same folder twice: already listed as {self.entered[real]}; not searched again", error=False)
             return None
-        link = entry.is_symlink()
-        if not entry.is_file():
-            if link:
-                self.skips.add(entry.path, f"unreadable: a link to a missing file ({os.readlink(entry.path)})", fix="restore its target or remove the link")
-            else:
-                self.skips.add(entry.path, "not a regular file (a device, pipe or socket)")
-            return None
-        real = os.path.realpath(entry.path) if link else os.path.join(parent_real, entry.name)
-        if link and self._crosses_fence(real, top_real, entry.path):
-            return None
+        self.entered[real] = path
+        return real
+
+    def _unseen_file(self, real: str, path: str) -> bool:
         if real in self.listed:
-            self.skips.add(entry.path, f"the same file as {self.listed[real]}, already listed", error=False)
+            self.skips.add(path, f"same file twice: already listed as {self.listed[real]}", error=False)
+            return False
+        self.listed[real] = path
+        return True
+
+    def _folder_link(self, entry: os.DirEntry, parent_real: str, top_real: str) -> str | None:
+        """The real path of a linked folder to enter, or None when it is skipped (and why is recorded)."""
+        real = os.path.realpath(entry.path)
+        if _inside(parent_real, real):
+            self.skips.add(entry.path, f"link loop: leads back to {real}, which holds the link; not followed", error=False)
             return None
-        self.listed[real] = entry.path
-        return entry.path
+        if self._crosses_fence(real, top_real, entry.path):
+            return None
+        return self._unseen_folder(real, entry.path)
+
+    def _file_link(self, entry: os.DirEntry, top_real: str) -> bool:
+        real = os.path.realpath(entry.path)
+        return self._regular(entry) and not self._crosses_fence(real, top_real, entry.path) and self._unseen_file(real, entry.path)
 
     def _crosses_fence(self, real: str, top_real: str, path: str) -> bool:
         """Whether a link from the folder being listed reaches into, or holds, another labeled folder."""
@@ -138,8 +161,8 @@ class Walker:
             return False
         for fenced, name in self.fence.items():
             if fenced != top_real and (_inside(real, fenced) or _inside(fenced, real)):
-                self.skips.add(path, f"a link into {name}, another class or split: its images would be listed twice "
-                                     f"under two labels; not followed", error=False)
+                self.skips.add(path, f"link into another class or split: {name}; its images would be listed twice "
+                                     f"under two labels, so it is not followed", error=False)
                 return True
         return False
 

@@ -20,8 +20,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "run"
 
 
+def check_out(out: str) -> None:
+    """Refuse, before any work, a folder of run directories that cannot be one."""
+    root = Path(out)
+    blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ImgclfError(f"--out {out}: {blocker} is a file; pass a folder to hold run directories (default: runs).")
+
+
 def new_run_dir(out: str, name: str | None, default_name: str, force: bool) -> Path:
     """out/name, created now; an automatic name gets -2, -3, ... when taken, a given one needs --force."""
+    check_out(out)
     root = Path(out)
     if name:
         path = root / slug(name)

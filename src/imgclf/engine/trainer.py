@@ -22,7 +22,7 @@ from imgclf.engine import hardware
 from imgclf.engine.bundle import save_bundle, unwrap
 from imgclf.engine.checkpoint import deferred_interrupts, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgclf.engine.metrics_log import append_row, rewrite
-from imgclf.engine.rundir import new_run_dir, run_source, slug
+from imgclf.engine.rundir import check_out, new_run_dir, run_source, slug
 from imgclf.engine.schedule import lr_factor
 from imgclf.errors import ImgclfError
 
@@ -72,18 +72,20 @@ def _extra_split(source: str, data: ImageData, config: Config, what: str) -> Ima
     return extra.train.relabel(extra.classes, data.classes, f"training classes (--{what} {source})")
 
 
-def _check_duplicates(data: ImageData, config: Config) -> ImageData:
-    """Exact duplicates by hash only (no slower start): dropped with --dedupe, else one line if any leak."""
+def _check_duplicates(data: ImageData, config: Config) -> tuple[ImageData, list[dict]]:
+    """Exact duplicates by hash only (no slower start): dropped with --dedupe (returned as rows for
+    dedupe.csv), else one line if validation or test images are also in training."""
     from imgclf.data.audit import drop_duplicates, leak_line
     from imgclf.data.duplicates import exact_groups
 
     groups = exact_groups(data.splits())
     if config.train.dedupe:
-        data, note = drop_duplicates(data, groups)
-        log.info(note)
-    elif (line := leak_line(groups)) is not None:
+        data, note, dropped = drop_duplicates(data, groups)
+        log.info(note + ("; each in dedupe.csv in the run directory" if dropped else ""))
+        return data, dropped
+    if (line := leak_line(data, groups)) is not None:
         log.warning(line)
-    return data
+    return data, []
 
 
 def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
@@ -379,19 +381,24 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     else:
         config = (config or Config()).override(**settings)
         source = data
+        check_out(config.train.out)
     data_obj = _load(source, config)
     log.info(data_obj.summary())
     if config.train.val:
         data_obj = dataclasses.replace(data_obj, val=_extra_split(config.train.val, data_obj, config, "val"))
     if config.train.test:
         data_obj = dataclasses.replace(data_obj, test=_extra_split(config.train.test, data_obj, config, "test"))
-    data_obj = _check_duplicates(data_obj, config)
+    data_obj, dropped = _check_duplicates(data_obj, config)
     if resume is None:
         name = config.train.model or "default"
         default_name = f"{slug(Path(str(source)).name if isinstance(source, (str, Path)) else 'arrays')}-{name}"
         run_dir = new_run_dir(config.train.out, config.train.name, default_name, config.train.force)
         (run_dir / "config.yaml").write_text(config.to_yaml())
         (run_dir / "run.json").write_text(json.dumps({"source": _source_text(source)}))
+    if dropped:
+        from imgclf.data.audit import write_dropped
+
+        write_dropped(dropped, run_dir / "dedupe.csv")
     trainer = Trainer(data_obj, config, run_dir, _source_text(source))
     if resume is not None:
         trainer.restore(load_checkpoint(trainer.last_path))
@@ -402,8 +409,8 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
              {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype], "on" if trainer.channels_last else "off",
              trainer.arch["name"], f"{params:,}", run_dir)
     t = config.train
-    log.info("training: %d epochs, batch %d, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
-             "augmentation %s; every setting in %s", t.epochs, t.batch_size, t.optimizer, t.resolved_lr(), t.schedule,
+    log.info("training: %d epoch%s, batch %d, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
+             "augmentation %s; every setting in %s", t.epochs, "" if t.epochs == 1 else "s", t.batch_size, t.optimizer, t.resolved_lr(), t.schedule,
              100 * t.resolved_warmup(), t.weight_decay, t.label_smoothing, _augment_text(trainer), run_dir / "config.yaml")
     trainer.fit()
     test = trainer.finish()
