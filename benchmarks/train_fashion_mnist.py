@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
@@ -39,25 +37,12 @@ def imgclf_default(out: str) -> dict:
 
 
 def tutorial_recipe(data, epochs: int = 15) -> dict:
-    """Seed 003's loop: X_train / 255 as float tensors, N x 1 x 28 x 28, Adam(1e-3), batch 128."""
-    torch.manual_seed(0)
-    x_train = torch.tensor(np.concatenate([data.train.array(), data.val.array()]), dtype=torch.float32) / 255.0
-    y_train = torch.tensor(np.concatenate([data.train.labels, data.val.labels]))
-    x_test = torch.tensor(data.test.array(), dtype=torch.float32) / 255.0
-    y_test = torch.tensor(data.test.labels)
-    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding="same"), nn.ReLU(), nn.Conv2d(32, 16, 3, padding="same"), nn.ReLU(),
-                          nn.Conv2d(16, 8, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 28 * 28, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    """Seed 003's loop (common.tutorial_fit) on the training and validation images together."""
     start = time.perf_counter()
-    for _ in range(epochs):
-        for i in range(0, len(x_train), 128):  # the tutorial walks the data in order, batch by batch
-            loss = F.cross_entropy(model(x_train[i:i + 128]), y_train[i:i + 128])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = common.tutorial_fit(np.concatenate([data.train.array(), data.val.array()]),
+                                np.concatenate([data.train.labels, data.val.labels]), epochs)
     seconds = time.perf_counter() - start
-    with torch.no_grad():
-        acc = sum((model(x_test[i:i + 1000]).argmax(1) == y_test[i:i + 1000]).sum().item() for i in range(0, len(x_test), 1000)) / len(x_test)
+    acc = common.tutorial_accuracy(model, data.test.array(), data.test.labels)
     return {"recipe": "tutorial (seed 003: Sequential ConvNet, Adam 1e-3, batch 128)", "epochs": epochs, "train s": seconds,
             "s/epoch": seconds / epochs, "test acc %": 100 * acc}
 

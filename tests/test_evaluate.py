@@ -51,7 +51,7 @@ def trained(tmp_path_factory, fmnist):
 
     write_class_tree(root / "data" / "train", images[:2000], labels[:2000])
     write_class_tree(root / "data" / "test", images[58000:58600], labels[58000:58600])
-    run = imgclf.train(str(root / "data"), epochs=2, batch_size=128, out=str(root / "runs"), device="cpu")
+    run = imgclf.train(str(root / "data"), epochs=2, batch_size=128, augment=True, out=str(root / "runs"), device="cpu")  # flips on: the TTA test needs them
     return run, root / "data", images[58000:58600], labels[58000:58600]
 
 

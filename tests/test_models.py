@@ -186,7 +186,9 @@ def test_pretrained_hub_unreachable_gives_one_line_with_the_way_out():
             "except ImgclfError as e:\n    print('ERR', e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
-    assert out.startswith("ERR could not get pretrained weights for resnet18") and "--weights FILE" in out
+    # At once, not after a minute of hub retries, and a whole sentence that says where weights go.
+    assert out.startswith("ERR the pretrained weights of resnet18 are not in the local cache") and out.rstrip().endswith("--weights FILE.")
+    assert "huggingface" in out
     assert len(out.strip().splitlines()) == 1
 
 

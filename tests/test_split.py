@@ -32,9 +32,9 @@ def test_seeded():
 
 def test_single_image_class_is_explained():
     labels = np.array([0] * 20 + [1] * 20 + [2])
-    tr, va, notes = stratified_split(labels, 0.1, 0)
+    tr, va, notes = stratified_split(labels, 0.1, 0, classes=["Shirt", "Coat", "Bag"])
     assert 40 in tr and 40 not in va
-    assert notes and "single image" in notes[0]
+    assert notes and "single image" in notes[0] and notes[0].endswith(": Bag")
 
 
 def test_fraction_is_validated():

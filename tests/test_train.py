@@ -143,7 +143,10 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(straig
     shutil.copytree(straight, run_dir)
     last = run_dir / "checkpoints/last.pt"
     digest = hashlib.sha256(last.read_bytes()).hexdigest()
-    proc = run_cli("train", "--resume", str(run_dir), "--epochs", "8", "--lr", "1e12")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["train"]["lr"] = 1e12  # a run whose learning rate blows it up in its next epoch (--lr cannot change on resume)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = run_cli("train", "--resume", str(run_dir), "--epochs", "8")
     assert proc.returncode == 2
     assert "non-finite in epoch 7" in proc.stderr and "--lr" in proc.stderr and "Traceback" not in proc.stderr
     assert hashlib.sha256(last.read_bytes()).hexdigest() == digest

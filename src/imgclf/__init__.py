@@ -10,8 +10,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "train": "imgclf.engine.trainer",
-    "Run": "imgclf.engine.trainer",
+    "train": "imgclf.api",
+    "Run": "imgclf.api",
     "Config": "imgclf.config",
     "TrainConfig": "imgclf.config",
     "load_bundle": "imgclf.engine.bundle",

@@ -105,8 +105,8 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from imgclf.api import train
     from imgclf.config import Config
-    from imgclf.engine.trainer import train
 
     settings = _given(args, [*DATA_FLAGS, "strict", *AUGMENT_FLAGS, *TRAIN_FLAGS])
     if args.resume:
@@ -173,7 +173,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     chosen = _output_path(args.json, "--json", "evaluation.json") if args.json else None
     ev = evaluate(args.model, args.source, split=args.split, batch_size=args.batch_size, tta=args.tta, device=args.device)
     print(ev.table())
-    out = chosen or bundle_dir(args.model) / "evaluations" / f"{slug(Path(args.source).name)}-{ev.split}.json"
+    name = slug(Path(args.source).name) if args.source else "own"
+    out = chosen or bundle_dir(args.model) / "evaluations" / f"{name}-{ev.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"written: {ev.save_json(out)}")
     return 0
@@ -190,41 +191,52 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
     from imgclf.data.skips import SkipLog, warnings_summary, write_skipped, write_warnings
-    from imgclf.predict import fill_template, load, prediction_rows, resolve_inputs
+    from imgclf.predict import fill_template, load, prediction_rows, resolve_inputs, template_beside
 
     out = _output_path(args.out or "predictions.csv", "--out", "predictions.csv")
+    # A sample submission beside a CSV of ids shapes the output, unless more columns were asked for.
+    template = Path(args.template) if args.template else None if args.top_k or args.proba else template_beside(args.inputs)
     clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers)
     skips = SkipLog()
     ids, paths = resolve_inputs(args.inputs, skips)
-    single = len(ids) == 1 and not args.out and not args.template
+    single = len(ids) == 1 and not args.out and not template
     columns, rows = prediction_rows(clf, ids, paths, top_k=5 if single else args.top_k, proba=args.proba)
+    if single:
+        return _print_top5(clf, rows[0])
     bad = [r for r in rows if r["error"]]
     warned = {r["id"]: r["warning"] for r in rows if r["warning"]}
-    if single:
-        row = rows[0]
-        if row["error"]:
-            raise ImgclfError(f"{row['id']}: {row['error']}.")
-        print(f"{row['id']}:")
-        for i in range(1, min(5, len(clf.classes_)) + 1):
-            print(f"  {row[f'top{i}_label']:<24} {float(row[f'top{i}_prob']):7.2%}")
-        if row["warning"]:
-            print(f"  (the image library warned: {row['warning']})")
-        return 0
-    if args.template:
-        columns, rows = fill_template(Path(args.template), rows)
+    if template:
+        if not args.template:
+            print(f"template: {template} (found beside {args.inputs[0]}; --template chooses another)")
+        columns, rows = fill_template(template, rows)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"{len(rows) - len(bad)} predictions written to {out}" + (f"; {len(bad)} input(s) could not be read (see the error column)" if bad else ""))
+    print(f"{len(rows) - len(bad)} predictions written to {out}")
+    side = lambda kind: out.with_name(f"{out.stem}.{kind}.csv")  # noqa: E731
+    if bad:
+        write_warnings({r["id"]: r["error"] for r in bad}, side("errors"), header=("id", "error"))
+        print(f"{len(bad)} input(s) could not be read and have no label; each with its reason in {side('errors')}")
     if skips.items:
-        write_skipped(skips.items, out.with_name(f"{out.stem}.skipped.csv"))
-        print(f"{skips.summary()}; each with its reason in {out.with_name(f'{out.stem}.skipped.csv')}")
+        write_skipped(skips.items, side("skipped"))
+        print(f"{skips.summary()}; each with its reason in {side('skipped')}")
     if warned:
-        write_warnings(warned, out.with_name(f"{out.stem}.warnings.csv"))
-        print(warnings_summary(warned, out.with_name(f"{out.stem}.warnings.csv")))
+        write_warnings(warned, side("warnings"))
+        print(warnings_summary(warned, side("warnings")))
         for image_id, text in warned.items():
             log.debug("  %s: %s", image_id, text)
+    return 0
+
+
+def _print_top5(clf, row: dict) -> int:
+    if row["error"]:
+        raise ImgclfError(f"{row['id']}: {row['error']}.")
+    print(f"{row['id']}:")
+    for i in range(1, min(5, len(clf.classes_)) + 1):
+        print(f"  {str(row[f'top{i}_label']):<24} {float(row[f'top{i}_prob']):7.2%}")
+    if row["warning"]:
+        print(f"  (the image library warned: {row['warning']})")
     return 0
 
 
@@ -290,8 +302,31 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a 'did you mean' for a mistyped flag, whichever command it belongs to."""
+
+    def error(self, message: str):
+        import difflib
+
+        if message.startswith("unrecognized arguments:"):
+            known = sorted({o for p in _all_parsers(self) for a in p._actions for o in a.option_strings if o.startswith("--")})
+            hints = [close[0] for word in message.split(":", 1)[1].split() if word.startswith("--")
+                     for close in [difflib.get_close_matches(word.split("=")[0], known, n=1)] if close]
+            if hints:
+                message += f"; did you mean {' '.join(hints)}?"
+        super().error(message)
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgclf", description="Image classifiers from folders of images.")
+    parser = _Parser(prog="imgclf", description="Image classifiers from folders of images.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_data_commands, _train_command, _scoring_commands, _deploy_commands, _model_commands):
@@ -340,8 +375,10 @@ def _bundle_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
 def _scoring_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="score a trained model on labeled data: table of metrics and JSON")
     ev.add_argument("model", help="a run directory or a bundle folder")
-    ev.add_argument("source", help="a folder, a CSV file or a built-in dataset")
-    ev.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: test, else val, else all)")
+    ev.add_argument("source", nargs="?", help="a folder, a CSV file or a built-in dataset (default: the run's own data, "
+                                              "whose held-out images are scored)")
+    ev.add_argument("--split", choices=("train", "val", "test"),
+                    help="split to score (default: test, else validation; on the run's own data never the training images)")
     ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images (when training used flips)")
     ev.add_argument("--json", metavar="FILE", help="where the metrics go (default: <model>/evaluations/<source>-<split>.json)")
     _bundle_args(ev, 512)
@@ -397,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe shows up here, not as noise at exit
         return code
     except ImgclfError as err:
-        print(f"imgclf: error: {err}", file=sys.stderr)
+        import re
+
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", " ".join(str(err).split()))  # one line, no terminal colours from a library's text
+        print(f"imgclf: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)

@@ -72,24 +72,26 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The model and how it is trained; None means 'decide from the data and the hardware'."""
+    """The model and how it is trained; None means 'decide from the data, the budget and the hardware'
+    (engine/recipe.py decides, and config.yaml records what it decided)."""
 
     model: str | None = None  # None: small_resnet up to 64 px, resnet18 above
     pretrained: bool = False
     weights: str | None = None  # a local state dict for the model
+    partial_weights: bool = False  # accept weights that fill under 90% of the backbone
     init_from: str | None = None  # a run directory or bundle whose weights start this run
     freeze_epochs: int = 0  # epochs training only the head (and norms) before unfreezing
     backbone_lr_scale: float = 1.0  # backbone learning rate as a fraction of lr
     epochs: int = 12
-    batch_size: int = 256
-    lr: float | None = None  # None: 0.1 for sgd, 1e-3 for adam and adamw
-    optimizer: str = "sgd"
+    batch_size: int | None = None  # None: 256, smaller for small training sets so that an epoch has enough steps
+    lr: float | None = None  # None: 2e-3 for adamw, 1e-3 for adam, 0.1 for sgd
+    optimizer: str = "adamw"
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup: float | None = None  # fraction of steps warming up; None: 0.25 for onecycle, else 0
+    weight_decay: float | None = None  # None: 0.05 for adamw (decoupled), 5e-4 for sgd, 0 for adam
+    schedule: str = "cosine"
+    warmup: float | None = None  # fraction of steps warming up; None: 0.25 for onecycle, 0.02 for cosine, else 0
     label_smoothing: float = 0.1
-    augment: bool = True  # off: training batches are served as they are (settings in data.augment)
+    augment: bool | None = None  # None: on for long runs (15+ epochs and 1,000+ steps), off for short ones
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | None = None  # None: on where it measurably helps (CUDA)
@@ -108,7 +110,7 @@ class TrainConfig:
             setattr(self, field_name, value)
             if value not in allowed:
                 raise ImgclfError(f"{field_name}={value!r} is not one of {', '.join(allowed)}.")
-        if self.epochs < 1 or self.batch_size < 1:
+        if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ImgclfError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1.")
         if self.lr is not None and self.lr <= 0:
             raise ImgclfError(f"lr={self.lr} must be positive.")
@@ -116,10 +118,13 @@ class TrainConfig:
             raise ImgclfError("pass either --pretrained (published weights) or --weights FILE, not both.")
 
     def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else (0.1 if self.optimizer == "sgd" else 1e-3)
+        return self.lr if self.lr is not None else {"sgd": 0.1, "adam": 1e-3, "adamw": 2e-3}[self.optimizer]
+
+    def resolved_weight_decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}[self.optimizer]
 
     def resolved_warmup(self) -> float:
-        return self.warmup if self.warmup is not None else (0.25 if self.schedule == "onecycle" else 0.0)
+        return self.warmup if self.warmup is not None else {"onecycle": 0.25, "cosine": 0.02}.get(self.schedule, 0.0)
 
 
 @dataclass
@@ -146,8 +151,11 @@ class Config:
         homes.update({name: ("train",) for name in sections["train"]})
         unknown = sorted(set(values) - set(homes))
         if unknown:
-            close = ", ".join(sorted(homes))
-            raise ImgclfError(f"unknown setting(s) {', '.join(unknown)}; known settings: {close}.")
+            import difflib
+
+            hints = [f"{u} -> {c[0]}" for u in unknown for c in [difflib.get_close_matches(u, homes, n=1)] if c]
+            hint = f" (did you mean: {', '.join(hints)}?)" if hints else ""
+            raise ImgclfError(f"unknown setting(s) {', '.join(unknown)}{hint}; known settings: {', '.join(sorted(homes))}.")
         for name, value in values.items():
             target = sections
             for key in homes[name]:

@@ -39,6 +39,9 @@ class Evaluation:
     def labels(self) -> np.ndarray:
         return self.images.labels
 
+    def __repr__(self) -> str:
+        return f"Evaluation({self.split} split, {len(self.images)} images, accuracy {self.metrics['accuracy']:.2%})"
+
     def table(self) -> str:
         return format_report(self.metrics)
 
@@ -99,7 +102,8 @@ def format_report(m: dict) -> str:
     width = max(12, *(len(r["class"]) for r in m["per_class"]))
     head = f"{'':>{width}}  {'precision':>9}  {'recall':>9}  {'f1-score':>9}  {'support':>9}"
     row = lambda name, r: f"{name:>{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  {r['support']:>9}"
-    lines = [f"images {m['images']}  loss {m['loss']:.4f}  accuracy {100 * m['accuracy']:.2f}%"
+    lines = [m["scored"]] if m.get("scored") else []
+    lines += [f"images {m['images']}  loss {m['loss']:.4f}  accuracy {100 * m['accuracy']:.2f}%"
              + (f"  top-5 accuracy {100 * m['top5_accuracy']:.2f}%" if "top5_accuracy" in m else ""), "", head, ""]
     lines += [row(r["class"], r) for r in m["per_class"]]
     lines += ["", row("macro avg", m["macro_avg"]), row("weighted avg", m["weighted_avg"])]
@@ -109,14 +113,20 @@ def format_report(m: dict) -> str:
     return "\n".join(lines)
 
 
-def _labeled_split(data: ImageData, split: str | None) -> tuple[str, ImageSet]:
+def _labeled_split(data: ImageData, split: str | None, held_out: bool) -> tuple[str, ImageSet]:
+    """The split to score: the one asked for, else test, else validation; training images only on request
+    when the data is the run's own (they are what it learnt from)."""
     splits = data.splits()
     if split:
         if split not in splits:
             raise ImgclfError(f"the data has no {split} split (it has {', '.join(splits)}); choose one of those.")
         choice = split
     else:
-        choice = next((s for s in ("test", "val", "train") if s in splits and splits[s].labeled), None)
+        order = ("test", "val") if held_out else ("test", "val", "train")
+        choice = next((s for s in order if s in splits and splits[s].labeled), None)
+        if choice is None and held_out:
+            raise ImgclfError(f"{data.source}: the run held out no labeled images (no test split, no validation split); score other "
+                              "data, or pass --split train to score the training images (optimistic: the model learnt them).")
         if choice is None:
             raise ImgclfError(f"{data.source}: no labeled images to score; evaluation needs labels.")
     if not splits[choice].labeled:
@@ -124,24 +134,69 @@ def _labeled_split(data: ImageData, split: str | None) -> tuple[str, ImageSet]:
     return choice, splits[choice]
 
 
-def evaluate(model_or_run, data, *, split: str | None = None, batch_size: int = 512, tta: bool = False,
+def _what_is_scored(choice: str, n: int, source: str, held_out: bool, info: dict) -> str:
+    """The first line of an evaluation: which images, and what their score means."""
+    if choice == "train" and held_out:
+        return f"scoring the {n} training images of {source} (--split train): the model learnt them, so the figures are optimistic"
+    if choice == "val" and held_out:
+        origin = info.get("splits", {}).get("val", {})
+        how = (f" ({origin['fraction']:.0%} of training, seed {origin['seed']})" if origin.get("from") == "train" else "")
+        return f"scoring the validation split the run held out{how}: {n} images of {source}"
+    what = {"test": "the test split", "val": "the validation split", "train": "all the images"}[choice]
+    return f"scoring {what} of {source}: {n} images"
+
+
+def _same_source(given, recorded: str | None) -> bool:
+    if recorded is None or not isinstance(given, (str, Path)):
+        return False
+    if str(given).lower() == str(recorded).lower():
+        return True
+    return Path(str(given)).expanduser().resolve() == Path(recorded).expanduser().resolve()
+
+
+def _run_record(folder: Path) -> tuple[dict | None, dict]:
+    """The data settings and run.json of the run a bundle belongs to, when it sits in its run directory."""
+    from imgclf.config import Config, to_dict
+
+    if not (folder / "config.yaml").is_file():
+        return None, {}
+    info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    return to_dict(Config.from_yaml(folder / "config.yaml").data), info
+
+
+def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: int = 512, tta: bool = False,
              device: str = "auto") -> Evaluation:
     """Score a run directory, a bundle, or a Run on data: a source (folder, CSV, built-in name) or ImageData.
 
-    A source is brought to the model's input (channels, size, resize) from its bundle; the test split is
-    scored when there is one, else validation, else all images (split= chooses).
+    On the run's own source (the default when data is None), the images it held out are scored: its test
+    split when labeled, else the validation split it used, rebuilt from its seed; the training images
+    only with split='train'. Other data is brought to the model's input (channels, size, resize) from
+    the bundle and its test split scored, else validation, else all of it.
     """
     from imgclf.data.sources import load_data
-    from imgclf.engine.bundle import load_bundle
+    from imgclf.engine.bundle import bundle_dir, load_bundle
     from imgclf.engine.hardware import pick_device
 
     if hasattr(model_or_run, "run_dir"):
         model_or_run = model_or_run.run_dir
     model, spec = load_bundle(model_or_run)
-    if not isinstance(data, ImageData):
+    data_settings, info = _run_record(bundle_dir(model_or_run))
+    own = data is None or (not isinstance(data, ImageData) and _same_source(data, info.get("source", spec.get("source"))))
+    if data is None and not (info.get("source") or spec.get("source")):
+        raise ImgclfError(f"{model_or_run}: its training data was in memory; pass the data to score.")
+    if isinstance(data, ImageData):
+        held_out = data.val_from is not None
+    elif own:
+        source = info.get("source") or spec.get("source")
+        data = load_data(source, **(data_settings or {"image_size": tuple(spec["input"]["size"]), "channels": spec["input"]["channels"],
+                                                     "resize": spec["input"]["resize"]}))
+        held_out = True
+        _warn_if_changed(data, info)
+    else:
         size = tuple(spec["input"]["size"])
         data = load_data(data, image_size=size, channels=spec["input"]["channels"], resize=spec["input"]["resize"], val_fraction=0.0)
-    choice, part = _labeled_split(data, split)
+        held_out = False
+    choice, part = _labeled_split(data, split, held_out)
     part = part.relabel(data.classes, spec["classes"], "model's classes")
     if tta and not spec.get("training", {}).get("hflip", False):
         log.warning("test-time flips skipped: the model was trained without horizontal flips, so mirrored images are new to it")
@@ -149,5 +204,14 @@ def evaluate(model_or_run, data, *, split: str | None = None, batch_size: int = 
     norm = spec["normalization"]
     probs = predict_probs(model, part, norm["mean"], norm["std"], device=pick_device(device), batch_size=batch_size, tta=tta)
     metrics = compute_metrics(part.labels, probs, spec["classes"], part.origins)
-    metrics.update(split=choice, tta=tta, model=str(model_or_run))
+    metrics.update(split=choice, tta=tta, model=str(model_or_run), scored=_what_is_scored(choice, len(part), data.source, held_out, info))
     return Evaluation(spec["classes"], choice, part, probs, metrics)
+
+
+def _warn_if_changed(data: ImageData, info: dict) -> None:
+    """The held-out split is rebuilt from the source; if the source changed since training, it is another one."""
+    for what, part in (("val", data.val), ("test", data.test)):
+        then = info.get("splits", {}).get(what, {}).get("images")
+        if then is not None and part is not None and then != len(part):
+            log.warning("%s has changed since training (%s split: %d images then, %d now): the images scored are not exactly "
+                        "the ones the run held out", data.source, what, then, len(part))

@@ -78,6 +78,7 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, d
     wrapped = WithPreprocessing(model.float().eval(), spec["normalization"]["mean"], spec["normalization"]["std"]).eval()
     pixels = _check_pixels(spec, check)
     out = Path(out) if out else bundle_dir(model_path) / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(pixels[:2] if dynamic_batch else pixels[:1])
     if fmt == "onnx":
         _to_onnx(wrapped, example, out, dynamic_batch)

@@ -68,7 +68,8 @@ class ImageClassifier:
         self.model_ = for_inference(model, self.device_)
         self.channels_last_ = use_channels_last(None, self.device_)
         self.model_.to(self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format)
-        self.classes_ = list(self.spec_["classes"])
+        # Integer labels stay integers (scikit-learn's manners: classes_ are the labels as given).
+        self.classes_ = [int(c) for c in self.spec_["classes"]] if self.spec_.get("class_type") == "int" else list(self.spec_["classes"])
         inp = self.spec_["input"]
         self.channels_, self.size_, self.resize_ = inp["channels"], tuple(inp["size"]), inp["resize"]
         norm = self.spec_["normalization"]
@@ -87,7 +88,7 @@ class ImageClassifier:
 
         if isinstance(x, Image.Image):
             return [Item("image", decode.prepare(x.copy(), self.channels_, self.size_, self.resize_))]
-        if isinstance(x, (list, tuple)) and all(isinstance(v, Image.Image) for v in x):
+        if isinstance(x, (list, tuple)) and x and all(isinstance(v, Image.Image) or hasattr(v, "shape") for v in x):
             return [it for v in x for it in self.items(v)]
         if hasattr(x, "shape"):
             return self._array_items(x)
@@ -171,7 +172,8 @@ class ImageClassifier:
         items, probs = self.files_with_probabilities(paths) if paths is not None else (self.items(x), None)
         bad = [it for it in items if it.error]
         if bad:
-            raise ImgclfError(f"{bad[0].id}: {bad[0].error}; remove it, or use 'imgclf predict', which reports bad files and goes on.")
+            raise ImgclfError(f"{bad[0].id}: {bad[0].error}; remove it, or use predict_rows() (or 'imgclf predict'), which "
+                              "reports bad files row by row and goes on.")
         if not items:
             raise ImgclfError(f"{x}: no images to predict on.")
         return items, probs if probs is not None else self.probabilities(items)
@@ -193,6 +195,12 @@ class ImageClassifier:
         """Class names, one per image (a path, a folder, paths, a PIL image, or an array of images)."""
         probs = self.predict_proba(x)
         return [self.classes_[i] for i in probs.argmax(1)]
+
+    def predict_rows(self, inputs, top_k: int = 0, proba: bool = False) -> list[dict]:
+        """One row per input file (paths, folders, CSVs of ids, as `imgclf predict` takes them): id, label,
+        and for a file that cannot be read its error instead of a label; nothing raises for a bad file."""
+        ids, paths = resolve_inputs([str(v) for v in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
+        return prediction_rows(self, ids, paths, top_k, proba)[1]
 
     def top_k(self, x, k: int = 5) -> list[list[tuple[str, float]]]:
         """The k most likely classes of each image with their probabilities, best first."""
@@ -239,16 +247,17 @@ def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[lis
 
 
 def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_k: int = 0, proba: bool = False) -> tuple[list[str], list[dict]]:
-    """The submission table: id, label (empty with an error for bad inputs), optional top-k and probabilities."""
+    """The submission table's columns (id, label, optional top-k and probabilities) and one row per input;
+    a row also carries its error (empty label) and the libraries' warning, which are not columns: a
+    strict submission checker rejects an extra column, so they go to files of their own."""
     items, probs = clf.files_with_probabilities(paths, ids)
     columns = ["id", "label"]
     k = min(top_k, len(clf.classes_))
     columns += [f"top{i}_{what}" for i in range(1, k + 1) for what in ("label", "prob")]
     columns += [f"prob_{c}" for c in clf.classes_] if proba else []
-    columns.append("error")
     rows = []
-    for item, p in zip(items, probs):
-        row = {"id": item.id, "label": "", "error": item.error or "", "warning": item.warning}  # warning: not a column
+    for item, path, p in zip(items, paths, probs):
+        row = {"id": item.id, "label": "", "error": item.error or "", "warning": item.warning, "path": path}
         if item.error is None:
             order = np.argsort(-p, kind="stable")
             row["label"] = clf.classes_[order[0]]
@@ -258,6 +267,14 @@ def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_
                 row.update({f"prob_{c}": f"{v:.6f}" for c, v in zip(clf.classes_, p)})
         rows.append(row)
     return columns, rows
+
+
+def template_beside(inputs: list[str]) -> Path | None:
+    """The sample_submission.csv beside a CSV of ids (the dataset's test split), as data inspect notes it."""
+    if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
+        found = Path(inputs[0]).parent / "sample_submission.csv"
+        return found if found.is_file() else None
+    return None
 
 
 def fill_template(template: Path, rows: list[dict]) -> tuple[list[str], list[dict]]:

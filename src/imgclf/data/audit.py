@@ -259,13 +259,15 @@ def drop_duplicates(data: ImageData, groups=None) -> tuple[ImageData, str, list[
     return dataclasses.replace(data, train=train, mean=mean, std=std, notes=[*data.notes, note]), note, rows
 
 
-def write_dropped(rows: list[dict], path: Path) -> Path:
-    """dedupe.csv: each training image --dedupe dropped, with its label and why."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "reason"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+def dropped_csv(rows: list[dict]) -> str:
+    """dedupe.csv's text: each training image --dedupe dropped, with its label and why."""
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["path", "label", "reason"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def leak_line(data: ImageData, groups) -> str | None:

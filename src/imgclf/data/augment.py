@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -52,6 +53,13 @@ def random_erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tenso
     return x.masked_fill(mask[:, None], 0.0)
 
 
+def decided(cfg: AugmentConfig, image_size: tuple[int, int], hflip_default: bool) -> AugmentConfig:
+    """cfg with its 'decide from the dataset' values decided: the crop padding (about 1/10 of the side)
+    and whether flips keep the images' meaning."""
+    pad = cfg.crop_padding if cfg.crop_padding is not None else max(1, round(min(image_size) / 10))
+    return dataclasses.replace(cfg, crop_padding=pad, hflip=hflip_default if cfg.hflip is None else cfg.hflip)
+
+
 @dataclass(frozen=True)
 class Augment:
     """An AugmentConfig resolved for one dataset: every 'auto' decided, sizes in pixels."""
@@ -64,9 +72,8 @@ class Augment:
     @classmethod
     def resolve(cls, cfg: AugmentConfig, image_size: tuple[int, int], hflip_default: bool) -> "Augment":
         h, w = image_size
-        pad = cfg.crop_padding if cfg.crop_padding is not None else max(1, round(min(h, w) / 10))
-        return cls(pad + round(cfg.translate * h), pad + round(cfg.translate * w),
-                   hflip_default if cfg.hflip is None else cfg.hflip, cfg.erasing)
+        cfg = decided(cfg, image_size, hflip_default)
+        return cls(cfg.crop_padding + round(cfg.translate * h), cfg.crop_padding + round(cfg.translate * w), cfg.hflip, cfg.erasing)
 
     def on_uint8(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Geometric steps, done before the float conversion to move 4x fewer bytes."""

@@ -9,6 +9,7 @@ old cache only when complete, so an interrupted build never leaves a half-writte
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -107,14 +108,29 @@ def load_or_build(listing: FileListing, config: DataConfig, skips: SkipLog) -> D
     """The cached decode of listing if it is current, else a fresh one; decode skips go to skips."""
     key_dir = _key_dir(listing, config)
     stamp = fingerprint(listing)
-    cached = _load(key_dir, stamp)
+    cached = _load(key_dir, stamp) or _load_decided(listing, config, stamp)
     if cached is None:
         cached = _build(listing, config, skips, key_dir, stamp)
     else:
         for s in cached.decode_skips:  # replayed so that --strict still stops at them on a cache hit
             skips.add(s.path, s.reason)
-    write_skipped(skips.items, key_dir / "skipped.csv")
+    write_skipped(skips.items, cached.cache_dir / "skipped.csv")
     return cached
+
+
+def _load_decided(listing: FileListing, config: DataConfig, stamp: str) -> Decoded | None:
+    """The cache built when size and channels were left to be decided, if it decided what config asks for:
+    a run's config.yaml records the decided values, and resuming or evaluating it must not decode again."""
+    if config.image_size is None and config.channels is None:
+        return None
+    auto = dataclasses.replace(config, image_size=None, channels=None)
+    found = _load(_key_dir(listing, auto), stamp)
+    if found is None:
+        return None
+    size, channels = tuple(found.images.shape[2:]), found.images.shape[1]
+    if (config.target_size() or size) != size or (config.channels or channels) != channels:
+        return None
+    return found
 
 
 def _load(key_dir: Path, stamp: str) -> Decoded | None:

@@ -23,6 +23,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.index)
 
+    def __repr__(self) -> str:  # the dataclass default prints every label and origin: megabytes in a notebook
+        c, h, w = self.images.shape[1:]
+        labeled = "labeled" if self.labeled else "unlabeled"
+        return f"ImageSet({len(self)} {labeled} images of {c}x{h}x{w})"
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self.index), *self.images.shape[1:])
@@ -96,6 +101,12 @@ class ImageData:
     submission_template: str | None = None
     original_sizes: np.ndarray | None = None  # N_all x 2 (height, width of each file), rows as the image array's
     decode_warnings: dict[str, str] = field(default_factory=dict)  # path -> what the image libraries said
+    val_from: str | None = None  # "train": a stratified share of the training images; "source": the data's own split
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        sizes = ", ".join(f"{name} {len(s)}" for name, s in self.splits().items())
+        return f"ImageData({self.source!r}: {self.num_classes} classes, {sizes} images of {self.channels}x{h}x{w})"
 
     @property
     def channels(self) -> int:
@@ -123,10 +134,10 @@ class ImageData:
         return "\n".join(lines)
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def stratified_split(labels: np.ndarray, fraction: float, seed: int, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Train and validation positions with each class split in the same proportion, reproducibly.
 
-    A class with a single image cannot be on both sides: it stays in training, and a note says so.
+    A class with a single image cannot be on both sides: it stays in training, and a note names it.
     """
     rng = np.random.default_rng(seed)
     train, val, lonely = [], [], []
@@ -139,7 +150,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         train.append(rows[n_val:])
     notes = []
     if lonely:
-        notes.append(f"{len(lonely)} class(es) have a single image, kept in training with none in validation: labels {lonely[:10]}")
+        names = ", ".join(classes[c] if classes else str(c) for c in lonely[:10]) + (", ..." if len(lonely) > 10 else "")
+        notes.append(f"{len(lonely)} class(es) have a single image, kept in training with none in validation: {names}")
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val)), notes
 
 

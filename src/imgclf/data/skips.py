@@ -72,9 +72,10 @@ def read_skipped(path: Path) -> list[Skipped]:
     return [Skipped(p, r) for p, r in _read_pairs(path)]
 
 
-def write_warnings(warnings: dict[str, str], path: Path) -> None:
-    """warnings.csv: what the image libraries said while decoding each file that made them speak."""
-    _write_pairs(warnings.items(), ("path", "message"), path)
+def write_warnings(warnings: dict[str, str], path: Path, header: tuple[str, str] = ("path", "message")) -> None:
+    """warnings.csv: what the image libraries said while decoding each file that made them speak (or, with
+    another header, any other text per file)."""
+    _write_pairs(warnings.items(), header, path)
 
 
 def read_warnings(path: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 
@@ -35,17 +36,32 @@ def load_data(source, config: DataConfig | None = None, *, labels=None, classes:
         if labels is None:
             raise DataError("images given as an array need their labels: load_data((images, labels)) or labels=...")
         return _from_arrays(source, labels, classes, layout, config)
+    kind = check_source(source)
+    path = Path(str(source)).expanduser()
+    if kind == "builtin":
+        return _from_builtin(str(source).lower(), config)
+    return _from_files(path, config) if kind == "folder" else _from_files(path.parent, config, train_csv=path)
+
+
+def check_source(source) -> str:
+    """What a source is ('folder', 'csv', 'builtin' or 'arrays') without reading an image of it; a
+    one-line error naming the fix when it can be nothing, with the built-in name meant for a near miss."""
+    if not isinstance(source, (str, Path)):
+        return "arrays"
     text = str(source)
     path = Path(text).expanduser()
     if builtin.is_builtin(text) and not path.exists():
-        return _from_builtin(text.lower(), config)
+        return "builtin"
     if path.is_dir():
-        return _from_files(path, config)
+        return "folder"
     if path.is_file() and path.suffix.lower() == ".csv":
-        return _from_files(path.parent, config, train_csv=path)
+        return "csv"
     if path.is_file():
         raise DataError(f"{text} is a file, not a dataset; pass the folder that holds the class folders (or a CSV of ids "
                         "and labels).")
+    close = difflib.get_close_matches(text.lower().replace("_", "-").replace(" ", "-"), builtin.BUILTINS, n=1, cutoff=0.7)
+    if close:
+        raise DataError(f"{text}: no such folder or CSV file; did you mean the built-in dataset '{close[0]}'?")
     names = ", ".join(builtin.BUILTINS)
     raise DataError(f"{text}: no such folder or CSV file, and not a built-in dataset ({names}); check the path.")
 
@@ -127,10 +143,11 @@ def _assemble(source: str, layout: str, classes: list[str], sets: dict[str, Imag
     train, notes = sets["train"], [n for n in notes if n]
     val = sets.get("val")
     if val is None and config.val_fraction > 0:
-        tr_rows, val_rows, split_notes = stratified_split(train.labels, config.val_fraction, config.seed)
+        tr_rows, val_rows, split_notes = stratified_split(train.labels, config.val_fraction, config.seed, classes)
         train, val = train.subset(tr_rows), train.subset(val_rows)
         notes += split_notes
         notes.append(f"validation: {len(val)} images, a stratified {config.val_fraction:.0%} of training (seed {config.seed})")
     mean, std = channel_stats(train)
-    return ImageData(source, layout, classes, train, val if val is not None and len(val) else None, sets.get("test"),
-                     mean, std, hflip, notes)
+    val = val if val is not None and len(val) else None
+    val_from = None if val is None else ("source" if "val" in sets else "train")
+    return ImageData(source, layout, classes, train, val, sets.get("test"), mean, std, hflip, notes, val_from=val_from)

@@ -12,7 +12,7 @@ COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "sec
 def append_row(path: Path, row: dict) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         if new:
             writer.writeheader()
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})

@@ -28,24 +28,42 @@ def check_out(out: str) -> None:
         raise ImgclfError(f"--out {out}: {blocker} is a file; pass a folder to hold run directories (default: runs).")
 
 
-def new_run_dir(out: str, name: str | None, default_name: str, force: bool) -> Path:
-    """out/name, created now; an automatic name gets -2, -3, ... when taken, a given one needs --force."""
+def choose_run_dir(out: str, name: str | None, default_name: str, force: bool) -> Path:
+    """out/name for a new run, checked now and made only when its first checkpoint is written (make_run_dir):
+    a run that fails before then leaves nothing behind. An automatic name gets -2, -3, ... when taken; a
+    given one that holds a run needs force."""
     check_out(out)
     root = Path(out)
     if name:
         path = root / slug(name)
-        if path.exists() and any(path.iterdir()):
-            if not force:
-                raise ImgclfError(f"{path} already holds a run; choose another --name, resume it with --resume {path}, or pass --force to replace it.")
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
+        if _holds_something(path) and not force:
+            raise ImgclfError(f"{path} already holds a run; choose another --name, resume it with --resume {path}, or pass --force to replace it.")
         return path
     base = slug(default_name)
     for i in range(1, 10_000):
         path = root / (base if i == 1 else f"{base}-{i}")
+        if not path.exists():
+            return path
+    raise ImgclfError(f"{root}: too many runs named {base}; pass --name.")
+
+
+def _holds_something(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def make_run_dir(path: Path, replace: bool) -> Path:
+    """Make the run directory chosen by choose_run_dir, now that there is a checkpoint to put in it.
+
+    replace (--force): what stood there goes only now, when the new run has an epoch to show for itself.
+    An automatic name taken in the meantime by another run moves on to the next free number."""
+    if replace and _holds_something(path):
+        shutil.rmtree(path)
+    while True:
         try:
             path.mkdir(parents=True)
             return path
         except FileExistsError:
-            continue
-    raise ImgclfError(f"{root}: too many runs named {base}; pass --name.")
+            if not _holds_something(path):
+                return path
+            stem, _, number = path.name.rpartition("-")
+            path = path.with_name(f"{stem}-{int(number) + 1}" if number.isdigit() and stem else f"{path.name}-2")

@@ -1,14 +1,13 @@
-"""The training loop every tutorial writes by hand, done once: from any source to a resumable run
-directory and a deployable bundle.
+"""The training loop every tutorial writes by hand, done once: epochs of steps with checkpoints after
+each, a resumable run directory and a deployable bundle. imgclf.api.train() sets it up.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,13 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.config import Config
-from imgclf.data.imageset import ImageData, ImageSet
+from imgclf.data.imageset import ImageData
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine import hardware
 from imgclf.engine.bundle import save_bundle, unwrap
 from imgclf.engine.checkpoint import deferred_interrupts, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgclf.engine.metrics_log import append_row, rewrite
-from imgclf.engine.rundir import check_out, new_run_dir, run_source, slug
 from imgclf.engine.schedule import lr_factor
 from imgclf.errors import ImgclfError
 
@@ -30,62 +28,6 @@ log = logging.getLogger("imgclf")
 EVAL_BATCH = 1024
 FINITE_CHECK_EVERY = {"cpu": 1}  # steps between non-finite checks; a check costs a sync on a GPU
 DEFAULT_FINITE_CHECK = 20
-
-
-@dataclass
-class Run:
-    """What a training run produced: the model (best weights), its history and where it all lives."""
-
-    run_dir: Path
-    model: nn.Module
-    history: list[dict]
-    config: Config
-    data: ImageData
-    test: dict | None
-    best: dict
-
-    def __repr__(self) -> str:
-        test = f", test acc {self.test['acc']:.2%}" if self.test else ""
-        return f"Run({self.run_dir}, {len(self.history)} epochs, best val acc {self.best.get('val_acc', float('nan')):.2%}{test})"
-
-
-def _source_text(source) -> str | None:
-    return str(source) if isinstance(source, (str, Path)) else None
-
-
-def _load(source, config: Config) -> ImageData:
-    from imgclf.data.sources import load_data
-
-    if isinstance(source, ImageData):
-        return source
-    if source is None:
-        raise ImgclfError("no data given: pass a folder, a CSV, a built-in dataset name or (images, labels).")
-    return load_data(source, config.data)
-
-
-def _extra_split(source: str, data: ImageData, config: Config, what: str) -> ImageSet:
-    """A separate --val/--test source, brought to the training data's size, channels and classes."""
-    from imgclf.data.sources import load_data
-
-    size_cfg = dataclasses.replace(config.data, image_size=data.image_size, channels=data.channels, val_fraction=0.0)
-    extra = load_data(source, size_cfg)
-    return extra.train.relabel(extra.classes, data.classes, f"training classes (--{what} {source})")
-
-
-def _check_duplicates(data: ImageData, config: Config) -> tuple[ImageData, list[dict]]:
-    """Exact duplicates by hash only (no slower start): dropped with --dedupe (returned as rows for
-    dedupe.csv), else one line if validation or test images are also in training."""
-    from imgclf.data.audit import drop_duplicates, leak_line
-    from imgclf.data.duplicates import exact_groups
-
-    groups = exact_groups(data.splits())
-    if config.train.dedupe:
-        data, note, dropped = drop_duplicates(data, groups)
-        log.info(note + ("; each in dedupe.csv in the run directory" if dropped else ""))
-        return data, dropped
-    if (line := leak_line(data, groups)) is not None:
-        log.warning(line)
-    return data, []
 
 
 def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
@@ -106,19 +48,28 @@ def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
         arch = {**arch, "num_classes": data.num_classes, "image_size": list(data.image_size)}
         return model.train(), arch
     name = t.model or default_model_name(data.image_size)
-    model = create_model(name, data.channels, data.num_classes, data.image_size, pretrained=t.pretrained, weights=t.weights)
+    model = create_model(name, data.channels, data.num_classes, data.image_size, pretrained=t.pretrained, weights=t.weights,
+                         partial_weights=t.partial_weights)
     arch = {"name": name, "in_channels": data.channels, "num_classes": data.num_classes, "image_size": list(data.image_size), "kwargs": {}}
     return model, arch
 
 
 class Trainer:
-    """One run: set up from the config, then fit() epoch by epoch with checkpoints after each."""
+    """One run: set up from the config (every setting decided, engine/recipe.py), then fit() epoch by
+    epoch with checkpoints after each.
 
-    def __init__(self, data: ImageData, config: Config, run_dir: Path, source_text: str | None):
+    The run directory is made when the first checkpoint is written, with the files in `pending`
+    (config.yaml, run.json, ...): a run that fails before it has an epoch to keep leaves nothing behind.
+    """
+
+    def __init__(self, data: ImageData, config: Config, run_dir: Path, source_text: str | None,
+                 pending: dict[str, str] | None = None, replace: bool = False):
         from imgclf.models.transfer import param_groups
 
         t = config.train
         self.config, self.data, self.run_dir, self.source_text = config, data, run_dir, source_text
+        self.pending, self.replace = dict(pending or {}), replace
+        self._frozen: bool | None = None
         self.device = hardware.pick_device(t.device)
         self.dtype = hardware.pick_precision(t.precision, self.device)
         self.channels_last = hardware.use_channels_last(t.channels_last, self.device)
@@ -148,9 +99,10 @@ class Trainer:
     def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         t = self.config.train
         if t.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=self.base_lr, momentum=t.momentum, nesterov=t.momentum > 0, weight_decay=t.weight_decay)
+            return torch.optim.SGD(groups, lr=self.base_lr, momentum=t.momentum, nesterov=t.momentum > 0,
+                                   weight_decay=t.resolved_weight_decay())
         cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
-        return cls(groups, lr=self.base_lr, weight_decay=t.weight_decay)
+        return cls(groups, lr=self.base_lr, weight_decay=t.resolved_weight_decay())
 
     # -- checkpoints ---------------------------------------------------------------------------------
     @property
@@ -185,8 +137,11 @@ class Trainer:
                              self.bad_epochs, 100 * self.best["val_acc"], self.best["epoch"])
                     break
         except KeyboardInterrupt:
-            log.warning("interrupted in epoch %d; %s holds the %d completed epoch(s): resume with: imgclf train --resume %s",
-                        self.epoch + 1, self.last_path, self.epoch, self.run_dir)
+            if self.epoch:
+                log.warning("interrupted in epoch %d; %s holds the %d completed epoch(s): resume with: imgclf train --resume %s",
+                            self.epoch + 1, self.last_path, self.epoch, self.run_dir)
+            else:
+                log.warning("interrupted in epoch 1, before any epoch completed: nothing was saved")
             raise
         except torch.OutOfMemoryError:
             h, w = self.data.image_size
@@ -206,10 +161,20 @@ class Trainer:
         from imgclf.models.transfer import freeze_backbone, unfreeze
 
         t = self.config.train
-        if t.freeze_epochs and epoch < t.freeze_epochs:
-            freeze_backbone(self.model)
-        elif t.freeze_epochs:
-            unfreeze(self.model)
+        if not t.freeze_epochs:
+            return
+        frozen = epoch < t.freeze_epochs
+        freeze_backbone(self.model) if frozen else unfreeze(self.model)
+        if frozen != self._frozen:
+            params = list(self.model.parameters())
+            training = sum(p.numel() for p in params if p.requires_grad)
+            if frozen:
+                log.info("epoch %d: backbone frozen until epoch %d; %s of %s parameters train (the head and the normalisation "
+                         "layers)", epoch + 1, t.freeze_epochs, f"{training:,}", f"{sum(p.numel() for p in params):,}")
+            else:
+                log.info("epoch %d: backbone unfrozen; all %s parameters train%s", epoch + 1, f"{training:,}",
+                         f", the backbone at {t.backbone_lr_scale:g} x lr" if t.backbone_lr_scale != 1 else "")
+            self._frozen = frozen
 
     def _epoch(self, total: int) -> dict:
         from tqdm import tqdm
@@ -266,6 +231,8 @@ class Trainer:
         t = self.config.train
         self.epoch += 1
         self.history.append(row)
+        if self.pending:
+            self._make_run_dir()
         val_text = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
         log.info("epoch %d/%d  train loss %.4f acc %.2f%%%s  lr %.4g  %.1fs  %s img/s", row["epoch"], t.epochs,
                  row["train_loss"], 100 * row["train_acc"], val_text, row["lr"], row["seconds"], f"{row['images_per_s']:,.0f}")
@@ -277,6 +244,32 @@ class Trainer:
             self.bad_epochs += 1
         save_checkpoint(self.last_path, self.state())
         append_row(self.run_dir / "metrics.csv", row)
+        self._warn_if_failing(row)
+
+    def _make_run_dir(self) -> None:
+        from imgclf.engine.rundir import make_run_dir
+
+        made = make_run_dir(self.run_dir, self.replace)
+        if made != self.run_dir:
+            log.warning("run directory %s was taken meanwhile; this run is in %s", self.run_dir, made)
+            self.run_dir = made
+        for name, text in self.pending.items():
+            (self.run_dir / name).write_text(text)
+        self.pending = {}
+
+    def _warn_if_failing(self, row: dict) -> None:
+        """One line when training is visibly failing, with the likely fix: after the first epoch a training
+        loss still above chance, or a validation loss that explodes."""
+        chance = math.log(max(2, self.data.num_classes))
+        lr = self.config.train.resolved_lr()
+        if row["epoch"] == 1 and row["train_loss"] > chance:
+            log.warning("epoch 1 ended with a training loss of %.2f, above chance (%.2f for %d classes): the model is not "
+                        "learning yet; if it stays there, lower --lr (now %g) or raise --epochs", row["train_loss"], chance,
+                        self.data.num_classes, lr)
+        val_losses = [r["val_loss"] for r in self.history if "val_loss" in r]
+        if val_losses and val_losses[-1] > 3 * chance and (len(val_losses) == 1 or val_losses[-1] > 3 * min(val_losses[:-1])):
+            log.warning("validation loss %.1f in epoch %d has exploded (chance is %.2f): the learning rate is likely too "
+                        "high for this data; try --lr %g", val_losses[-1], row["epoch"], chance, lr / 10)
 
     # -- the end -------------------------------------------------------------------------------------
     def finish(self) -> dict | None:
@@ -327,7 +320,8 @@ class Trainer:
 
     def bundle_spec(self, metrics: dict) -> dict:
         d = self.data
-        return {"architecture": self.arch, "classes": d.classes,
+        integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
+        return {"architecture": self.arch, "classes": d.classes, "class_type": "int" if integers else "str",
                 "input": {"channels": d.channels, "size": list(d.image_size), "resize": self.config.data.resize},
                 "normalization": {"mean": list(d.mean), "std": list(d.std)},
                 "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
@@ -350,69 +344,3 @@ def evaluate_loader(model: nn.Module, loader: DeviceLoader, device: torch.device
         n += len(y)
     model.train(was_training)
     return {"loss": loss_sum.item() / max(n, 1), "acc": correct.item() / max(n, 1), "images": n}
-
-
-def _augment_text(trainer: Trainer) -> str:
-    aug = trainer.train_loader.augment
-    if aug is None:
-        return "off"
-    parts = [f"crop/shift up to {aug.max_dy}px"] + (["flip"] if aug.hflip else []) + ([f"erasing p={aug.erasing:g}"] if aug.erasing else [])
-    return ", ".join(parts)
-
-
-def train(data=None, config: Config | None = None, *, resume: str | Path | None = None, **settings) -> Run:
-    """Train a classifier: data is a folder, a CSV, a built-in name, (images, labels) or ImageData.
-
-    Settings are the flat config names (model=, epochs=, lr=, image_size=, ...). resume= continues a run
-    directory from its last checkpoint; with a larger epochs= it extends a finished run.
-    """
-    from imgclf.logs import ensure_console
-
-    ensure_console()
-    if resume is not None:
-        run_dir = Path(resume)
-        saved = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-        if saved is None:
-            raise ImgclfError(f"{run_dir}: not a run directory (no config.yaml); pass the folder a training run wrote.")
-        config = saved.override(**settings)
-        source = data if data is not None else run_source(run_dir)
-        if source is None:
-            raise ImgclfError(f"{run_dir} was trained on in-memory arrays; pass them again: imgclf.train((images, labels), resume=...).")
-    else:
-        config = (config or Config()).override(**settings)
-        source = data
-        check_out(config.train.out)
-    data_obj = _load(source, config)
-    log.info(data_obj.summary())
-    if config.train.val:
-        data_obj = dataclasses.replace(data_obj, val=_extra_split(config.train.val, data_obj, config, "val"))
-    if config.train.test:
-        data_obj = dataclasses.replace(data_obj, test=_extra_split(config.train.test, data_obj, config, "test"))
-    data_obj, dropped = _check_duplicates(data_obj, config)
-    if resume is None:
-        name = config.train.model or "default"
-        default_name = f"{slug(Path(str(source)).name if isinstance(source, (str, Path)) else 'arrays')}-{name}"
-        run_dir = new_run_dir(config.train.out, config.train.name, default_name, config.train.force)
-        (run_dir / "config.yaml").write_text(config.to_yaml())
-        (run_dir / "run.json").write_text(json.dumps({"source": _source_text(source)}))
-    if dropped:
-        from imgclf.data.audit import write_dropped
-
-        write_dropped(dropped, run_dir / "dedupe.csv")
-    trainer = Trainer(data_obj, config, run_dir, _source_text(source))
-    if resume is not None:
-        trainer.restore(load_checkpoint(trainer.last_path))
-        (run_dir / "config.yaml").write_text(config.to_yaml())
-        log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.train.epochs)
-    params = sum(p.numel() for p in trainer.model.parameters())
-    log.info("device %s, precision %s, channels-last %s; model %s, %s parameters; run directory %s", trainer.device,
-             {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype], "on" if trainer.channels_last else "off",
-             trainer.arch["name"], f"{params:,}", run_dir)
-    t = config.train
-    log.info("training: %d epoch%s, batch %d, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
-             "augmentation %s; every setting in %s", t.epochs, "" if t.epochs == 1 else "s", t.batch_size, t.optimizer, t.resolved_lr(), t.schedule,
-             100 * t.resolved_warmup(), t.weight_decay, t.label_smoothing, _augment_text(trainer), run_dir / "config.yaml")
-    trainer.fit()
-    test = trainer.finish()
-    log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)", run_dir)
-    return Run(run_dir, trainer.model, trainer.history, config, data_obj, test, trainer.best)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from imgclf.errors import ImgclfError
 
+log = logging.getLogger("imgclf")
 SMALL_IMAGE_LIMIT = 64  # px: up to this side the built-in default is used, above it a small timm model
 LARGE_IMAGE_DEFAULT = "resnet18"
 _BUILTIN_MODULES = ("imgclf.models.tutorials", "imgclf.models.small_resnet")
@@ -57,29 +59,42 @@ def _size(image_size) -> tuple[int, int]:
 
 
 def create_model(name: str, in_channels: int, num_classes: int, image_size, *, pretrained: bool = False,
-                 weights: str | None = None, **kwargs) -> nn.Module:
+                 weights: str | None = None, partial_weights: bool = False, **kwargs) -> nn.Module:
     """A network by name, for these channels, classes and image size.
 
     pretrained loads published weights (timm models, through the Hugging Face hub); weights loads a local
-    state dict file (safetensors, or a .pth read with weights_only=True) in timm's or torchvision's naming.
-    The head is replaced whenever the class count differs from the weights'.
+    state dict file (safetensors, or a .pth read with weights_only=True) in timm's or torchvision's naming,
+    and the log says how much of the network it filled: under 90% of the backbone is an error unless
+    partial_weights. The head is replaced whenever the class count differs from the weights'.
     """
     from imgclf.models import timm_models, weights as weight_files
 
     size = _size(image_size)
+    check_model_name(name, pretrained)
+    builtins = builtin_models()
+    if name in builtins:
+        model = builtins[name].factory(in_channels, num_classes, size, **kwargs)
+        if weights:
+            log.info(weight_files.load_into(model, weight_files.read_state_dict(weights), weights))
+        return model
+    state_dict = weight_files.read_state_dict(weights) if weights else None
+    if state_dict is not None:
+        log.info(timm_models.check_coverage(name, weights, state_dict, partial_weights, num_classes))
+    return timm_models.create(name, in_channels, num_classes, pretrained=pretrained, state_dict=state_dict,
+                              weights_name=weights, **kwargs)
+
+
+def check_model_name(name: str, pretrained: bool = False) -> None:
+    """A network that exists (built-in or timm), with published weights when they are asked for."""
+    from imgclf.models import timm_models
+
     builtins = builtin_models()
     if name in builtins:
         if pretrained:
             raise ImgclfError(f"{name} is a built-in network without published weights; drop --pretrained, or pass --weights FILE.")
-        model = builtins[name].factory(in_channels, num_classes, size, **kwargs)
-        if weights:
-            weight_files.load_into(model, weight_files.read_state_dict(weights), weights)
-        return model
+        return
     if timm_models.is_timm_model(name):
-        state_dict = weight_files.read_state_dict(weights) if weights else None
-        return timm_models.create(name, in_channels, num_classes, pretrained=pretrained, state_dict=state_dict,
-                                  weights_name=weights, **kwargs)
-    known = list(builtins) + timm_models.names()
-    close = difflib.get_close_matches(name, known, n=3)
+        return
+    close = difflib.get_close_matches(name, list(builtins) + timm_models.names(), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ImgclfError(f"no model named '{name}'.{hint} See 'imgclf models' for the list.")

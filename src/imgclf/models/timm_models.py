@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import functools
+import socket
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from imgclf.errors import ImgclfError
+
+HUB_HOST = ("huggingface.co", 443)
+CONNECT_TIMEOUT = 3.0  # seconds: offline, the hub client's own retries take close to a minute
+MIN_BACKBONE_SHARE = 0.9  # weights that fill less of the backbone are another architecture's
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,10 +56,86 @@ def create(name: str, in_channels: int, num_classes: int, *, pretrained: bool = 
             raise ImgclfError(f"{weights_name}: does not fit {name} ({text}); pass weights saved from the same architecture.") from None
     if not pretrained:
         return timm.create_model(name, pretrained=False, **args)
+    check_pretrained_reachable(name)
     try:
         return timm.create_model(name, pretrained=True, **args)
-    except Exception as err:  # offline, hub refused, no published weights: all one message with the way out
-        reason = " ".join(str(err).split()) or type(err).__name__
-        reason = reason if len(reason) <= 200 else reason[:200].rsplit(" ", 1)[0] + " ..."
-        raise ImgclfError(f"could not get pretrained weights for {name} ({reason}); download them where there is a "
-                          "network, or pass a local state dict with --weights FILE.") from None
+    except Exception as err:  # hub refused, no published weights: one message with the way out
+        raise ImgclfError(f"could not get the pretrained weights of {name} ({_short(err)}); download them on a machine with "
+                          "a network, or pass a local state dict with --weights FILE.") from None
+
+
+def _short(err: Exception) -> str:
+    """An exception's text on one line, cut at a word, without the terminal colours some libraries add."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", " ".join(str(err).split())) or type(err).__name__
+    return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + " ..."
+
+
+def check_pretrained_reachable(name: str) -> None:
+    """Fail in seconds, with the way out, when published weights are neither cached nor downloadable.
+
+    timm fetches them from the Hugging Face hub; offline, the hub client retries for most of a minute
+    before a message cut mid-sentence."""
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not timm.models.is_model_pretrained(name):
+        raise ImgclfError(f"{name} has no published weights; drop --pretrained, or pass a local state dict with --weights FILE.")
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if repo and any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+        return
+    where = f"the Hugging Face hub ({repo})" if repo else "the internet"
+    fix = (f"download them on a machine with a network (they are kept in {constants.HF_HUB_CACHE}), or pass a local "
+           "state dict with --weights FILE")
+    if constants.HF_HUB_OFFLINE:
+        raise ImgclfError(f"the pretrained weights of {name} are not in the local cache and HF_HUB_OFFLINE is set, so they "
+                          f"cannot come from {where}; {fix}.")
+    try:
+        socket.create_connection(HUB_HOST, timeout=CONNECT_TIMEOUT).close()
+    except OSError as err:
+        raise ImgclfError(f"the pretrained weights of {name} come from {where}, which this machine cannot reach "
+                          f"({err.strerror or err}); {fix}.") from None
+
+
+@dataclass
+class Coverage:
+    """How much of a network a weights file fills, by tensor (parameters and BatchNorm statistics)."""
+
+    loaded: int
+    backbone: int  # tensors outside the classifier head
+    missing: list[str]  # backbone tensors the file did not fill
+    new_head: bool  # the head was left new (another number of classes, or none in the file)
+
+    @property
+    def share(self) -> float:
+        return self.loaded / max(1, self.backbone)
+
+
+def coverage(name: str, state_dict: dict[str, torch.Tensor], **kwargs) -> Coverage:
+    """Which backbone tensors of `name` a state dict fills when timm loads it (its key filters, stem and
+    head handling included): the file's values are replaced by NaN and the NaNs counted after loading."""
+    probe = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state_dict.items()}
+    with torch.random.fork_rng(devices=[]):  # the probe's random init must not shift the run's seeded one
+        model = create(name, kwargs.pop("in_chans", 3), kwargs.pop("num_classes", 2), state_dict=probe, weights_name=None, **kwargs)
+    heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    heads = (heads,) if isinstance(heads, str) else tuple(heads or ())
+    tensors = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    head = [k for k in tensors if any(k.startswith(h + ".") for h in heads)]
+    backbone = [k for k in tensors if k not in head]
+    missing = [k for k in backbone if not torch.isnan(tensors[k]).any()]
+    return Coverage(len(backbone) - len(missing), len(backbone), missing, not all(torch.isnan(tensors[k]).any() for k in head))
+
+
+def check_coverage(name: str, weights: str, state_dict: dict[str, torch.Tensor], partial: bool, num_classes: int = 2) -> str:
+    """A sentence saying how much of `name` the weights fill; an error when it is under 90% (unless partial)."""
+    got = coverage(name, state_dict, num_classes=num_classes)
+    if got.share < MIN_BACKBONE_SHARE and not partial:
+        raise ImgclfError(f"{weights}: it fills only {got.loaded} of the {got.backbone} backbone tensors of {name} "
+                          f"({got.share:.0%}; missing e.g. {', '.join(got.missing[:3])}), so it probably holds another "
+                          f"architecture's weights; pass weights of {name}, or --partial-weights to train with the rest "
+                          "left random.")
+    left = f"; {len(got.missing)} left random (e.g. {', '.join(got.missing[:3])})" if got.missing else ""
+    head = f"; a new head for {num_classes} classes" if got.new_head else ""
+    return f"weights {weights}: {got.loaded} of {got.backbone} backbone tensors of {name} loaded{left}{head}"

@@ -53,9 +53,10 @@ def clean_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> str:
     """Load a state dict into a built-in network: the head is left new when its shape differs, a first
     conv with other input channels is adapted as timm does (summed or repeated), anything else must fit.
+    Returns a sentence saying what was loaded.
     """
     from timm.models import adapt_input_conv
 
@@ -80,3 +81,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
         raise ImgclfError(f"{source}: does not fit {type(model).__name__} ({len(bad)} missing or mismatched, {len(unexpected)} "
                           f"unexpected tensors, e.g. '{example}'); pass weights saved from the same architecture.")
     model.load_state_dict(fitted, strict=False)
+    backbone = [k for k in own if k not in head_keys]
+    head = f"; a new head for {model.get_classifier().out_features} classes" if skipped_head else ""
+    return f"weights {source}: all {len(backbone)} backbone tensors of {type(model).__name__} loaded{head}"
