@@ -248,3 +248,20 @@ def write_broken_copies(folder: Path, good: list[Path]) -> None:
         (folder / f"{stem}-header{ext}").write_bytes(b"\0" * 16 + data[16:])
         (folder / f"{stem}-renamed{'.png' if ext != '.png' else '.jpg'}").write_bytes(data)
     make_bomb_png(folder / "broken-bomb.png")
+
+
+@pytest.fixture(scope="session")
+def colour_tree_64(tmp_path_factory, fmnist):
+    """Photos as users have them: 64 px colour JPEGs in class folders (train/ 800, test/ 200), made from
+    real Fashion-MNIST items enlarged and tinted with a random colour each."""
+    images, labels = fmnist
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("colour") / "photos"
+    for split, rows in (("train", range(0, 800)), ("test", range(800, 1000))):
+        for i in rows:
+            gray = np.asarray(Image.fromarray(images[i]).resize((64, 64), Image.BILINEAR), dtype=np.float32)
+            rgb = np.clip(gray[:, :, None] * rng.uniform(0.3, 1.0, 3), 0, 255).astype(np.uint8)
+            folder = root / split / FOLDER_NAMES[labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(folder / f"{i:04d}.jpg", quality=90)
+    return root

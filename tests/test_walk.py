@@ -178,3 +178,17 @@ def test_paths_that_cannot_work_are_one_line_errors(jupyter_tree, tmp_path):
     closed = subprocess.run(f"{sys.executable} -m imgclf data audit {jupyter_tree} --exact-only | true; exit ${{PIPESTATUS[0]}}",
                             shell=True, executable="/bin/bash", capture_output=True, text=True)
     assert closed.returncode == 141 and "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr, closed.stderr
+
+
+def test_a_test_folder_beside_the_class_folders_is_the_test_split(tmp_path, fmnist_small):
+    images = fmnist_small[0]
+    root = _tree(tmp_path / "pets", images)
+    _tree(root / "test", images[20:], per_class=2)  # test/cat, test/dog
+    data = load_data(root, val_fraction=0)
+    assert data.classes == ["cat", "dog"] and len(data.train) == 12 and len(data.test) == 4
+    assert data.layout == "class folders with train/test splits"
+    bare = _tree(tmp_path / "pets2", images)
+    (bare / "test").mkdir()
+    Image.fromarray(images[30], "L").save(bare / "test" / "unknown.png")  # bare images: an unlabeled test split
+    data = load_data(bare, val_fraction=0)
+    assert data.classes == ["cat", "dog"] and len(data.test) == 1 and not data.test.labeled

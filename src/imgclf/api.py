@@ -17,6 +17,7 @@ from torch import nn
 
 from imgclf.config import Config
 from imgclf.data.imageset import ImageData, ImageSet
+from imgclf.data.sources import source_id
 from imgclf.engine import recipe
 from imgclf.engine.trainer import Trainer
 from imgclf.preflight import RunPlan, plan_run
@@ -58,8 +59,7 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     for note in notes:
         log.info(note)
     data_obj, dropped = _check_duplicates(data_obj, config)
-    source_text = str(plan.source) if isinstance(plan.source, (str, Path)) else None
-    trainer = Trainer(data_obj, config, plan.run_dir, source_text, replace=config.train.force and not plan.resuming)
+    trainer = Trainer(data_obj, config, plan.run_dir, source_id(plan.source), replace=config.train.force and not plan.resuming)
     if config.train.model is None:  # started from a run or bundle: its architecture
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, model=trainer.arch["name"]))
         trainer.config = config
@@ -70,7 +70,11 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
         info["changes"] = [*plan.info.get("changes", []), *plan.changes]
         (plan.run_dir / "config.yaml").write_text(config.to_yaml())
         (plan.run_dir / "run.json").write_text(json.dumps(info, indent=2))
-        log.info("resuming %s after epoch %d of %d", plan.run_dir, trainer.epoch, config.train.epochs)
+        if trainer.epoch >= config.train.epochs:
+            log.info("%s has done all its %d epochs: nothing to train; its bundle and report are written again (a larger "
+                     "--epochs extends it)", plan.run_dir, trainer.epoch)
+        else:
+            log.info("resuming %s after epoch %d of %d", plan.run_dir, trainer.epoch, config.train.epochs)
     else:
         trainer.pending = {"config.yaml": config.to_yaml(), "run.json": json.dumps(info, indent=2)}
         if dropped:
@@ -98,6 +102,8 @@ def _load(plan: RunPlan) -> ImageData:
         extra = plan.extra.get(what) or getattr(plan.config.train, what)
         if extra is not None:
             data = dataclasses.replace(data, **{what: _extra_split(extra, data, plan.config, what)})
+            where = extra if isinstance(extra, (str, Path)) else "in-memory arrays"
+            log.info("%s: %d images from %s", {"val": "validation", "test": "test"}[what], len(getattr(data, what)), where)
     return data
 
 

@@ -146,12 +146,19 @@ def _what_is_scored(choice: str, n: int, source: str, held_out: bool, info: dict
     return f"scoring {what} of {source}: {n} images"
 
 
-def _same_source(given, recorded: str | None) -> bool:
+def _relation(given, recorded: str | None) -> str | None:
+    """'same' when given names the run's own dataset (its folder, or a CSV in it), 'part' when one holds
+    the other (a split folder of it, say: training images among those scored), else None."""
+    from imgclf.data.sources import dataset_root
+
     if recorded is None or not isinstance(given, (str, Path)):
-        return False
-    if str(given).lower() == str(recorded).lower():
-        return True
-    return Path(str(given)).expanduser().resolve() == Path(recorded).expanduser().resolve()
+        return None
+    a, b = dataset_root(given), dataset_root(recorded)
+    if a == b:
+        return "same"
+    if a and b and a.startswith("/") and b.startswith("/") and (a.startswith(b + "/") or b.startswith(a + "/")):
+        return "part"
+    return None
 
 
 def _run_record(folder: Path) -> tuple[dict | None, dict]:
@@ -181,7 +188,8 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
         model_or_run = model_or_run.run_dir
     model, spec = load_bundle(model_or_run)
     data_settings, info = _run_record(bundle_dir(model_or_run))
-    own = data is None or (not isinstance(data, ImageData) and _same_source(data, info.get("source", spec.get("source"))))
+    relation = None if isinstance(data, ImageData) else _relation(data, info.get("source", spec.get("source")))
+    own = data is None or relation == "same"
     if data is None and not (info.get("source") or spec.get("source")):
         raise ImgclfError(f"{model_or_run}: its training data was in memory; pass the data to score.")
     if isinstance(data, ImageData):
@@ -204,7 +212,11 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
     norm = spec["normalization"]
     probs = predict_probs(model, part, norm["mean"], norm["std"], device=pick_device(device), batch_size=batch_size, tta=tta)
     metrics = compute_metrics(part.labels, probs, spec["classes"], part.origins)
-    metrics.update(split=choice, tta=tta, model=str(model_or_run), scored=_what_is_scored(choice, len(part), data.source, held_out, info))
+    scored = _what_is_scored(choice, len(part), data.source, held_out, info)
+    if relation == "part":
+        scored += (f" (part of the run's own source {info.get('source', spec.get('source'))}: images it trained on may be among "
+                   "them, so the figures may be optimistic; evaluate without a source to score what it held out)")
+    metrics.update(split=choice, tta=tta, model=str(model_or_run), scored=scored)
     return Evaluation(spec["classes"], choice, part, probs, metrics)
 
 

@@ -95,7 +95,8 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, d
     batch = len(pixels) if dynamic_batch else 1
     got = np.concatenate([run(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
     result = ExportResult(out, float(np.abs(got - reference).max()), float((got.argmax(1) == reference.argmax(1)).mean()), len(pixels))
-    sidecar = {"format": fmt, "classes": spec["classes"], "architecture": spec["architecture"]["name"],
+    classes = [int(c) for c in spec["classes"]] if spec.get("class_type") == "int" else spec["classes"]  # as prediction gives them
+    sidecar = {"format": fmt, "classes": classes, "architecture": spec["architecture"]["name"],
                "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW", "shape": [None if dynamic_batch else 1, spec["input"]["channels"], *spec["input"]["size"]],
                          "values": "raw pixels 0..255; gray (1 channel) or RGB (3), alpha composited on white",
                          "resize": f"keep the aspect ratio, then {spec['input']['resize']} to {spec['input']['size']} (H, W)"},

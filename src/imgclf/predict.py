@@ -238,11 +238,9 @@ def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[lis
             for image_id in raw:
                 ids.append(image_id)
                 paths.append((folder.find(image_id) or "") if image_id else "")
-        elif path.exists():
+        else:  # a file, or a path that is not there: its row says so, as for a broken file
             ids.append(text)
             paths.append(text)
-        else:
-            raise ImgclfError(f"{text}: no such file, folder or CSV; check the path.")
     return ids, paths
 
 
@@ -257,7 +255,7 @@ def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_
     columns += [f"prob_{c}" for c in clf.classes_] if proba else []
     rows = []
     for item, path, p in zip(items, paths, probs):
-        row = {"id": item.id, "label": "", "error": item.error or "", "warning": item.warning, "path": path}
+        row = {"id": item.id, "label": None, "error": item.error, "warning": item.warning, "path": path}
         if item.error is None:
             order = np.argsort(-p, kind="stable")
             row["label"] = clf.classes_[order[0]]
@@ -293,5 +291,5 @@ def fill_template(template: Path, rows: list[dict]) -> tuple[list[str], list[dic
     out = []
     for r in t_rows:
         pred = by_id[str(r[id_col]).strip()]
-        out.append({**r, label_col: pred["label"] if not pred["error"] else ""})
+        out.append({**r, label_col: "" if pred["error"] else pred["label"]})
     return list(t_rows[0].keys()), out

@@ -63,6 +63,7 @@ def plan_run(data, config: Config | None, resume: str | Path | None, settings: d
 
 
 def _new_plan(data, config: Config | None, settings: dict, extra: dict) -> RunPlan:
+    from imgclf.data.sources import source_id
     from imgclf.engine.rundir import choose_run_dir, slug
 
     if data is None:
@@ -71,8 +72,7 @@ def _new_plan(data, config: Config | None, settings: dict, extra: dict) -> RunPl
     t = config.train
     name = f"{slug(Path(str(data)).name if isinstance(data, (str, Path)) else 'arrays')}-{t.model or 'default'}"
     run_dir = choose_run_dir(t.out, t.name, name, t.force)
-    info = {"source": str(data) if isinstance(data, (str, Path)) else None,
-            **{what: "in-memory arrays" for what in extra}}
+    info = {"source": source_id(data), **{what: "in-memory arrays" for what in extra}}
     return RunPlan(config, data, run_dir, settings, extra, info=info)
 
 

@@ -64,19 +64,24 @@ def _report_loose(paths: list[str], skips: SkipLog) -> None:
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
+    """train/, val/ (valid/, validation/) and test/ folders; without train/, the root holds the training
+    classes beside them."""
     splits = {}
-    for entry in os.scandir(root):
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
         split = SPLIT_NAMES.get(entry.name.lower())
         if entry.is_dir() and split and split not in splits:
             splits[split] = Path(entry.path)
-    return splits if "train" in splits else {}
+    return {"train": root, **splits}
 
 
 def list_folders(root: Path, skips: SkipLog) -> FileListing:
-    """A class-per-folder tree, or train/ val/ test/ folders each holding one."""
-    split_dirs = _split_folders(root) or {"train": root}
+    """A class-per-folder tree, or train/ val/ test/ folders each holding one (or the training classes
+    at the top beside val/ and test/ folders)."""
+    split_dirs = _split_folders(root)
     train_dir = split_dirs["train"]
     found = {split: _class_folders(folder, skips) for split, folder in split_dirs.items()}
+    if train_dir == root:  # the split folders beside the classes are not classes
+        found["train"] = ([d for d in found["train"][0] if d not in split_dirs.values()], found["train"][1])
     subdirs = {split: dirs for split, (dirs, _) in found.items()}
     # An unlabeled test folder of bare images is labeled by nothing; its folder is fenced whole.
     bare = {split for split, dirs in subdirs.items() if split != "train" and not dirs}
@@ -98,7 +103,7 @@ def list_folders(root: Path, skips: SkipLog) -> FileListing:
             files[split] = [(p, UNLABELED) for p in walker.images(folder)]
         elif split != "train":
             files[split] = _labeled_files(walker, subdirs[split], index, skips)
-    layout = f"class folders with {_split_words(split_dirs)} splits" if train_dir != root else "class folders"
+    layout = f"class folders with {_split_words(split_dirs)} splits" if len(split_dirs) > 1 else "class folders"
     return FileListing(layout, root, classes, files)
 
 

@@ -43,6 +43,27 @@ def load_data(source, config: DataConfig | None = None, *, labels=None, classes:
     return _from_files(path, config) if kind == "folder" else _from_files(path.parent, config, train_csv=path)
 
 
+def source_id(source) -> str | None:
+    """How a run records its source: a built-in's name, an existing path made absolute (so that the run
+    can be evaluated or resumed from any folder), None for in-memory data."""
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(str(source)).expanduser()
+    if builtin.is_builtin(str(source)) and not path.exists():
+        return str(source).lower()
+    return str(path.resolve())
+
+
+def dataset_root(source) -> str | None:
+    """The dataset a source names, for telling whether two sources are one: a CSV of ids stands for the
+    folder it is in (its images and splits are found from there), a path for itself."""
+    ident = source_id(source)
+    if ident is None or not ident.startswith("/"):
+        return ident
+    path = Path(ident)
+    return str(path.parent) if path.suffix.lower() == ".csv" and path.is_file() else ident
+
+
 def check_source(source) -> str:
     """What a source is ('folder', 'csv', 'builtin' or 'arrays') without reading an image of it; a
     one-line error naming the fix when it can be nothing, with the built-in name meant for a near miss."""

@@ -60,8 +60,9 @@ def resolve(config: Config, data: ImageData) -> tuple[Config, list[str]]:
         total = steps_per_epoch(n, batch) * t.epochs
         augment = t.epochs >= AUGMENT_FROM_EPOCHS and total >= AUGMENT_FROM_STEPS
         if not augment:
-            notes.append(f"augmentation off: {t.epochs} epoch(s) of {total} steps in all see each image too few times to "
-                         f"overfit (on from {AUGMENT_FROM_EPOCHS} epochs and {AUGMENT_FROM_STEPS} steps); --augment turns it on")
+            runs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''} of {total} step{'s' if total != 1 else ''} in all"
+            notes.append(f"augmentation off: {runs} see each image too few times to overfit (on from {AUGMENT_FROM_EPOCHS} "
+                         f"epochs and {AUGMENT_FROM_STEPS:,} steps); --augment turns it on")
     model = t.model or (None if t.init_from else default_model_name(data.image_size))
     train = dataclasses.replace(t, model=model, batch_size=batch, lr=t.resolved_lr(), weight_decay=t.resolved_weight_decay(),
                                 warmup=t.resolved_warmup(), augment=augment)

@@ -259,13 +259,15 @@ class Trainer:
 
     def _warn_if_failing(self, row: dict) -> None:
         """One line when training is visibly failing, with the likely fix: after the first epoch a training
-        loss still above chance, or a validation loss that explodes."""
+        loss clearly above chance (10% over it), or a validation loss that explodes."""
         chance = math.log(max(2, self.data.num_classes))
         lr = self.config.train.resolved_lr()
-        if row["epoch"] == 1 and row["train_loss"] > chance:
+        if row["epoch"] == 1 and row["train_loss"] > 1.1 * chance:  # at chance, a first epoch of few steps may still be fine
+            steps = len(self.train_loader)
+            fix = (f"with {steps} step(s) an epoch it has had little chance to: lower --batch-size (now {self.config.train.batch_size})"
+                   if steps < 10 else f"if it stays there, lower --lr (now {lr:g}) or raise --epochs")
             log.warning("epoch 1 ended with a training loss of %.2f, above chance (%.2f for %d classes): the model is not "
-                        "learning yet; if it stays there, lower --lr (now %g) or raise --epochs", row["train_loss"], chance,
-                        self.data.num_classes, lr)
+                        "learning yet; %s", row["train_loss"], chance, self.data.num_classes, fix)
         val_losses = [r["val_loss"] for r in self.history if "val_loss" in r]
         if val_losses and val_losses[-1] > 3 * chance and (len(val_losses) == 1 or val_losses[-1] > 3 * min(val_losses[:-1])):
             log.warning("validation loss %.1f in epoch %d has exploded (chance is %.2f): the learning rate is likely too "
@@ -282,6 +284,9 @@ class Trainer:
             unwrap(self.model).load_state_dict(load_checkpoint(best_path)["model"])
         evaluation = self.score()
         test = None
+        if self.data.test is not None and not self.data.test.labeled:
+            log.info("test: %d images without labels, not scored (the report scores the validation split); predict them with "
+                     "imgclf predict %s <their folder or CSV of ids>", len(self.data.test), self.run_dir)
         if evaluation is not None and evaluation.split == "test":
             m = evaluation.metrics
             test = {"loss": m["loss"], "acc": m["accuracy"], "images": m["images"]}

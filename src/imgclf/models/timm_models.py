@@ -107,6 +107,7 @@ class Coverage:
     backbone: int  # tensors outside the classifier head
     missing: list[str]  # backbone tensors the file did not fill
     new_head: bool  # the head was left new (another number of classes, or none in the file)
+    unused: int  # tensors of the file that went nowhere (another architecture's, or a dropped head)
 
     @property
     def share(self) -> float:
@@ -124,8 +125,10 @@ def coverage(name: str, state_dict: dict[str, torch.Tensor], **kwargs) -> Covera
     tensors = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
     head = [k for k in tensors if any(k.startswith(h + ".") for h in heads)]
     backbone = [k for k in tensors if k not in head]
-    missing = [k for k in backbone if not torch.isnan(tensors[k]).any()]
-    return Coverage(len(backbone) - len(missing), len(backbone), missing, not all(torch.isnan(tensors[k]).any() for k in head))
+    filled = [k for k in tensors if torch.isnan(tensors[k]).any()]
+    missing = [k for k in backbone if k not in filled]
+    unused = max(0, sum(v.is_floating_point() for v in state_dict.values()) - len(filled))
+    return Coverage(len(backbone) - len(missing), len(backbone), missing, any(k not in filled for k in head), unused)
 
 
 def check_coverage(name: str, weights: str, state_dict: dict[str, torch.Tensor], partial: bool, num_classes: int = 2) -> str:
@@ -138,4 +141,5 @@ def check_coverage(name: str, weights: str, state_dict: dict[str, torch.Tensor],
                           "left random.")
     left = f"; {len(got.missing)} left random (e.g. {', '.join(got.missing[:3])})" if got.missing else ""
     head = f"; a new head for {num_classes} classes" if got.new_head else ""
-    return f"weights {weights}: {got.loaded} of {got.backbone} backbone tensors of {name} loaded{left}{head}"
+    unused = f"; {got.unused} tensors of the file unused" if got.unused else ""
+    return f"weights {weights}: {got.loaded} of {got.backbone} backbone tensors of {name} loaded{left}{head}{unused}"
