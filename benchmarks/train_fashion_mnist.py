@@ -32,7 +32,10 @@ def imgclf_default(out: str) -> dict:
 
     run = imgclf.train("fashion-mnist", out=out)
     seconds = sum(r["seconds"] for r in run.history)
-    return {"recipe": "imgclf default (small_resnet, SGD one-cycle, augmentation)", "epochs": len(run.history),
+    t = run.config.train
+    recipe = (f"imgclf default ({t.model}, {t.optimizer} lr {t.lr:g}, {t.schedule}, batch {t.batch_size}, "
+              f"augmentation {'on' if t.augment else 'off'})")
+    return {"recipe": recipe, "epochs": len(run.history),
             "train s": seconds, "s/epoch": seconds / len(run.history), "test acc %": 100 * run.test["acc"]}
 
 
