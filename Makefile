@@ -40,6 +40,7 @@ bench: install data
 	$(BIN)/python benchmarks/train_fashion_mnist.py
 	$(BIN)/python benchmarks/predict.py
 	$(BIN)/python benchmarks/audit.py
+	$(BIN)/python benchmarks/small_data.py
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache
