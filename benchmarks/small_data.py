@@ -76,6 +76,19 @@ def _write_tree(root: Path, images: np.ndarray, labels: np.ndarray, ext: str = "
         Image.fromarray(im.transpose(1, 2, 0).squeeze(-1) if im.shape[0] == 1 else im.transpose(1, 2, 0)).save(folder / f"{i:05d}.{ext}")
 
 
+def _write_csv_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """The CSV layout: <split>.csv of id,label beside <split>/<id>.png."""
+    from PIL import Image
+
+    (root / split).mkdir(parents=True)
+    with open(root / f"{split}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        for i, (im, lab) in enumerate(zip(images, labels)):
+            Image.fromarray(im[0]).save(root / split / f"{i}.png")
+            w.writerow([i, int(lab)])
+
+
 def _colour_64(images: np.ndarray, seed: int) -> np.ndarray:
     """Fashion-MNIST as 64 px colour photos: enlarged, and each item tinted with a random colour."""
     import torch
@@ -108,22 +121,8 @@ def layouts(x, y, xt, yt, work: Path) -> list[dict]:
                  "imgclf test acc %": 100 * results["test_acc"], "tutorial test acc %": 100 * tut, "imgclf wall s": seconds})
     # The CSV layout: train.csv of 3,000 ids and labels beside train/; test/ of 500 with labels in test.csv.
     apparel = work / "apparel"
-    (apparel / "train").mkdir(parents=True)
-    (apparel / "test").mkdir()
-    from PIL import Image
-
-    with open(apparel / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label"])
-        for i in range(3000):
-            Image.fromarray(x[10000 + i, 0]).save(apparel / "train" / f"{i}.png")
-            w.writerow([i, int(y[10000 + i])])
-    with open(apparel / "test.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label"])
-        for i in range(500):
-            Image.fromarray(xt[500 + i, 0]).save(apparel / "test" / f"{i}.png")
-            w.writerow([i, int(yt[500 + i])])
+    _write_csv_split(apparel, "train", x[10000:13000], y[10000:13000])
+    _write_csv_split(apparel, "test", xt[500:1000], yt[500:1000])
     results, seconds = _cli(str(apparel), "--epochs", "3", "--out", str(work / "runs"))
     tut = common.tutorial_accuracy(common.tutorial_fit(x[10000:13000], y[10000:13000], 3), xt[500:1000], yt[500:1000])
     rows.append({"layout": "CSV layout (train.csv + train/), 3,000 images, test.csv + test/ of 500, --epochs 3",
