@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from imgclf.config import DataConfig
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 log = logging.getLogger("imgclf")
 
@@ -435,10 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe shows up here, not as noise at exit
         return code
     except ImgclfError as err:
-        import re
-
-        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", " ".join(str(err).split()))  # one line, no terminal colours from a library's text
-        print(f"imgclf: error: {text}", file=sys.stderr)
+        print(f"imgclf: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)

@@ -156,7 +156,7 @@ def _relation(given, recorded: str | None) -> str | None:
     a, b = dataset_root(given), dataset_root(recorded)
     if a == b:
         return "same"
-    if a and b and a.startswith("/") and b.startswith("/") and (a.startswith(b + "/") or b.startswith(a + "/")):
+    if a and b and Path(a).is_absolute() and Path(b).is_absolute() and (Path(a).is_relative_to(b) or Path(b).is_relative_to(a)):
         return "part"
     return None
 

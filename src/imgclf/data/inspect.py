@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.imageset import ImageData
+from imgclf.data.skips import warnings_summary
 
 SKIPS_SHOWN = 20
 
@@ -44,8 +45,7 @@ def describe(data: ImageData, audit=None) -> str:
     if len(data.skipped) > SKIPS_SHOWN:
         lines.append(f"  ... and {len(data.skipped) - SKIPS_SHOWN} more")
     if data.decode_warnings:
-        lines.append(f"warnings: {len(data.decode_warnings)} file(s) made the image libraries warn, each message in "
-                     f"{data.cache_dir / 'warnings.csv'} (--verbose prints them)")
+        lines.append(f"warnings: {warnings_summary(data.decode_warnings, data.cache_dir / 'warnings.csv')}")
     if audit is not None:
         lines.append(f"audit ({audit.seconds:.1f} s; each finding: imgclf data audit {data.source}):")
         lines += [f"  {line}" for line in audit.summary_lines()]

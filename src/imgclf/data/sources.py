@@ -46,19 +46,20 @@ def load_data(source, config: DataConfig | None = None, *, labels=None, classes:
 def source_id(source) -> str | None:
     """How a run records its source: a built-in's name, an existing path made absolute (so that the run
     can be evaluated or resumed from any folder), None for in-memory data."""
-    if not isinstance(source, (str, Path)):
+    kind = check_source(source)
+    if kind == "arrays":
         return None
-    path = Path(str(source)).expanduser()
-    if builtin.is_builtin(str(source)) and not path.exists():
-        return str(source).lower()
-    return str(path.resolve())
+    return str(source).lower() if kind == "builtin" else str(Path(str(source)).expanduser().resolve())
 
 
 def dataset_root(source) -> str | None:
     """The dataset a source names, for telling whether two sources are one: a CSV of ids stands for the
     folder it is in (its images and splits are found from there), a path for itself."""
-    ident = source_id(source)
-    if ident is None or not ident.startswith("/"):
+    try:
+        ident = source_id(source)
+    except DataError:  # a source that is gone is still a name to compare
+        return str(source)
+    if ident is None or not Path(ident).is_absolute():
         return ident
     path = Path(ident)
     return str(path.parent) if path.suffix.lower() == ".csv" and path.is_file() else ident

@@ -62,13 +62,13 @@ class Trainer:
     (config.yaml, run.json, ...): a run that fails before it has an epoch to keep leaves nothing behind.
     """
 
-    def __init__(self, data: ImageData, config: Config, run_dir: Path, source_text: str | None,
-                 pending: dict[str, str] | None = None, replace: bool = False):
+    def __init__(self, data: ImageData, config: Config, run_dir: Path, source_text: str | None, replace: bool = False):
         from imgclf.models.transfer import param_groups
 
         t = config.train
         self.config, self.data, self.run_dir, self.source_text = config, data, run_dir, source_text
-        self.pending, self.replace = dict(pending or {}), replace
+        self.pending: dict[str, str] = {}  # file name -> text, written when the run directory is made
+        self.replace = replace
         self._frozen: bool | None = None
         self.device = hardware.pick_device(t.device)
         self.dtype = hardware.pick_precision(t.precision, self.device)

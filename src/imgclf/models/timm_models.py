@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 HUB_HOST = ("huggingface.co", 443)
 CONNECT_TIMEOUT = 3.0  # seconds: offline, the hub client's own retries take close to a minute
@@ -66,9 +66,7 @@ def create(name: str, in_channels: int, num_classes: int, *, pretrained: bool = 
 
 def _short(err: Exception) -> str:
     """An exception's text on one line, cut at a word, without the terminal colours some libraries add."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", " ".join(str(err).split())) or type(err).__name__
+    text = one_line(str(err)) or type(err).__name__
     return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + " ..."
 
 
