@@ -84,6 +84,15 @@ def test_evaluate_on_the_runs_own_source_scores_what_it_held_out(csv_layout, tmp
     assert proc.returncode == 0 and f"{len(run.data.train)} training images" in first and "optimistic" in first
 
 
+def test_a_source_spelt_another_way_is_not_decoded_again(csv_layout, tmp_path):
+    """Trained on a relative path, evaluated and exported from elsewhere: one cache, no second decode."""
+    proc = run_cli("train", csv_layout.name, "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "runs"), cwd=csv_layout.parent)
+    assert proc.returncode == 0 and "cache built" in proc.stderr, proc.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    proc = run_cli("evaluate", str(run_dir), cwd=tmp_path)
+    assert proc.returncode == 0 and "cache hit" in proc.stderr and "cache built" not in proc.stderr, proc.stderr
+
+
 def test_evaluate_on_a_split_folder_of_the_runs_source_says_it_may_be_optimistic(split_tree, tmp_path):
     run = imgclf.train(str(split_tree), epochs=1, device="cpu", out=str(tmp_path))
     ev = imgclf.evaluate(run.run_dir, str(split_tree / "train"))

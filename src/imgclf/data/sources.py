@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,8 @@ def load_data(source, config: DataConfig | None = None, *, labels=None, classes:
             raise DataError("images given as an array need their labels: load_data((images, labels)) or labels=...")
         return _from_arrays(source, labels, classes, layout, config)
     kind = check_source(source)
-    path = Path(str(source)).expanduser()
+    # Absolute (links kept): the file list, and so the cache, must not depend on how the folder was spelt.
+    path = Path(os.path.abspath(Path(str(source)).expanduser()))
     if kind == "builtin":
         return _from_builtin(str(source).lower(), config)
     return _from_files(path, config) if kind == "folder" else _from_files(path.parent, config, train_csv=path)
