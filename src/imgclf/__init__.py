@@ -12,6 +12,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "train": "imgclf.api",
     "Run": "imgclf.api",
+    "lr_find": "imgclf.api",
+    "LrFind": "imgclf.api",
+    "batch_find": "imgclf.api",
+    "BatchFit": "imgclf.engine.batch_find",
     "Config": "imgclf.config",
     "TrainConfig": "imgclf.config",
     "load_bundle": "imgclf.engine.bundle",

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imgclf.config import Config
+from imgclf.config import Config, parse_duration
 from imgclf.data.imageset import ImageData, ImageSet
 from imgclf.data.sources import source_id
 from imgclf.engine import recipe
+from imgclf.engine.budget import TimeBudget
 from imgclf.engine.trainer import Trainer
 from imgclf.preflight import RunPlan, plan_run
 
@@ -55,11 +56,14 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     ensure_console()
     plan = plan_run(data, config, resume, settings)
     data_obj = _load(plan)
+    budget = TimeBudget(parse_duration(plan.config.train.time)) if plan.config.train.time and not plan.resuming else None
     config, notes = recipe.resolve(plan.config, data_obj)
-    for note in notes:
-        log.info(note)
     data_obj, dropped = _check_duplicates(data_obj, config)
     trainer = Trainer(data_obj, config, plan.run_dir, source_id(plan.source), replace=config.train.force and not plan.resuming)
+    if budget is not None:
+        trainer, config, notes = _plan_to_budget(budget, trainer, plan, data_obj)
+    for note in notes:
+        log.info(note)
     if config.train.model is None:  # started from a run or bundle: its architecture
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, model=trainer.arch["name"]))
         trainer.config = config
@@ -87,6 +91,19 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)",
              trainer.run_dir)
     return Run(trainer.run_dir, trainer.model, trainer.history, config, data_obj, test, trainer.best)
+
+
+def _plan_to_budget(budget: TimeBudget, trainer: Trainer, plan: RunPlan, data: ImageData) -> tuple[Trainer, Config, list[str]]:
+    """The epochs that fit the time budget, measured on this trainer, and the recipe decided again for them
+    (augmentation depends on the run's length). config.yaml gets the epochs, not the budget, so that it
+    repeats the same run anywhere."""
+    epochs = budget.plan(trainer)
+    planned = dataclasses.replace(plan.config, train=dataclasses.replace(plan.config.train, epochs=epochs, time=None))
+    config, notes = recipe.resolve(planned, data)
+    if config.train.augment != trainer.config.train.augment:
+        trainer = Trainer(data, config, trainer.run_dir, trainer.source_text, replace=trainer.replace)
+    trainer.config, trainer.budget = config, budget
+    return trainer, config, notes
 
 
 def _load(plan: RunPlan) -> ImageData:
@@ -164,9 +181,94 @@ def _log_start(trainer: Trainer, config: Config) -> None:
              trainer.arch["name"], f"{params:,}", trainer.run_dir)
     t = config.train
     aug = trainer.train_loader.augment
-    aug_text = "off" if aug is None else ", ".join([f"crop/shift up to {aug.max_dy}px"] + (["flip"] if aug.hflip else [])
-                                                    + ([f"erasing p={aug.erasing:g}"] if aug.erasing else []))
+    aug_text = "off" if aug is None else ", ".join(([f"crop/shift up to {aug.max_dy}px"] if aug.max_dy or aug.max_dx else [])
+                                                    + ([("alternating " if aug.alternate_flips else "") + "flips"] if aug.hflip else [])
+                                                    + ([f"erasing p={aug.erasing:g}"] if aug.erasing else [])) or "none"
+    extras = [name for name, on in (("weight average", t.ema), ("test-time views", trainer.tta), (f"mixup {t.mixup:g}", t.mixup),
+                                    (f"cutmix {t.cutmix:g}", t.cutmix), (f"class weights {t.class_weights}", t.class_weights != "none"),
+                                    (f"{t.sampler} sampler", t.sampler != "shuffle"), (f"gradient clip {t.clip_grad}", t.clip_grad)) if on]
     log.info("training: %d epoch%s, batch %d, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
-             "augmentation %s; every setting in %s", t.epochs, "" if t.epochs == 1 else "s", t.batch_size, t.optimizer,
+             "augmentation %s%s; every setting in %s", t.epochs, "" if t.epochs == 1 else "s", t.batch_size, t.optimizer,
              t.resolved_lr(), t.schedule, 100 * t.resolved_warmup(), t.resolved_weight_decay(), t.label_smoothing, aug_text,
-             trainer.run_dir / "config.yaml")
+             "".join(f", {e}" for e in extras), trainer.run_dir / "config.yaml")
+
+
+@dataclass
+class LrFind:
+    """What a learning-rate range test found (fastai's lr_find): every step's lr and loss, the suggestion
+    and the plot."""
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: float  # where the smoothed loss falls fastest
+    min_loss_lr: float  # the lr of the lowest smoothed loss, / 10
+    recipe_lr: float  # what train() would use with the same settings
+    steps: int  # asked for; fewer ran when the loss diverged
+    plot: Path | None
+
+    def summary(self) -> str:
+        stop = ", then the loss diverged" if len(self.lrs) < self.steps else ""
+        lines = [f"lr range test: {self.lrs[0]:.2g} to {self.lrs[-1]:.2g}, {len(self.lrs)} of {self.steps} steps{stop}",
+                 f"suggested lr: {self.suggestion:.2g} (steepest fall of the smoothed loss; the lowest loss's lr / 10 is "
+                 f"{self.min_loss_lr:.2g}); train with it: --lr {self.suggestion:.2g}",
+                 f"the recipe's lr: {self.recipe_lr:g}"]
+        return "\n".join(lines + ([f"plot: {self.plot}"] if self.plot else []))
+
+    def __repr__(self) -> str:
+        return f"LrFind(suggestion {self.suggestion:.2g}, recipe lr {self.recipe_lr:g}, {len(self.lrs)} of {self.steps} steps)"
+
+
+def lr_find(data=None, config: Config | None = None, *, plot: str | Path | None = "lr_find.png", start: float | None = None,
+            end: float | None = None, steps: int | None = None, **settings) -> LrFind:
+    """fastai's learning-rate range test on the run train() would make with these settings: up to `steps`
+    steps with the lr growing exponentially from start to end, stopped once the loss diverges; nothing is
+    kept (no run directory, the weights put back). start, end, steps: None for 1e-6, 1 and 100
+    (engine/lr_find.py); plot: a PNG of loss against lr (None: no plot)."""
+    from imgclf.engine import lr_find as finder
+    from imgclf.engine.lr_find import check_range, range_test
+    from imgclf.logs import ensure_console
+
+    ensure_console()
+    start, end = finder.START if start is None else start, finder.END if end is None else end
+    steps = finder.STEPS if steps is None else steps
+    check_range(start, end, steps)
+    trainer = _trial_trainer(_trial_plan(data, config, settings))
+    curve = range_test(trainer, start, end, steps)
+    recipe_lr = trainer.config.train.resolved_lr()
+    suggestion = curve.steepest()
+    if plot is not None:
+        from imgclf.report.plots import lr_range
+
+        plot = lr_range(curve.lrs, curve.losses, curve.smoothed, suggestion, recipe_lr, Path(plot))
+    return LrFind(curve.lrs, curve.losses, curve.smoothed, suggestion, curve.min_loss_lr(), recipe_lr, steps, plot)
+
+
+def batch_find(data=None, config: Config | None = None, **settings):
+    """The largest training batch of the run train() would make that fits in GPU memory, and a size to train
+    with (a BatchFit); nothing is kept. CUDA only: elsewhere the batch size is not a memory question."""
+    from imgclf.engine import hardware
+    from imgclf.engine.batch_find import check_gpu, largest_batch
+    from imgclf.logs import ensure_console
+
+    ensure_console()
+    plan = _trial_plan(data, config, settings)
+    check_gpu(hardware.pick_device(plan.config.train.device))  # before any image is decoded
+    return largest_batch(_trial_trainer(plan))
+
+
+def _trial_plan(data, config: Config | None, settings: dict) -> RunPlan:
+    """A checked request for a trial: --name and --force are left out, as a trial makes no run directory
+    and a name already taken must not stop it."""
+    return plan_run(data, config, None, {k: v for k, v in settings.items() if k not in ("name", "force")})
+
+
+def _trial_trainer(plan: RunPlan) -> Trainer:
+    """The trainer train() would build for this plan, never fit: its run directory is made only at the end
+    of a first epoch, so it is never made."""
+    data_obj = _load(plan)
+    config, notes = recipe.resolve(plan.config, data_obj)
+    for note in notes:
+        log.info(note)
+    data_obj, _ = _check_duplicates(data_obj, config)
+    return Trainer(data_obj, config, plan.run_dir, source_id(plan.source))

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgclf.config import DataConfig
+from imgclf.config import PRESET_HELP, DataConfig
 from imgclf.errors import ImgclfError, one_line
 
 log = logging.getLogger("imgclf")
@@ -34,6 +34,7 @@ AUGMENT_FLAGS = {
     "hflip": (bool, "random horizontal flips (default: on, off for digit sets)"),
     "translate": (float, "further random shift as a fraction of the side (default: 0)"),
     "erasing": (float, "probability of random erasing (default: 0)"),
+    "alternate_flips": (bool, "mirror each image in every other epoch instead of at random (airbench's flips)"),
 }
 TRAIN_FLAGS = {
     "model": (str, "network name: see 'imgclf models' (default: small_resnet up to 64 px, resnet18 above)"),
@@ -49,10 +50,23 @@ TRAIN_FLAGS = {
     "optimizer": (str, "adamw, adam or sgd (Nesterov) (default: adamw)"),
     "momentum": (float, "SGD momentum, Nesterov (default: 0.9)"),
     "weight_decay": (float, "weight decay (default: 0.05 for adamw, 5e-4 for sgd, 0 for adam)"),
-    "schedule": (str, "cosine, onecycle, step or constant (default: cosine)"),
+    "schedule": (str, "cosine, onecycle, linear, step or constant (default: cosine)"),
     "warmup": (float, "fraction of the steps warming up (default: 0.02 for cosine, 0.25 for onecycle, else 0)"),
     "label_smoothing": (float, "label smoothing of the training loss (default: 0.1)"),
     "augment": (bool, "training augmentation on or off (default: on for runs of 15+ epochs and 1,000+ steps)"),
+    "time": (str, "a wall-clock budget such as 90s, 3m or 1h instead of --epochs: the epochs are planned from the measured "
+                  "speed so that the whole schedule and the final scoring fit in it"),
+    "preset": (str, "a named set of settings: " + ", ".join(f"'{k}' ({v})" for k, v in PRESET_HELP.items())
+                    + "; other flags override it"),
+    "ema": (bool, "evaluate and save an exponential moving average of the weights (default: off)"),
+    "ema_decay": (float, "the average's decay per step (default: 0.998)"),
+    "tta": (bool, "score the final model on each image, its mirror and 1-pixel shifts (when training used flips)"),
+    "mixup": (float, "mixup with Beta(a, a) (default: 0, off)"),
+    "cutmix": (float, "cutmix with Beta(a, a) (default: 0, off)"),
+    "decay_norms": (bool, "weight decay on normalisation weights and biases too (default: off)"),
+    "clip_grad": (float, "clip the gradient norm to this value (default: no clipping)"),
+    "class_weights": (str, "'balanced' weighs each class in the loss by the inverse of its frequency (default: none)"),
+    "sampler": (str, "'balanced' draws every class equally often each epoch (default: shuffle)"),
     "device": (str, "auto, cpu, cuda or mps (default: auto: cuda, then mps, then cpu)"),
     "precision": (str, "auto, 32, 16 or bf16 (default: auto: bf16 or 16 on CUDA, 32 elsewhere)"),
     "channels_last": (bool, "channels-last memory format (default: on for CPU and CUDA)"),
@@ -118,6 +132,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         base = Config.from_yaml(args.config) if args.config else Config()
         run = train(args.source, base, **settings)
     print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from imgclf.api import lr_find
+    from imgclf.config import Config
+
+    if args.plot:
+        _output_path(args.plot, "--plot", "lr_find.png")  # a folder, or a file in the way, fails before any work
+    base = Config.from_yaml(args.config) if args.config else None
+    result = lr_find(args.source, base, **_given(args, ["plot", "start", "end", "steps", *DATA_FLAGS, "strict", *AUGMENT_FLAGS,
+                                                        *TRAIN_FLAGS]))
+    print(result.summary())
+    return 0
+
+
+def _cmd_batch_find(args: argparse.Namespace) -> int:
+    from imgclf.api import batch_find
+    from imgclf.config import Config
+
+    base = Config.from_yaml(args.config) if args.config else None
+    print(batch_find(args.source, base, **_given(args, [*DATA_FLAGS, "strict", *AUGMENT_FLAGS, *TRAIN_FLAGS])).summary())
     return 0
 
 
@@ -197,7 +233,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = _output_path(args.out or "predictions.csv", "--out", "predictions.csv")
     # A sample submission beside a CSV of ids shapes the output, unless more columns were asked for.
     template = Path(args.template) if args.template else None if args.top_k or args.proba else template_beside(args.inputs)
-    clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers)
+    clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers, tta=args.tta)
     skips = SkipLog()
     ids, paths = resolve_inputs(args.inputs, skips)
     single = len(ids) == 1 and not args.out and not template
@@ -366,6 +402,22 @@ def _train_command(sub) -> None:
     _add_flags(train, AUGMENT_FLAGS)
     _add_flags(train, TRAIN_FLAGS)
     train.set_defaults(run=_cmd_train)
+    lr = sub.add_parser("lr-find", help="learning-rate range test (fastai's lr_find) on the run 'train' would make; "
+                                        "plots loss against lr and suggests one; writes no run directory")
+    lr.add_argument("--plot", metavar="FILE.png", help="where the plot goes (default: lr_find.png)")
+    lr.add_argument("--start", type=float, help="the smallest lr tried (default: 1e-6)")
+    lr.add_argument("--end", type=float, help="the largest lr tried (default: 1)")
+    lr.add_argument("--steps", type=int, help="steps, each at a larger lr; fewer when the loss diverges first (default: 100)")
+    lr.set_defaults(run=_cmd_lr_find)
+    batch = sub.add_parser("batch-find", help="the largest batch of the run 'train' would make that fits in GPU memory, "
+                                              "and a size to train with (CUDA only)")
+    batch.set_defaults(run=_cmd_batch_find)
+    for trial in (lr, batch):
+        trial.add_argument("source", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, ...)")
+        trial.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. from an earlier run); flags override it")
+        _add_data_flags(trial)
+        _add_flags(trial, AUGMENT_FLAGS)
+        _add_flags(trial, TRAIN_FLAGS)
 
 
 def _bundle_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -380,7 +432,8 @@ def _scoring_commands(sub) -> None:
                                               "whose held-out images are scored)")
     ev.add_argument("--split", choices=("train", "val", "test"),
                     help="split to score (default: test, else validation; on the run's own data never the training images)")
-    ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images (when training used flips)")
+    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="average each image with its mirror and 1-pixel shifts (default: as the run's final score did)")
     ev.add_argument("--json", metavar="FILE", help="where the metrics go (default: <model>/evaluations/<source>-<split>.json)")
     _bundle_args(ev, 512)
     ev.set_defaults(run=_cmd_evaluate)
@@ -401,6 +454,7 @@ def _deploy_commands(sub) -> None:
     pr.add_argument("--top-k", type=int, default=0, help="also write the K best classes with probabilities")
     pr.add_argument("--proba", action="store_true", help="also write one probability column per class")
     pr.add_argument("--workers", type=int, help="processes that decode the files (and on a CPU run the model); default: all cores")
+    pr.add_argument("--tta", action="store_true", help="average each image with its mirror and 1-pixel shifts (when training used flips)")
     _bundle_args(pr, 256)
     pr.set_defaults(run=_cmd_predict)
     ex = sub.add_parser("export", help="export a bundle to ONNX or TorchScript, checked against PyTorch on real images")

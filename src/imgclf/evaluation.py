@@ -53,15 +53,19 @@ class Evaluation:
 @torch.no_grad()
 def predict_probs(model: nn.Module, images: ImageSet, mean, std, *, device="cpu", batch_size: int = 512,
                   tta: bool = False) -> np.ndarray:
-    """Softmax probabilities for every image of a split; tta averages them with the mirrored images'."""
+    """Softmax probabilities for every image of a split; tta averages them over the image, its mirror and
+    1-pixel shifts of both (data/augment.py tta_views)."""
+    from imgclf.data.augment import tta_views
+
     device = torch.device(device)
     model = model.to(device).eval()
     loader = DeviceLoader(images, batch_size, mean=mean, std=std, device=device)
     out = []
     for x, _ in loader:
-        p = model(x).float().softmax(1)
         if tta:
-            p = (p + model(x.flip(3)).float().softmax(1)) / 2
+            p = sum(w * model(view).float().softmax(1) for view, w in tta_views(x))
+        else:
+            p = model(x).float().softmax(1)
         out.append(p.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -171,7 +175,7 @@ def _run_record(folder: Path) -> tuple[dict | None, dict]:
     return to_dict(Config.from_yaml(folder / "config.yaml").data), info
 
 
-def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: int = 512, tta: bool = False,
+def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: int = 512, tta: bool | None = None,
              device: str = "auto") -> Evaluation:
     """Score a run directory, a bundle, or a Run on data: a source (folder, CSV, built-in name) or ImageData.
 
@@ -206,6 +210,8 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
         held_out = False
     choice, part = _labeled_split(data, split, held_out)
     part = part.relabel(data.classes, spec["classes"], "model's classes")
+    if tta is None:  # as the run's own final score was made, so that the figures agree with results.json
+        tta = bool(spec.get("training", {}).get("tta", False))
     if tta and not spec.get("training", {}).get("hflip", False):
         log.warning("test-time flips skipped: the model was trained without horizontal flips, so mirrored images are new to it")
         tta = False

@@ -7,6 +7,7 @@ are decoded in parallel and go through the model in batches; a bad file gets its
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,13 @@ import numpy as np
 import torch
 
 from imgclf.data import decode
+from imgclf.data.augment import tta_views
 from imgclf.data.parallel import chunks, iter_chunks, worker_count
 from imgclf.data.skips import SkipLog
 from imgclf.data.walk import image_files
 from imgclf.errors import ImgclfError
+
+log = logging.getLogger("imgclf")
 
 PARALLEL_FROM = 256  # files; below this, starting worker processes costs more than it saves
 
@@ -43,10 +47,10 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _decode_and_predict(key: int, bundle: str, paths: list[str]) -> tuple[list[str | None], np.ndarray, dict[str, str]]:
+def _decode_and_predict(key: int, bundle: str, paths: list[str], tta: bool = False) -> tuple[list[str | None], np.ndarray, dict[str, str]]:
     """A worker's job: decode a chunk of files and run the model on it."""
     if key not in _SHARED:
-        _SHARED[key] = ImageClassifier(bundle, device="cpu")
+        _SHARED[key] = ImageClassifier(bundle, device="cpu", tta=tta)
     clf = _SHARED[key]
     decoded, noise = decode.decode_many(paths, clf.channels_, clf.size_, clf.resize_)
     return (*clf.predict_decoded(decoded), noise)
@@ -56,7 +60,8 @@ class ImageClassifier:
     """A trained classifier loaded from its bundle, with scikit-learn's manners (classes_, predict,
     predict_proba) and top_k. Build it with imgclf.load(path)."""
 
-    def __init__(self, path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None):
+    def __init__(self, path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None,
+                 tta: bool = False):
         from imgclf.engine.bundle import load_bundle
         from imgclf.engine.hardware import pick_device, use_channels_last
         from imgclf.models.inference import for_inference
@@ -72,6 +77,10 @@ class ImageClassifier:
         self.classes_ = [int(c) for c in self.spec_["classes"]] if self.spec_.get("class_type") == "int" else list(self.spec_["classes"])
         inp = self.spec_["input"]
         self.channels_, self.size_, self.resize_ = inp["channels"], tuple(inp["size"]), inp["resize"]
+        # Test-time views (mirror and 1-pixel shifts) only for a model that saw mirrored images in training.
+        self.tta = tta and bool(self.spec_.get("training", {}).get("hflip"))
+        if tta and not self.tta:
+            log.warning("test-time flips skipped: %s was trained without horizontal flips, so mirrored images are new to it", path)
         norm = self.spec_["normalization"]
         c = self.channels_
         std = torch.tensor(norm["std"], dtype=torch.float32).view(1, c, 1, 1)
@@ -110,7 +119,7 @@ class ImageClassifier:
         spans = chunks(len(paths), workers, size=self.batch_size)
         present = [[p for p in paths[a:b] if p] for a, b in spans]
         if in_workers:
-            fn, init, jobs = _decode_and_predict, _one_torch_thread, [(id(self), str(self.path), ps) for ps in present]
+            fn, init, jobs = _decode_and_predict, _one_torch_thread, [(id(self), str(self.path), ps, self.tta) for ps in present]
             _SHARED[id(self)] = self  # forked workers find this classifier here instead of loading the bundle again
         else:
             fn, init, jobs = decode.decode_many, None, [(ps, self.channels_, self.size_, self.resize_) for ps in present]
@@ -164,7 +173,11 @@ class ImageClassifier:
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.channels_last_:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out[part] = self.model_(x).float().softmax(1).cpu().numpy()
+            if self.tta:
+                p = sum(w * self.model_(view).float().softmax(1) for view, w in tta_views(x))
+            else:
+                p = self.model_(x).float().softmax(1)
+            out[part] = p.cpu().numpy()
         return out
 
     def _checked(self, x) -> tuple[list[Item], np.ndarray]:
@@ -210,9 +223,11 @@ class ImageClassifier:
         return [[(self.classes_[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None) -> ImageClassifier:
-    """A run directory or bundle, ready to predict; workers: processes for files (default: all cores)."""
-    return ImageClassifier(path, device=device, batch_size=batch_size, workers=workers)
+def load(path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None,
+         tta: bool = False) -> ImageClassifier:
+    """A run directory or bundle, ready to predict; workers: processes for files (default: all cores);
+    tta: average each image's probabilities over its mirror and 1-pixel shifts (6x the compute)."""
+    return ImageClassifier(path, device=device, batch_size=batch_size, workers=workers, tta=tta)
 
 
 def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[list[str], list[str]]:

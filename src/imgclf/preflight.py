@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgclf.config import Config, to_dict
+from imgclf.config import PRESETS, Config, to_dict
 from imgclf.errors import ImgclfError
 
 # Settings a resumed run may change: how long it goes on and where it runs, not how it learns.
@@ -68,7 +68,11 @@ def _new_plan(data, config: Config | None, settings: dict, extra: dict) -> RunPl
 
     if data is None:
         raise ImgclfError("no data given: pass a folder, a CSV, a built-in dataset name or (images, labels).")
-    config = (config or Config()).override(**settings)
+    config = config or Config()
+    preset = config.override(**settings).train.preset if "preset" in settings else None  # a name checked by the config
+    if preset:
+        config = config.override(**PRESETS[preset])
+    config = config.override(**settings)
     t = config.train
     name = f"{slug(Path(str(data)).name if isinstance(data, (str, Path)) else 'arrays')}-{t.model or 'default'}"
     run_dir = choose_run_dir(t.out, t.name, name, t.force)

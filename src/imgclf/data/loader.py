@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from imgclf.config import AugmentConfig
-from imgclf.data.augment import Augment
+from imgclf.data.augment import Augment, alternate_flip_mask
 from imgclf.data.imageset import ImageSet
 
 RESIDENT_SHARE = 0.25  # of free device (or host) memory that a resident split may take
@@ -38,19 +38,20 @@ class DeviceLoader:
 
     train=True shuffles (a new order every epoch, from seed and epoch) and, given an AugmentConfig,
     augments; rank/world_size give each process a disjoint shard of every epoch's order, together all of
-    it once.
+    it once. sampler="balanced" draws an epoch's images with replacement so that every class is drawn
+    equally often (for imbalanced data).
     """
 
     def __init__(self, images: ImageSet, batch_size: int, *, mean, std, device="cpu", train: bool = False,
                  augment: AugmentConfig | None = None, hflip_default: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = False, resident: bool | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, sampler: str = "shuffle"):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.split, self.batch_size, self.train = images, int(batch_size), train
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
-        self.channels_last, self.epoch = channels_last, 0
+        self.channels_last, self.epoch, self.sampler = channels_last, 0, sampler
         c = images.images.shape[1]
         std_t = torch.tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
         self._scale = (1.0 / (255.0 * std_t)).to(self.device)  # x/255 - mean, / std, as one multiply-add
@@ -60,6 +61,10 @@ class DeviceLoader:
         self.resident = nbytes <= RESIDENT_SHARE * _free_bytes(self.device) if resident is None else resident
         self._images = torch.from_numpy(images.array()).to(self.device) if self.resident else None
         self._labels = torch.from_numpy(images.labels).to(self.device)
+        self._phase = None
+        if self.augment is not None and self.augment.alternate_flips:
+            gen = torch.Generator().manual_seed(epoch_seed(seed, -1))
+            self._phase = (torch.rand(len(images), generator=gen) < 0.5).to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration gives (as for resuming a run)."""
@@ -70,7 +75,12 @@ class DeviceLoader:
         n = len(self.split)
         if self.train:
             gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
-            order = torch.randperm(n, generator=gen)
+            if self.sampler == "balanced":
+                counts = np.bincount(self.split.labels, minlength=int(self.split.labels.max()) + 1)
+                weights = torch.from_numpy(1.0 / counts[self.split.labels]).float()
+                order = torch.multinomial(weights, n, replacement=True, generator=gen)
+            else:
+                order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
         return order[self.rank::self.world_size]
@@ -95,7 +105,8 @@ class DeviceLoader:
             rows_on_device = rows.to(self.device, non_blocking=True)
             x = self._batch(rows, rows_on_device)
             if self.augment is not None:
-                x = self.augment.on_uint8(x, gen)
+                mirrored = alternate_flip_mask(self._phase[rows_on_device], self.epoch) if self._phase is not None else None
+                x = self.augment.on_uint8(x, gen, mirrored)
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.augment is not None:
                 x = self.augment.on_float(x, gen)

@@ -4,6 +4,7 @@ each, a resumable run directory and a deployable bundle. imgclf.api.train() sets
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,6 +20,8 @@ from imgclf.data.imageset import ImageData
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine import hardware
 from imgclf.engine.bundle import save_bundle, unwrap
+from imgclf.engine.ema import WeightAverage
+from imgclf.data.augment import mix
 from imgclf.engine.checkpoint import deferred_interrupts, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgclf.engine.metrics_log import append_row, rewrite
 from imgclf.engine.schedule import lr_factor
@@ -79,16 +82,21 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if t.compile else self.model
+        self.ema = WeightAverage(self.model, t.ema_decay) if t.ema else None
         self.base_lr = t.resolved_lr()
-        groups = param_groups(self.model, self.base_lr, t.backbone_lr_scale)
+        groups = param_groups(self.model, self.base_lr, t.backbone_lr_scale, t.resolved_weight_decay(), t.decay_norms)
         for g in groups:
             g["scale"] = g["lr"] / self.base_lr
         self.optimizer = self._optimizer(groups)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         loader_args = dict(mean=data.mean, std=data.std, device=self.device, channels_last=self.channels_last)
         self.train_loader = DeviceLoader(data.train, t.batch_size, train=True, augment=config.data.augment if t.augment else None,
-                                         hflip_default=data.hflip, seed=config.data.seed,
+                                         hflip_default=data.hflip, seed=config.data.seed, sampler=t.sampler,
                                          drop_last=len(data.train) > t.batch_size, **loader_args)
+        self.class_weights = class_weights(data.train.labels, data.num_classes, self.device) if t.class_weights == "balanced" else None
+        self.mix_gen = torch.Generator(device=self.device).manual_seed(config.data.seed + 7) if t.mixup or t.cutmix else None
+        self.compile_seconds = 0.0
+        self.budget = None  # a TimeBudget when training to a wall-clock budget (engine/budget.py)
         self.val_loader = DeviceLoader(data.val, EVAL_BATCH, **loader_args) if data.val is not None else None
         self.test_loader = DeviceLoader(data.test, EVAL_BATCH, **loader_args) if data.test is not None and data.test.labeled else None
         self.epoch, self.step = 0, 0
@@ -109,13 +117,26 @@ class Trainer:
     def last_path(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
 
+    @property
+    def scored_model(self) -> nn.Module:
+        """What validation scores and best.pt keeps: the weight average when it is on."""
+        return self.ema.module if self.ema is not None else self.net
+
     def state(self) -> dict:
-        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
-                "early_stop": {"bad_epochs": self.bad_epochs}, "history": list(self.history), "rng": rng_state()}
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
+                 "early_stop": {"bad_epochs": self.bad_epochs}, "history": list(self.history), "rng": rng_state()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def restore(self, state: dict) -> None:
         unwrap(self.model).load_state_dict(state["model"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:  # a run saved before its average existed starts the average from its weights
+                self.ema.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
@@ -127,11 +148,15 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> None:
         t = self.config.train
-        total = t.epochs * len(self.train_loader)
+        start_epoch = self.epoch
+        if self.budget is not None:
+            self.budget.begin()
         try:
-            while self.epoch < t.epochs:
-                row = self._epoch(total)
+            while self.epoch < self.config.train.epochs:
+                row = self._epoch(self.config.train.epochs * len(self.train_loader))
                 self._end_epoch(row)
+                if self.budget is not None:
+                    self._keep_to_budget(self.epoch - start_epoch)
                 if t.early_stop and self.bad_epochs >= t.early_stop:
                     log.info("early stop: no better validation accuracy for %d epochs (best %.2f%% at epoch %d)",
                              self.bad_epochs, 100 * self.best["val_acc"], self.best["epoch"])
@@ -149,6 +174,18 @@ class Trainer:
                               f"{self.data.channels}x{h}x{w} images); try --batch-size {max(1, t.batch_size // 2)}"
                               + (", --precision 16" if self.dtype is None and self.device.type == "cuda" else "")
                               + " or a smaller --image-size.") from None
+
+    def _keep_to_budget(self, done: int) -> None:
+        """Fewer epochs when the machine has slowed: the schedule is shortened (its decay still completes)."""
+        left = self.budget.epochs_left(self, done)
+        if left is None:
+            return
+        epochs = self.epoch + left
+        log.warning("time budget: the epochs take longer than measured; %d epoch%s instead of %d, the learning-rate schedule "
+                    "shortened to fit", epochs, "" if epochs == 1 else "s", self.config.train.epochs)
+        self.config = dataclasses.replace(self.config, train=dataclasses.replace(self.config.train, epochs=epochs))
+        if (self.run_dir / "config.yaml").is_file():
+            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
 
     def _set_lr(self, total: int) -> float:
         t = self.config.train
@@ -191,13 +228,13 @@ class Trainer:
         lr = self.base_lr
         for i, (x, y) in enumerate(bar):
             lr = self._set_lr(total)
-            with hardware.autocast(self.device, self.dtype):
-                out = self.net(x)
-                loss = F.cross_entropy(out, y, label_smoothing=t.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            first = time.perf_counter() if self.step == 0 and t.compile else None
+            out, loss = self.train_step(x, y)
+            if first is not None:
+                self.compile_seconds = time.perf_counter() - first
+                log.info("torch.compile: the first step took %.1f s (compilation included)", self.compile_seconds)
+            if self.ema is not None:
+                self.ema.update(self.model)
             loss_sum += loss.detach().float() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -213,9 +250,27 @@ class Trainer:
                "train_acc": round(correct.item() / max(seen, 1), 5), "lr": float(f"{lr:.6g}"),
                "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1)}
         if self.val_loader is not None:
-            val = evaluate_loader(self.net, self.val_loader, self.device, self.dtype)
+            val = evaluate_loader(self.scored_model, self.val_loader, self.device, self.dtype)
             row.update(val_loss=round(val["loss"], 5), val_acc=round(val["acc"], 5))
         return row
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; the outputs and the loss."""
+        t = self.config.train
+        target = y
+        if self.mix_gen is not None:
+            x, target = mix(x, y, self.data.num_classes, t.mixup, t.cutmix, self.mix_gen)
+        with hardware.autocast(self.device, self.dtype):
+            out = self.net(x)
+            loss = F.cross_entropy(out, target, weight=self.class_weights, label_smoothing=t.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out, loss
 
     def _non_finite(self, step_in_epoch: int, lr: float) -> None:
         kept = f"{self.last_path} keeps epoch {self.epoch}" if self.epoch else "no epoch had completed, so nothing was saved"
@@ -239,7 +294,8 @@ class Trainer:
         metric = row.get("val_acc", row["train_acc"])
         if metric > self.best["val_acc"]:
             self.best, self.bad_epochs = {"val_acc": metric, "epoch": row["epoch"]}, 0
-            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", {"model": unwrap(self.model).state_dict(), "epoch": self.epoch, "best": dict(self.best)})
+            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", {"model": unwrap(self.scored_model).state_dict(), "epoch": self.epoch,
+                                                                       "best": dict(self.best)})
         else:
             self.bad_epochs += 1
         save_checkpoint(self.last_path, self.state())
@@ -294,7 +350,8 @@ class Trainer:
                      test["images"], self.best["epoch"])
         metrics = {"best_epoch": self.best["epoch"], "best_val_acc": self.best["val_acc"] if self.val_loader else None,
                    "epochs": self.epoch, "test_loss": test["loss"] if test else None, "test_acc": test["acc"] if test else None,
-                   "train_seconds": round(sum(r["seconds"] for r in self.history), 2)}
+                   "train_seconds": round(sum(r["seconds"] for r in self.history), 2), "tta": self.tta,
+                   **({"compile_seconds": round(self.compile_seconds, 2)} if self.config.train.compile else {})}
         save_bundle(self.run_dir, self.model, self.bundle_spec(metrics))
         (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
         if evaluation is not None:
@@ -319,9 +376,14 @@ class Trainer:
         split, part = ("test", d.test) if self.test_loader is not None else ("val", d.val)
         if part is None or not len(part):
             return None
-        probs = predict_probs(self.model, part, d.mean, d.std, device=self.device, batch_size=EVAL_BATCH)
-        metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": False}
+        probs = predict_probs(self.model, part, d.mean, d.std, device=self.device, batch_size=EVAL_BATCH, tta=self.tta)
+        metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": self.tta}
         return Evaluation(d.classes, split, part, probs, metrics)
+
+    @property
+    def tta(self) -> bool:
+        """Test-time flips and shifts only for a model that saw mirrored images in training."""
+        return bool(self.config.train.tta and self.train_loader.augment and self.train_loader.augment.hflip)
 
     def bundle_spec(self, metrics: dict) -> dict:
         d = self.data
@@ -332,7 +394,16 @@ class Trainer:
                 "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
                                  "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
                 "metrics": metrics, "source": self.source_text,
-                "training": {"hflip": bool(self.train_loader.augment and self.train_loader.augment.hflip)}}
+                "training": {"hflip": bool(self.train_loader.augment and self.train_loader.augment.hflip), "tta": self.tta}}
+
+
+def class_weights(labels, num_classes: int, device: torch.device) -> torch.Tensor:
+    """scikit-learn's 'balanced' weights, n / (classes x count): a rare class weighs as much in the loss as a common one."""
+    import numpy as np
+
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 @torch.no_grad()

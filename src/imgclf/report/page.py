@@ -117,7 +117,7 @@ def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Pa
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(run_dir.name)}</h1>
 <p class="muted">imgclf report, written {time.strftime('%Y-%m-%d %H:%M')}; model {html.escape(str(arch.get('name', '?')))},
-{len(evaluation.classes)} classes; scored on the {html.escape(evaluation.split)} split{' with flip TTA' if m.get('tta') else ''}.</p>
+{len(evaluation.classes)} classes; scored on the {html.escape(evaluation.split)} split{' with test-time views (mirror and 1-pixel shifts)' if m.get('tta') else ''}.</p>
 <h2>Figures</h2><div class="figures">{figure_html}</div>
 {section('curves', 'Training curves')}
 <h2>Classification report</h2>{_class_table(m)}

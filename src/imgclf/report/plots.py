@@ -111,3 +111,23 @@ def f1_bars(per_class: list[dict], path: Path) -> Path:
     for b, v in zip(bars, f1):
         ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
     return _save(fig, path)
+
+
+def lr_range(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, recipe_lr: float,
+             path: Path) -> Path:
+    """Loss against learning rate (log axis) from a range test, the suggestion and the recipe's lr marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(lrs, losses, color="lightgray", lw=1, label="loss per step")
+    ax.plot(lrs, smoothed, color="steelblue", lw=2, label="smoothed loss")
+    at = min(range(len(lrs)), key=lambda i: abs(np.log(lrs[i] / suggestion)))
+    ax.plot([suggestion], [smoothed[at]], "o", color="crimson", ms=8, label=f"suggested lr {suggestion:.2g} (steepest fall)")
+    ax.axvline(recipe_lr, color="gray", ls="--", lw=1, label=f"recipe's lr {recipe_lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_ylim(top=1.1 * max(smoothed))  # a diverging step's raw loss would flatten the curve that matters
+    ax.set_title("learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

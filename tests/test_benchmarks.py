@@ -1,0 +1,36 @@
+"""The time-to-accuracy benchmark's smoke run: every section runs on tiny data and writes its files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "time_to_accuracy.py"
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_quick_writes_every_section(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--results", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    recipes = [r["recipe"] for r in report["rows"]]
+    assert any("tutorial" in r for r in recipes) and any("--preset best" in r for r in recipes) and any("--time" in r for r in recipes)
+    assert len(report["tables"]) == 5  # grid, digits, sizes, peak, profile
+    peak = next(rows for title, rows in report["tables"].items() if "limit" in title)
+    assert peak[0]["GFLOP/s"] > 0 and 0 < peak[1]["share of peak %"] < 200
+    profile = next(rows for title, rows in report["tables"].items() if "time goes" in title)
+    assert {"convolution", "optimizer"} <= {r["kind of operation"] for r in profile}
+    assert abs(sum(r["share %"] for r in profile) - 100) < 0.1
+    png = (tmp_path / "time_to_accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Command:" in (tmp_path / "time_to_accuracy.md").read_text()
+
+
+def test_unknown_section_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "fashon", "--results", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown section" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,245 @@
+"""The training techniques of the one config, each a switch: weight averaging, test-time views, mixup
+and cutmix, alternating flips, schedules, weight decay groups, gradient clipping, class imbalance and
+training to a wall-clock budget. On real Fashion-MNIST and digits images, on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import imgclf
+from imgclf import AugmentConfig, DeviceLoader, ImgclfError
+from imgclf.config import parse_duration
+from imgclf.data.augment import mix, tta_views
+from imgclf.engine.schedule import lr_factor
+
+FAST = dict(batch_size=64, device="cpu")
+
+
+def _subset(fmnist, per_class: int, start: int = 0):
+    images, labels = fmnist
+    rows = np.sort(np.concatenate([np.flatnonzero(labels == c)[start:start + per_class] for c in range(10)]))
+    return images[rows], labels[rows]
+
+
+def _weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_ema_is_scored_saved_and_resumed(fmnist, tmp_path):
+    data = _subset(fmnist, 40)
+    run = imgclf.train(data, epochs=2, ema=True, ema_decay=0.9, out=str(tmp_path), name="ema", **FAST)
+    last, best = _weights(run.run_dir / "checkpoints/last.pt"), _weights(run.run_dir / "checkpoints/best.pt")
+    assert "ema" in last and int(last["ema"]["updates"]) == 2 * (len(run.data.train) // 64)
+    averaged = last["ema"]["model"]
+    raw = last["model"]
+    key = "head.weight"
+    assert not torch.equal(averaged[key], raw[key])  # the average is not the raw weights
+    if best["epoch"] == 2:  # best.pt holds the average, not the raw weights
+        assert torch.equal(best["model"][key], averaged[key])
+
+
+def test_ema_resumes_exactly_after_a_kill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from test_train import DIGITS, _wait_for_rows, run_cli
+
+    args = [*DIGITS, "--epochs", "4", "--ema", "--out", str(tmp_path)]
+    assert run_cli("train", *args, "--name", "straight").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "imgclf", "train", *args, "--name", "cut"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(tmp_path / "cut", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert run_cli("train", "--resume", str(tmp_path / "cut")).returncode == 0
+    a, b = (_weights(tmp_path / name / "checkpoints/last.pt")["ema"]["model"] for name in ("cut", "straight"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    best = _weights(tmp_path / "straight/checkpoints/best.pt")["model"]
+    if _weights(tmp_path / "straight/checkpoints/best.pt")["epoch"] == 4:
+        assert all(torch.equal(best[k], b[k]) for k in b)
+
+
+def test_tta_views_are_the_image_its_mirror_and_shifts():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    views = list(tta_views(x))
+    assert len(views) == 6 and math.isclose(sum(w for _, w in views), 1.0)
+    assert torch.equal(views[1][0], x.flip(3))
+    assert torch.equal(views[2][0][:, :, 1:, 1:], x[:, :, :3, :3]) and views[2][0][:, :, 0].abs().sum() == 0
+    assert torch.equal(views[4][0][:, :, :3, :3], x[:, :, 1:, 1:])
+    assert [w for _, w in tta_views(x, shift=0)] == [0.5, 0.5]
+
+
+def test_tta_in_the_final_score_only_when_training_flipped(fmnist, tmp_path):
+    images, labels = _subset(fmnist, 40)
+    test = _subset(fmnist, 10, start=100)
+    run = imgclf.train((images, labels), test=test, epochs=1, augment=True, tta=True, out=str(tmp_path), **FAST)
+    results = json.loads((run.run_dir / "results.json").read_text())
+    assert results["tta"] is True
+    plain = imgclf.evaluate(run.run_dir, test, tta=False)
+    viewed = imgclf.evaluate(run.run_dir, test, tta=True)
+    assert viewed.metrics["tta"] and not np.allclose(plain.probs, viewed.probs)
+    assert np.allclose(imgclf.evaluate(run.run_dir, test).probs, viewed.probs)  # by default as the run's final score
+    assert results["test_acc"] == pytest.approx(viewed.metrics["accuracy"])
+    # predict averages the same views (through its own inference path: folded BatchNorm, channels-last).
+    clf = imgclf.load(run.run_dir, device="cpu", tta=True)
+    assert np.allclose(clf.predict_proba(test[0]), viewed.probs, atol=1e-4)
+    assert not np.allclose(imgclf.load(run.run_dir, device="cpu").predict_proba(test[0]), viewed.probs, atol=1e-4)
+    # Digits are never flipped in training, so no flipped views at the end either.
+    run = imgclf.train("digits", epochs=1, augment=True, tta=True, out=str(tmp_path), **FAST)
+    assert json.loads((run.run_dir / "results.json").read_text())["tta"] is False
+
+
+def test_mixup_and_cutmix_targets(fmnist):
+    images, labels = _subset(fmnist, 2)
+    x = torch.from_numpy(images[:, None].astype(np.float32))
+    y = torch.from_numpy(labels)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    mixed, target = mix(x, y, 10, mixup=0.4, cutmix=0.0, gen=gen)
+    assert torch.allclose(target.sum(1), torch.ones(len(y)))
+    lam = float(target[0, y[0]]) if y[0] != y[-1] else None
+    if lam is not None:
+        assert torch.allclose(mixed[0], lam * x[0] + (1 - lam) * x[-1], atol=1e-4)
+    for _ in range(5):
+        cut, target = mix(x, y, 10, mixup=0.0, cutmix=1.0, gen=gen)
+        pasted = (cut != x).any(1).float().mean((1, 2))  # share of pixels taken from the partner image
+        share = 1 - target[torch.arange(len(y)), y]
+        same = y == y.flip(0)
+        assert torch.all(pasted[~same] <= share[~same] + 1e-6)  # pasted pixels that happen to be equal are not seen
+
+
+def test_alternating_flips_mirror_every_image_once_in_two_epochs(fmnist):
+    images, labels = _subset(fmnist, 5)
+    data = imgclf.load_data((images, labels), val_fraction=0)
+    loader = DeviceLoader(data.train, 50, mean=data.mean, std=data.std, train=True, seed=3,
+                          augment=AugmentConfig(crop_padding=0, hflip=True, alternate_flips=True))
+    base = DeviceLoader(data.train, 50, mean=data.mean, std=data.std, train=False)
+    plain = torch.cat([x for x, _ in base])
+    flipped_count = torch.zeros(len(plain))
+    for epoch in range(2):
+        order = loader.positions(epoch)
+        loader.set_epoch(epoch)
+        batches = torch.cat([x for x, _ in loader])
+        for x, row in zip(batches, order):
+            if torch.equal(x, plain[row].flip(2)) and not torch.equal(x, plain[row]):
+                flipped_count[row] += 1
+            else:
+                assert torch.equal(x, plain[row])
+    symmetric = torch.tensor([torch.equal(p, p.flip(2)) for p in plain])
+    assert torch.all(flipped_count[~symmetric] == 1)
+
+
+def test_linear_schedule_and_durations():
+    assert lr_factor("linear", 0, 100, 0.0) == pytest.approx(1.0)
+    assert lr_factor("linear", 50, 100, 0.0) == pytest.approx(0.5, abs=1e-3)
+    assert lr_factor("linear", 100, 100, 0.0) < 1e-3
+    assert [parse_duration(t) for t in ("90s", "3m", "1h", "1h30m", "45")] == [90, 180, 3600, 5400, 45]
+    for bad in ("3 minutes", "", "2s", "m"):
+        with pytest.raises(ImgclfError):
+            parse_duration(bad)
+
+
+def test_weight_decay_skips_norms_and_biases_unless_asked():
+    from imgclf.models.transfer import param_groups
+
+    model = imgclf.create_model("small_resnet", 1, 10, (28, 28))
+    groups = param_groups(model, 0.01, weight_decay=0.05, decay_norms=False)
+    for g in groups:
+        flat = all(p.ndim <= 1 for p in g["params"])
+        assert g["weight_decay"] == (0.0 if flat else 0.05)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert all(g["weight_decay"] == 0.05 for g in param_groups(model, 0.01, weight_decay=0.05, decay_norms=True))
+
+
+def test_gradient_clipping_bounds_the_step(fmnist, tmp_path):
+    from imgclf.engine import recipe
+    from imgclf.engine.trainer import Trainer
+
+    images, labels = _subset(fmnist, 20)
+    data = imgclf.load_data((images, labels))
+    config, _ = recipe.resolve(imgclf.Config().override(clip_grad=0.01, lr=1.0, optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                                                        device="cpu", batch_size=64), data)
+    trainer = Trainer(data, config, tmp_path / "run", None)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    x, y = next(iter(trainer.train_loader))
+    for g in trainer.optimizer.param_groups:
+        g["lr"] = 1.0
+    trainer.train_step(x, y)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(trainer.model.parameters(), before)))
+    assert 0 < float(moved) <= 0.01 + 1e-5  # plain SGD at lr 1 moves the weights by exactly the clipped gradient
+    assert not (tmp_path / "run").exists()
+
+
+def _macro_f1(run, test) -> float:
+    return imgclf.evaluate(run.run_dir, test).metrics["macro_avg"]["f1"]
+
+
+def test_class_weights_and_balanced_sampler_help_a_rare_class(fmnist, tmp_path):
+    """Trouser at 5% of the other classes' count: without help the network hardly predicts it."""
+    images, labels = fmnist
+    rows = np.sort(np.concatenate([np.flatnonzero(labels == c)[:(10 if c == 1 else 200)] for c in range(10)]))
+    train = images[rows], labels[rows]
+    test = _subset(fmnist, 50, start=1000)
+    settings = dict(epochs=3, val_fraction=0, out=str(tmp_path), **FAST)
+    plain = _macro_f1(imgclf.train(train, test=test, **settings), test)
+    weighted = _macro_f1(imgclf.train(train, test=test, class_weights="balanced", **settings), test)
+    sampled = _macro_f1(imgclf.train(train, test=test, sampler="balanced", **settings), test)
+    assert weighted > plain and sampled > plain
+
+
+def test_balanced_sampler_draws_classes_equally(fmnist):
+    images, labels = fmnist
+    rows = np.concatenate([np.flatnonzero(labels == c)[:(20 if c == 0 else 400)] for c in range(3)])
+    data = imgclf.load_data((images[rows], labels[rows]), val_fraction=0)
+    loader = DeviceLoader(data.train, 100, mean=data.mean, std=data.std, train=True, sampler="balanced")
+    counts = np.bincount(data.train.labels[loader.positions(0).numpy()], minlength=3)
+    assert counts.sum() == len(data.train) and counts.min() > 0.8 * counts.max()
+
+
+def test_time_budget_plans_the_epochs_and_records_them(fmnist, tmp_path):
+    images, labels = _subset(fmnist, 60)
+    run = imgclf.train((images, labels), time="12s", out=str(tmp_path), name="budget", device="cpu")
+    config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    planned = config["train"]["epochs"]
+    assert config["train"]["time"] is None and planned == len(run.history) >= 1
+    assert json.loads((run.run_dir / "run.json").read_text())["requested"]["time"] == "12s"
+    # The same config.yaml repeats the run without measuring again.
+    again = imgclf.train((images, labels), imgclf.Config.from_yaml(run.run_dir / "config.yaml"), out=str(tmp_path), name="again")
+    assert len(again.history) == planned
+
+
+def test_time_budget_shrinks_the_run_when_the_clock_runs_out(fmnist, tmp_path):
+    from imgclf.engine import recipe
+    from imgclf.engine.budget import TimeBudget
+    from imgclf.engine.trainer import Trainer
+
+    images, labels = _subset(fmnist, 30)
+    data = imgclf.load_data((images, labels))
+    config, _ = recipe.resolve(imgclf.Config().override(device="cpu", epochs=50), data)
+    trainer = Trainer(data, config, tmp_path / "run", None)
+    budget = TimeBudget(60.0)
+    planned = budget.plan(trainer)
+    assert planned >= 1
+    trainer.budget = budget
+    budget.begin()
+    assert budget.epochs_left(trainer, 0) is None
+    budget.start -= 59.0  # as if the machine had been busy for most of the budget
+    trainer.epoch = 1
+    assert budget.epochs_left(trainer, 1) == 0
+
+
+def test_bad_technique_settings_are_one_line(tmp_path):
+    for settings in ({"class_weights": "inverse"}, {"sampler": "uniform"}, {"mixup": -1}, {"ema_decay": 1.5},
+                     {"time": "soon"}, {"preset": "fastest"}):
+        with pytest.raises(ImgclfError) as err:
+            imgclf.train("digits", out=str(tmp_path), **settings)
+        assert "\n" not in str(err.value)
+    assert not any(tmp_path.iterdir())
