@@ -116,20 +116,21 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def write(name: str, rows: list[dict], summary: list[str], extra: dict, tables: dict[str, list[dict]] | None = None) -> Path:
-    """results/<name>.md (a table a person reads, then any further titled tables) and .json (the raw
-    figures), with command and machine."""
-    RESULTS.mkdir(exist_ok=True)
+def write(name: str, rows: list[dict], summary: list[str], extra: dict, tables: dict[str, list[dict]] | None = None,
+          folder: Path = RESULTS) -> Path:
+    """<folder>/<name>.md (a table a person reads, then any further titled tables) and .json (the raw
+    figures), with command and machine; folder is benchmarks/results unless a smoke test says otherwise."""
+    folder.mkdir(parents=True, exist_ok=True)
     info = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": machine(), "git": _git(), **extra}
-    (RESULTS / f"{name}.json").write_text(json.dumps({"info": info, "rows": rows, "summary": summary, "tables": tables or {}}, indent=2))
+    (folder / f"{name}.json").write_text(json.dumps({"info": info, "rows": rows, "summary": summary, "tables": tables or {}}, indent=2))
     lines = [f"# {name}", "", f"Command: `{info['command']}`  ", f"Date: {info['date']}  ", f"Commit: {info['git']}  ",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info["machine"].items()), ""]
     lines += _table(rows)
     lines += ["", *[f"- {s}" for s in summary], ""]
     for title, table in (tables or {}).items():
         lines += [f"## {title}", "", *_table(table), ""]
-    path = RESULTS / f"{name}.md"
+    path = folder / f"{name}.md"
     path.write_text("\n".join(lines))
     return path
 

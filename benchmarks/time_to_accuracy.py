@@ -1,0 +1,360 @@
+"""Issue 12's benchmark: accuracy per second of training, imgclf beside the tutorial, in one run.
+
+Sections (--only chooses some; every one by default):
+- fashion: Fashion-MNIST, data cached. The tutorial recipe of seed 003 (common.tutorial_fit) for 15
+  epochs with its test accuracy after every epoch; imgclf's default (`imgclf train fashion-mnist`) at
+  12 epochs, and as shorter complete runs (2 and 3 epochs) for the time to the tutorial's accuracy; a
+  `time="3m"` budget run; and the 'best' preset. Training time is the sum of the epochs' step time
+  (first step to last; validation passes excluded), as the issue defines it.
+- grid: training sets of 1,000, 4,000 and 54,000 Fashion-MNIST images x 2, 5 and 12 epochs, imgclf's
+  default against the tutorial at the same epochs, scored on 2,000 test images (small_data.grid).
+- digits: scikit-learn's 8x8 digits, a stratified 80/20 split, `imgclf.train` with default settings.
+- sizes: Fashion-MNIST enlarged to 28, 64, 128 and 224 px in 3 channels: training images/s of the
+  default network for that size and of small_resnet, and test accuracy after a few epochs on a subset.
+- peak: this CPU's fp32 matrix-multiply rate (a large torch.mm) beside the training step's achieved
+  FLOP/s (forward+backward FLOPs per image, counted by PyTorch's FlopCounterMode, times images/s).
+- profile: where one training step's time goes (torch.profiler over real steps), by kind of operation.
+Mean and spread over --seeds seeds wherever accuracy is reported.
+
+    python benchmarks/time_to_accuracy.py [--seeds 3] [--only fashion,grid,...] [--quick] [--results DIR]
+
+Writes <results>/time_to_accuracy.{md,json} and time_to_accuracy.png (accuracy against training time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+import small_data  # noqa: E402
+
+SECTIONS = ("fashion", "grid", "digits", "sizes", "peak", "profile")
+TUTORIAL_TARGET = 0.895  # seed 003's reported Adam accuracy
+
+
+def _spread(values: list[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def tutorial_curve(x, y, xt, yt, epochs: int, seed: int) -> list[dict]:
+    """Seed 003's loop (as common.tutorial_fit) with the test accuracy after every epoch; the clock
+    stops while it is scored."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(seed)
+    xs, ys = torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y, dtype=torch.long)
+    c, h, w = xs.shape[1:]
+    model = nn.Sequential(nn.Conv2d(c, 32, 3, padding="same"), nn.ReLU(), nn.Conv2d(32, 16, 3, padding="same"), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(8 * h * w, int(ys.max()) + 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    curve, seconds = [], 0.0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for i in range(0, len(xs), 128):
+            loss = F.cross_entropy(model(xs[i:i + 128]), ys[i:i + 128])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        seconds += time.perf_counter() - start
+        curve.append({"epoch": epoch + 1, "train s": seconds, "test acc": common.tutorial_accuracy(model.eval(), xt, yt)})
+    return curve
+
+
+def imgclf_run(source, out: str, seed: int, **settings) -> dict:
+    import imgclf
+
+    start = time.perf_counter()
+    run = imgclf.train(source, seed=seed, device="cpu", out=out, **settings)
+    return {"test acc": run.test["acc"], "train s": sum(r["seconds"] for r in run.history), "wall s": time.perf_counter() - start,
+            "epochs": len(run.history), "val": [r.get("val_acc") for r in run.history]}
+
+
+def fashion(seeds, out: str, quick: bool, skip: set[str]) -> tuple[list[dict], dict]:
+    """The Fashion-MNIST table, and the curves for the plot."""
+    import imgclf
+
+    data = imgclf.load_data("fashion-mnist")
+    source = "fashion-mnist"
+    x, y = np.concatenate([data.train.array(), data.val.array()]), np.concatenate([data.train.labels, data.val.labels])
+    xt, yt = data.test.array(), data.test.labels
+    tutorial_epochs, full, short, budget, best = 15, 12, [2, 3], "3m", {"preset": "best"}
+    if quick:  # a smoke test: 2,000 images, one epoch each
+        x, y, xt, yt = x[:2000], y[:2000], xt[:500], yt[:500]
+        source, tutorial_epochs, full, short, budget, best = (x, y), 1, 1, [1], "10s", {"preset": "best", "epochs": 1}
+        extra = {"test": (xt, yt)}
+    else:
+        extra = {}
+    rows, curves = [], {"tutorial": [], "imgclf default": [], "imgclf shorter runs": [], "preset best": [], "time budget": []}
+    results: dict[str, list[dict]] = {k: [] for k in ("tutorial", "default", *[f"short{e}" for e in short], "budget", "best")
+                                      if k not in skip}
+    for seed in seeds:  # the recipes take turns within a seed: a slow spell of the machine falls on all of them
+        if "tutorial" in results:
+            tut = tutorial_curve(x, y, xt, yt, tutorial_epochs, seed)
+            results["tutorial"].append(tut[-1] | {"curve": tut})
+            curves["tutorial"].append([(r["train s"], r["test acc"]) for r in tut])
+        results["default"].append(imgclf_run(source, out, seed, epochs=full, **extra))
+        for e in short:
+            results[f"short{e}"].append(imgclf_run(source, out, seed, epochs=e, **extra))
+        if "budget" in results:
+            results["budget"].append(imgclf_run(source, out, seed, time=budget, **extra))
+        if "best" in results:
+            results["best"].append(imgclf_run(source, out, seed, **best, **extra))
+        print({k: [round(r["test acc"], 4) for r in v] for k, v in results.items()}, flush=True)
+    names = {"tutorial": f"tutorial (seed 003: Sequential ConvNet, Adam 1e-3, batch 128), {tutorial_epochs} epochs",
+             "default": f"imgclf train fashion-mnist (default, {full} epochs)", "budget": f"imgclf train fashion-mnist --time {budget}",
+             "best": "imgclf train fashion-mnist --preset best", **{f"short{e}": f"imgclf default, --epochs {e}" for e in short}}
+    for key, runs in results.items():
+        rows.append({"recipe": names[key], "test acc % (mean ± sd)": _spread([r["test acc"] for r in runs]),
+                     "train s (median)": statistics.median(r["train s"] for r in runs),
+                     "wall s (median)": statistics.median(r.get("wall s", r["train s"]) for r in runs),
+                     "runs": " ".join(f"{100 * r['test acc']:.2f}" for r in runs)})
+    for key, label in (("default", "imgclf default"), ("best", "preset best"), ("budget", "time budget")):
+        curves[label] = [(r["train s"], r["test acc"]) for r in results.get(key, [])]
+    curves["imgclf shorter runs"] = [(r["train s"], r["test acc"]) for e in short for r in results[f"short{e}"]]
+    return rows, {"curves": curves, "results": results, "short": short}
+
+
+def time_to_target(info: dict) -> list[str]:
+    """Seconds to the tutorial's final accuracy: the tutorial's own epochs beside imgclf's shortest
+    complete run that reaches it (every imgclf run ends its schedule; intermediate epochs of a longer
+    run are not counted)."""
+    lines = []
+    res = info["results"]
+    if "tutorial" not in res:
+        return []
+    target = statistics.mean(r["test acc"] for r in res["tutorial"])
+    tut_s = statistics.median(r["train s"] for r in res["tutorial"])
+    for key in [f"short{e}" for e in info["short"]] + ["default"]:
+        accs = [r["test acc"] for r in res[key]]
+        if statistics.mean(accs) >= target:
+            ours = statistics.median(r["train s"] for r in res[key])
+            lines.append(f"the tutorial's {100 * target:.2f}% (after {tut_s:.0f} s) is reached by imgclf's {res[key][0]['epochs']}-epoch "
+                         f"run in {ours:.0f} s: {tut_s / ours:.1f}x sooner (target >= 5x: {'met' if tut_s / ours >= 5 else 'NOT met'})")
+            return lines
+    return [f"no imgclf run reached the tutorial's {100 * target:.2f}%"]
+
+
+def grid(seeds, out: str, quick: bool, sizes: list[int]) -> list[dict]:
+    x, y, xt, yt = small_data.fashion_mnist()
+    sizes, epochs = ([300], [1]) if quick else (sizes, [2, 5, 12])
+    return small_data.grid(x, y, xt, yt, sizes, epochs, seeds, out)
+
+
+def digits(seeds, out: str, quick: bool) -> list[dict]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    x, xt, y, yt = train_test_split(images, d.target.astype(np.int64), test_size=0.2, stratify=d.target, random_state=0)
+    settings = {"epochs": 1} if quick else {}
+    runs = [imgclf_run((x, y), out, seed, test=(xt, yt), **settings) for seed in seeds]
+    return [{"recipe": "imgclf.train(digits 80%) with default settings", "test images": len(yt),
+             "test acc % (mean ± sd)": _spread([r["test acc"] for r in runs]), "train s (median)": statistics.median(r["train s"] for r in runs),
+             "wall s (median)": statistics.median(r["wall s"] for r in runs), "epochs": runs[0]["epochs"],
+             "runs": " ".join(f"{100 * r['test acc']:.2f}" for r in runs)}]
+
+
+def _resized(images: np.ndarray, side: int) -> np.ndarray:
+    import torch.nn.functional as F
+
+    x = torch.tensor(images[:, None], dtype=torch.float32)
+    if side != x.shape[-1]:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous().numpy()
+
+
+def _step_rate(name: str, side: int, batch: int, steps: int) -> float:
+    from imgclf import create_model
+
+    model = create_model(name, 3, 10, (side, side)).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    return common.train_step_rate(model, iter(lambda: (x, y), None), steps, warmup=2)
+
+
+def sizes(seeds, out: str, quick: bool) -> list[dict]:
+    """Speed of the default network by input size and of small_resnet everywhere, and accuracy on a subset."""
+    from imgclf.models.registry import default_model_name
+
+    x, y, xt, yt = small_data.fashion_mnist()
+    n, n_test, epochs = (200, 100, 1) if quick else (2000, 500, 3)
+    rows = []
+    for side in ([28, 64] if quick else [28, 64, 128, 224]):
+        default = default_model_name((side, side))
+        train, test = _resized(x[:n, 0], side), _resized(xt[:n_test, 0], side)
+        for name in dict.fromkeys([default, "small_resnet"]):
+            rate = statistics.median(_step_rate(name, side, 32, 3 if quick else 8) for _ in range(1 if quick else 3))
+            acc = [imgclf_run((train, y[:n]), out, seed, test=(test, yt[:n_test]), model=name, epochs=epochs) for seed in seeds[:1]]
+            rows.append({"side px": side, "network": name + (" (default)" if name == default else ""),
+                         "train images/s (batch 32)": rate, f"test acc % ({n} images, {epochs} epochs)": 100 * acc[0]["test acc"],
+                         "train s": acc[0]["train s"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def peak(quick: bool) -> list[dict]:
+    """The fp32 matmul rate of this CPU and the default training step's achieved FLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from imgclf import create_model
+    from imgclf.models.summary import summarize
+
+    side = 1024 if quick else 2048
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    torch.mm(a, b)
+    times = common.timed(lambda: torch.mm(a, b), 3 if quick else 10)
+    mm_flops = 2 * side ** 3 / statistics.median(times)
+    model = create_model("small_resnet", 1, 10, (28, 28)).to(memory_format=torch.channels_last)
+    forward = summarize(model, (1, 28, 28)).flops
+    counter = FlopCounterMode(display=False)
+    x = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    with counter:
+        torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (64,))).backward()
+    train_per_image = counter.get_total_flops() / 64
+    rate = _default_step_rate(3 if quick else 30)
+    achieved = train_per_image * rate
+    return [{"what": f"torch.mm {side}x{side} fp32, {torch.get_num_threads()} threads", "GFLOP/s": mm_flops / 1e9, "share of peak %": 100.0},
+            {"what": f"default training step (small_resnet 28x28, batch 256): {rate:,.0f} img/s x {train_per_image / 1e6:.1f} MFLOP "
+                     f"(forward {forward / 1e6:.1f})", "GFLOP/s": achieved / 1e9, "share of peak %": 100 * achieved / mm_flops}]
+
+
+def _default_step_rate(steps: int) -> float:
+    import imgclf
+    from imgclf import DeviceLoader, create_model
+
+    data = imgclf.load_data("fashion-mnist")
+    model = create_model("small_resnet", 1, 10, (28, 28)).to(memory_format=torch.channels_last)
+    loader = DeviceLoader(data.train, 256, mean=data.mean, std=data.std, train=True, channels_last=True, drop_last=True)
+    return common.train_step_rate(model, iter(loader), steps)
+
+
+CATEGORIES = [("convolution", ("conv", "mkldnn")), ("pooling", ("pool", "max", "amax")), ("normalisation", ("batch_norm",)),
+              ("activation", ("relu", "threshold")), ("optimizer", ("adam", "_foreach", "optimizer", "lerp", "addcdiv", "sqrt")),
+              ("loss", ("cross_entropy", "log_softmax", "nll")), ("data", ("index", "gather", "randperm", "pad", "to_copy", "copy_"))]
+
+
+def profile(quick: bool) -> list[dict]:
+    """Self CPU time of one epoch's worth of real training steps (the default trainer's), by kind of op."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    import imgclf
+    from imgclf.engine import recipe
+    from imgclf.engine.trainer import Trainer
+
+    data = imgclf.load_data("fashion-mnist")
+    config, _ = recipe.resolve(imgclf.Config().override(device="cpu"), data)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(data, config, Path(out) / "run", None)
+        batches = iter(trainer.train_loader)
+        for _ in range(3):
+            trainer.train_step(*next(batches))
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3 if quick else 40):
+                with torch.profiler.record_function("data"):
+                    x, y = next(batches)
+                trainer.train_step(x, y)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        if name == "data":
+            continue
+        kind = next((k for k, words in CATEGORIES if any(w in name for w in words)), "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values())
+    return [{"kind of operation": k, "self CPU ms": v / 1000, "share %": 100 * v / whole} for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+
+
+def plot(curves: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for seed_curve in curves["tutorial"]:
+        ax.plot(*zip(*seed_curve), color="tab:gray", marker=".", alpha=0.7, label="tutorial (per epoch)")
+    styles = {"imgclf shorter runs": ("tab:blue", "o"), "imgclf default": ("tab:blue", "s"), "time budget": ("tab:green", "^"),
+              "preset best": ("tab:red", "D")}
+    for label, (color, marker) in styles.items():
+        if curves.get(label):
+            ax.scatter(*zip(*curves[label]), color=color, marker=marker, label=label + " (complete runs)", zorder=3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), loc="lower right")
+    ax.set_xlabel("training time, s (2-core CPU)" if not torch.cuda.is_available() else "training time, s")
+    ax.set_ylabel("Fashion-MNIST test accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="tiny versions of every section: a smoke test")
+    parser.add_argument("--grid-sizes", type=lambda t: [int(v) for v in t.split(",")], default=[1000, 4000, 54000],
+                        help="training-set sizes of the grid (default: 1000,4000,54000)")
+    parser.add_argument("--skip", default="", help="fashion recipes to leave out, comma-separated: tutorial, best, budget")
+    parser.add_argument("--results", help="folder for the results files (default: benchmarks/results)")
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    logging.getLogger("imgclf").setLevel(logging.WARNING)
+    seeds = list(range(1 if args.quick else args.seeds))
+    folder = Path(args.results) if args.results else common.RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, summary, tables, extra = [], [], {}, {"seeds": seeds, "sections": chosen, "quick": args.quick}
+    with tempfile.TemporaryDirectory() as out:
+        if "fashion" in chosen:
+            rows, info = fashion(seeds, out, args.quick, {s.strip() for s in args.skip.split(",") if s.strip()})
+            summary += time_to_target(info)
+            extra["fashion"] = info["results"]
+            summary.append(f"accuracy against time: {plot(info['curves'], folder / 'time_to_accuracy.png').name}")
+        if "grid" in chosen:
+            tables["Small data: imgclf's default against the tutorial at the same epochs (2,000 test images)"] = grid_rows = grid(seeds, out, args.quick, args.grid_sizes)
+            behind = [r for r in grid_rows if r["difference (points)"] < 0]
+            summary.append(f"grid: imgclf's default ahead in {len(grid_rows) - len(behind)} of {len(grid_rows)} cells (mean of "
+                           f"{len(seeds)} seed(s)); target: every cell")
+        if "digits" in chosen:
+            tables["digits (scikit-learn 8x8), 20% held out for test"] = digit_rows = digits(seeds, out, args.quick)
+            summary.append(f"digits: {digit_rows[0]['test acc % (mean ± sd)']}% in {digit_rows[0]['train s (median)']:.1f} s of "
+                           "training; target >= 98.5% in <= 20 s")
+        if "sizes" in chosen:
+            tables["Image size: the default network's speed and accuracy (Fashion-MNIST enlarged, 3 channels)"] = sizes(seeds, out, args.quick)
+        if "peak" in chosen:
+            tables["How close training comes to the machine's limit"] = peak_rows = peak(args.quick)
+            summary.append(f"the default training step reaches {peak_rows[1]['share of peak %']:.0f}% of this CPU's fp32 matmul rate "
+                           f"({peak_rows[1]['GFLOP/s']:.1f} of {peak_rows[0]['GFLOP/s']:.1f} GFLOP/s)")
+        if "profile" in chosen:
+            tables["Where a training step's time goes (torch.profiler, self CPU time)"] = profile(args.quick)
+    if not rows:  # the main table is the first section that ran
+        first = next(iter(tables))
+        rows = tables.pop(first)
+        summary.insert(0, f"main table: {first}")
+    path = common.write("time_to_accuracy", rows, summary, extra, tables=tables, folder=folder)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
