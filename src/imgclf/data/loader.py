@@ -51,7 +51,7 @@ class DeviceLoader:
         self.split, self.batch_size, self.train = images, int(batch_size), train
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
-        self.channels_last, self.epoch, self.sampler = channels_last, 0, sampler
+        self.channels_last, self.epoch = channels_last, 0
         c = images.images.shape[1]
         std_t = torch.tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
         self._scale = (1.0 / (255.0 * std_t)).to(self.device)  # x/255 - mean, / std, as one multiply-add
@@ -61,6 +61,10 @@ class DeviceLoader:
         self.resident = nbytes <= RESIDENT_SHARE * _free_bytes(self.device) if resident is None else resident
         self._images = torch.from_numpy(images.array()).to(self.device) if self.resident else None
         self._labels = torch.from_numpy(images.labels).to(self.device)
+        self._weights = None  # the balanced sampler's draw weight per image: 1 / its class's count
+        if sampler == "balanced":
+            counts = np.bincount(images.labels)
+            self._weights = torch.from_numpy(1.0 / counts[images.labels]).float()
         self._phase = None
         if self.augment is not None and self.augment.alternate_flips:
             gen = torch.Generator().manual_seed(epoch_seed(seed, -1))
@@ -75,10 +79,8 @@ class DeviceLoader:
         n = len(self.split)
         if self.train:
             gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
-            if self.sampler == "balanced":
-                counts = np.bincount(self.split.labels, minlength=int(self.split.labels.max()) + 1)
-                weights = torch.from_numpy(1.0 / counts[self.split.labels]).float()
-                order = torch.multinomial(weights, n, replacement=True, generator=gen)
+            if self._weights is not None:
+                order = torch.multinomial(self._weights, n, replacement=True, generator=gen)
             else:
                 order = torch.randperm(n, generator=gen)
         else:

@@ -93,8 +93,6 @@ def _time_steps(trainer, seconds: float) -> float:
                     _sync(trainer.device)
                     start = time.perf_counter()
                 trainer.train_step(x, y)
-                if trainer.ema is not None:
-                    trainer.ema.update(trainer.model)
                 steps += 1
                 if start is not None and time.perf_counter() - start >= seconds:
                     break

@@ -233,8 +233,6 @@ class Trainer:
             if first is not None:
                 self.compile_seconds = time.perf_counter() - first
                 log.info("torch.compile: the first step took %.1f s (compilation included)", self.compile_seconds)
-            if self.ema is not None:
-                self.ema.update(self.model)
             loss_sum += loss.detach().float() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -255,7 +253,7 @@ class Trainer:
         return row
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; the outputs and the loss."""
+        """One optimizer step (and the weight average's); the outputs and the loss."""
         t = self.config.train
         target = y
         if self.mix_gen is not None:
@@ -270,6 +268,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return out, loss
 
     def _non_finite(self, step_in_epoch: int, lr: float) -> None:
