@@ -46,6 +46,18 @@ def test_the_default_learns_from_a_thousand_images_in_two_epochs(fmnist, tmp_pat
     assert not any("above chance" in m or "exploded" in m for m in _messages(caplog))
 
 
+def test_a_small_set_gets_enough_steps_unless_the_epochs_are_given(fmnist):
+    """digits-sized data (40 steps an epoch) scored 97.7% in 12 epochs and 98.9% in 30; a large set keeps 12."""
+    from imgclf.engine import recipe
+
+    images, labels = fmnist
+    small = imgclf.load_data((images[:1400], labels[:1400]))
+    config, notes = recipe.resolve(imgclf.Config(), small)
+    assert config.train.epochs == 30 and any(n.startswith("30 epochs: 39 steps an epoch") for n in notes), notes
+    assert recipe.resolve(imgclf.Config().override(epochs=5), small)[0].train.epochs == 5
+    assert recipe.resolve(imgclf.Config(), imgclf.load_data((images[:30000], labels[:30000])))[0].train.epochs == 12
+
+
 def test_the_default_learns_from_a_folder_of_64px_colour_photos(colour_tree_64, tmp_path):
     """The CLI on 800 colour JPEGs, 3 epochs: the old default ended at chance here (8.6% on 2,000 such
     images); now the test split scores well above it."""

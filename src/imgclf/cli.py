@@ -44,7 +44,7 @@ TRAIN_FLAGS = {
     "init_from": (str, "start from the weights of an earlier run or bundle (new head when the classes differ)"),
     "freeze_epochs": (int, "epochs training only the head before unfreezing the backbone (default: 0)"),
     "backbone_lr_scale": (float, "backbone learning rate as a fraction of --lr (default: 1)"),
-    "epochs": (int, "epochs to train (default: 12)"),
+    "epochs": (int, "epochs to train (default: 12, up to 30 for small sets so that the run has about 1,200 steps)"),
     "batch_size": (int, "images per step (default: 256, smaller for small training sets: about 100 steps an epoch, at least 32)"),
     "lr": (float, "peak learning rate (default: 0.002 for adamw, 0.001 for adam, 0.1 for sgd)"),
     "optimizer": (str, "adamw, adam or sgd (Nesterov) (default: adamw)"),

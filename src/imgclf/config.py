@@ -92,7 +92,7 @@ class TrainConfig:
     init_from: str | None = None  # a run directory or bundle whose weights start this run
     freeze_epochs: int = 0  # epochs training only the head (and norms) before unfreezing
     backbone_lr_scale: float = 1.0  # backbone learning rate as a fraction of lr
-    epochs: int = 12
+    epochs: int | None = None  # None: 12, more for small sets so that the run has about 1,200 steps (at most 30)
     batch_size: int | None = None  # None: 256, smaller for small training sets so that an epoch has enough steps
     lr: float | None = None  # None: 2e-3 for adamw, 1e-3 for adam, 0.1 for sgd
     optimizer: str = "adamw"
@@ -132,7 +132,7 @@ class TrainConfig:
             setattr(self, field_name, value)
             if value not in allowed:
                 raise ImgclfError(f"{field_name}={value!r} is not one of {', '.join(allowed)}.")
-        if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
+        if (self.epochs is not None and self.epochs < 1) or (self.batch_size is not None and self.batch_size < 1):
             raise ImgclfError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1.")
         if self.lr is not None and self.lr <= 0:
             raise ImgclfError(f"lr={self.lr} must be positive.")

@@ -30,6 +30,9 @@ STEPS_PER_EPOCH = 100  # what a batch size is fitted to when the data is small
 AUGMENT_FROM_EPOCHS = 15
 AUGMENT_FROM_STEPS = 1000
 FLIPS_FROM_EPOCHS = 8  # flips alone pay from here (12 epochs: +0.7 points on the full set, +2.4 on 1,000 images)
+EPOCHS = 12
+MIN_STEPS = 1200  # small sets get more epochs, up to MAX_EPOCHS, so that a run has about this many steps
+MAX_EPOCHS = 30
 
 
 def fitted_batch(n_train: int) -> int:
@@ -38,6 +41,12 @@ def fitted_batch(n_train: int) -> int:
     while batch * 2 <= min(MAX_BATCH, n_train // STEPS_PER_EPOCH):
         batch *= 2
     return min(batch, max(1, n_train))
+
+
+def fitted_epochs(steps: int) -> int:
+    """EPOCHS, or more when an epoch is short: digits (1,300 images, 40 steps an epoch) score 97.7% in 12
+    epochs and 98.9% in 30 (where crops and shifts start), and 1,000 Fashion-MNIST images 84.0% either way."""
+    return min(MAX_EPOCHS, max(EPOCHS, -(-MIN_STEPS // max(1, steps))))
 
 
 def steps_per_epoch(n_train: int, batch: int) -> int:
@@ -59,7 +68,15 @@ def resolve(config: Config, data: ImageData) -> tuple[Config, list[str]]:
     elif batch > n:
         notes.append(f"batch size {batch} capped to the {n} training images")
         batch = n
-    augment, aug_cfg = _augmentation(config, data, steps_per_epoch(n, batch), notes)
+    steps = steps_per_epoch(n, batch)
+    epochs = t.epochs
+    if epochs is None:
+        epochs = fitted_epochs(steps)
+        if epochs > EPOCHS:
+            notes.append(f"{epochs} epochs: {steps} steps an epoch make {epochs * steps:,} steps in all ({EPOCHS} epochs would make "
+                         f"{EPOCHS * steps:,}); --epochs sets it")
+    t = dataclasses.replace(t, epochs=epochs)
+    augment, aug_cfg = _augmentation(dataclasses.replace(config, train=t), data, steps, notes)
     model = t.model or (None if t.init_from else default_model_name(data.image_size))
     train = dataclasses.replace(t, model=model, batch_size=batch, lr=t.resolved_lr(), weight_decay=t.resolved_weight_decay(),
                                 warmup=t.resolved_warmup(), augment=augment,
