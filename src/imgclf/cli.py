@@ -37,7 +37,7 @@ AUGMENT_FLAGS = {
     "alternate_flips": (bool, "mirror each image in every other epoch instead of at random (airbench's flips)"),
 }
 TRAIN_FLAGS = {
-    "model": (str, "network name: see 'imgclf models' (default: small_resnet up to 64 px, resnet18 above)"),
+    "model": (str, "network name: see 'imgclf models' (default: small_resnet, fitted to the image size; resnet18 with --pretrained)"),
     "pretrained": ("store_true", "start from published weights (timm models; needs a network)"),
     "weights": (str, "start from a local state dict (.safetensors, or .pth of tensors); the log says how much of the network it filled"),
     "partial_weights": ("store_true", "accept --weights that fill under 90%% of the backbone (the rest stays random)"),
@@ -294,7 +294,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import fnmatch
 
     from imgclf.models import timm_models
-    from imgclf.models.registry import SMALL_IMAGE_LIMIT, builtin_models
+    from imgclf.models.registry import builtin_models
 
     pattern = args.pattern or "*"
     if not any(c in pattern for c in "*?["):
@@ -304,7 +304,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print("Built-in networks:")
         width = max(len(e.name) for e in entries)
         for e in entries:
-            default = f" [default up to {SMALL_IMAGE_LIMIT} px]" if e.default_for_small else ""
+            default = " [default]" if e.is_default else ""
             print(f"  {e.name:<{width}}  {e.description}; from: {e.origin}{default}")
     archs, with_weights = timm_models.list_matching(pattern)
     print(f"timm architectures matching '{pattern}': {len(archs)} ({len([a for a in archs if a in with_weights])} with pretrained weights, marked *)")

@@ -85,7 +85,7 @@ class TrainConfig:
     """The model and how it is trained; None means 'decide from the data, the budget and the hardware'
     (engine/recipe.py decides, and config.yaml records what it decided)."""
 
-    model: str | None = None  # None: small_resnet up to 64 px, resnet18 above
+    model: str | None = None  # None: small_resnet (a patch stem above 64 px); resnet18 when pretrained
     pretrained: bool = False
     weights: str | None = None  # a local state dict for the model
     partial_weights: bool = False  # accept weights that fill under 90% of the backbone

@@ -73,7 +73,8 @@ def load_bundle(path: str | Path) -> tuple[nn.Module, dict]:
     folder = bundle_dir(path)
     spec = read_spec(folder)
     arch = spec["architecture"]
-    model = create_model(arch["name"], arch["in_channels"], arch["num_classes"], tuple(arch["image_size"]), **arch.get("kwargs", {}))
+    model = create_model(arch["name"], arch["in_channels"], arch["num_classes"], tuple(arch["image_size"]), fit=False,
+                         **arch.get("kwargs", {}))
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     except Exception as err:

@@ -77,7 +77,7 @@ def resolve(config: Config, data: ImageData) -> tuple[Config, list[str]]:
                          f"{EPOCHS * steps:,}); --epochs sets it")
     t = dataclasses.replace(t, epochs=epochs)
     augment, aug_cfg = _augmentation(dataclasses.replace(config, train=t), data, steps, notes)
-    model = t.model or (None if t.init_from else default_model_name(data.image_size))
+    model = t.model or (None if t.init_from else default_model_name(data.image_size, t.pretrained))
     train = dataclasses.replace(t, model=model, batch_size=batch, lr=t.resolved_lr(), weight_decay=t.resolved_weight_decay(),
                                 warmup=t.resolved_warmup(), augment=augment,
                                 tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta)

@@ -34,7 +34,7 @@ DEFAULT_FINITE_CHECK = 20
 
 
 def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
-    from imgclf.models.registry import create_model, default_model_name
+    from imgclf.models.registry import create_model, default_model_name, fitted_kwargs
 
     t = config.train
     if t.init_from:
@@ -50,10 +50,12 @@ def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
             log.info("init-from %s: new head for %d classes (the bundle had %d)", t.init_from, data.num_classes, len(spec["classes"]))
         arch = {**arch, "num_classes": data.num_classes, "image_size": list(data.image_size)}
         return model.train(), arch
-    name = t.model or default_model_name(data.image_size)
+    name = t.model or default_model_name(data.image_size, t.pretrained)
+    kwargs = fitted_kwargs(name, data.image_size)
     model = create_model(name, data.channels, data.num_classes, data.image_size, pretrained=t.pretrained, weights=t.weights,
-                         partial_weights=t.partial_weights)
-    arch = {"name": name, "in_channels": data.channels, "num_classes": data.num_classes, "image_size": list(data.image_size), "kwargs": {}}
+                         partial_weights=t.partial_weights, **kwargs)
+    arch = {"name": name, "in_channels": data.channels, "num_classes": data.num_classes, "image_size": list(data.image_size),
+            "kwargs": kwargs}
     return model, arch
 
 

@@ -15,8 +15,7 @@ from torch import nn
 from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf")
-SMALL_IMAGE_LIMIT = 64  # px: up to this side the built-in default is used, above it a small timm model
-LARGE_IMAGE_DEFAULT = "resnet18"
+PRETRAINED_DEFAULT = "resnet18"  # the default when pretrained weights are asked for: the built-in default has none
 _BUILTIN_MODULES = ("imgclf.models.tutorials", "imgclf.models.small_resnet")
 
 
@@ -26,16 +25,23 @@ class ModelEntry:
     factory: Callable[..., nn.Module]
     description: str
     origin: str
-    default_for_small: bool = False
+    is_default: bool = False
+    fitted: Callable[[tuple[int, int]], dict] | None = None  # arguments fitted to the image size, recorded in the bundle
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module], description: str, origin: str,
-                   default_for_small: bool = False) -> None:
+                   is_default: bool = False, fitted: Callable[[tuple[int, int]], dict] | None = None) -> None:
     """Add a built-in network; factory(in_channels, num_classes, image_size, **kwargs) builds it."""
-    _REGISTRY[name] = ModelEntry(name, factory, description, origin, default_for_small)
+    _REGISTRY[name] = ModelEntry(name, factory, description, origin, is_default, fitted)
+
+
+def fitted_kwargs(name: str, image_size) -> dict:
+    """The arguments a built-in network takes from the image size (timm models: none)."""
+    entry = builtin_models().get(name)
+    return entry.fitted(_size(image_size)) if entry is not None and entry.fitted is not None else {}
 
 
 def builtin_models() -> dict[str, ModelEntry]:
@@ -44,11 +50,12 @@ def builtin_models() -> dict[str, ModelEntry]:
     return dict(_REGISTRY)
 
 
-def default_model_name(image_size: tuple[int, int]) -> str:
-    """The network `imgclf train` uses when none is named."""
-    if max(image_size) <= SMALL_IMAGE_LIMIT:
-        return next(e.name for e in builtin_models().values() if e.default_for_small)
-    return LARGE_IMAGE_DEFAULT
+def default_model_name(image_size: tuple[int, int], pretrained: bool = False) -> str:
+    """The network `imgclf train` uses when none is named: the built-in default at every size (it fits
+    itself to the size), or resnet18 when pretrained weights are asked for."""
+    if pretrained:
+        return PRETRAINED_DEFAULT
+    return next(e.name for e in builtin_models().values() if e.is_default)
 
 
 def _size(image_size) -> tuple[int, int]:
@@ -59,13 +66,15 @@ def _size(image_size) -> tuple[int, int]:
 
 
 def create_model(name: str, in_channels: int, num_classes: int, image_size, *, pretrained: bool = False,
-                 weights: str | None = None, partial_weights: bool = False, **kwargs) -> nn.Module:
+                 weights: str | None = None, partial_weights: bool = False, fit: bool = True, **kwargs) -> nn.Module:
     """A network by name, for these channels, classes and image size.
 
     pretrained loads published weights (timm models, through the Hugging Face hub); weights loads a local
     state dict file (safetensors, or a .pth read with weights_only=True) in timm's or torchvision's naming,
     and the log says how much of the network it filled: under 90% of the backbone is an error unless
     partial_weights. The head is replaced whenever the class count differs from the weights'.
+    fit=False leaves out the arguments a built-in network would take from the image size (a bundle passes
+    the ones it recorded; one made before an argument existed gets the network's default, as it was trained).
     """
     from imgclf.models import timm_models, weights as weight_files
 
@@ -73,7 +82,7 @@ def create_model(name: str, in_channels: int, num_classes: int, image_size, *, p
     check_model_name(name, pretrained)
     builtins = builtin_models()
     if name in builtins:
-        model = builtins[name].factory(in_channels, num_classes, size, **kwargs)
+        model = builtins[name].factory(in_channels, num_classes, size, **{**(fitted_kwargs(name, size) if fit else {}), **kwargs})
         if weights:
             log.info(weight_files.load_into(model, weight_files.read_state_dict(weights), weights))
         return model

@@ -1,8 +1,13 @@
-"""The default network for small images (up to about 64 px): few, wide residual stages with BatchNorm.
+"""imgclf's default network: few, wide residual stages with BatchNorm.
 
 Each stage is a conv, a 2x2 max-pool and a residual pair of convs, in the spirit of the fast CIFAR-10
 ResNets (Page's DAWNBench entry, airbench): most of the compute runs at reduced resolution, and global
 pooling makes it work for any input size. Widths were chosen by benchmarks/default_model.py.
+
+Images larger than 64 px first go through a patch stem (space-to-depth by 2, 4, ..., then the first conv):
+lossless, cheap, and it lets the stages run at the 32-64 px where they were tuned, so a folder of
+224 px photos trains at roughly the speed of 56 px images instead of at the full resolution's cost
+(benchmarks/time_to_accuracy.py, section sizes).
 """
 
 from __future__ import annotations
@@ -14,8 +19,42 @@ from imgclf.models.base import Classifier
 from imgclf.models.registry import register_model
 
 
+PATCH_ABOVE = 64  # px: larger images get a patch stem that brings them to at most this side
+
+
+def fitted_patch(image_size: tuple[int, int]) -> int:
+    """The smallest power of two that brings the longer side to PATCH_ABOVE px or less."""
+    patch = 1
+    while max(image_size) / patch > PATCH_ABOVE:
+        patch *= 2
+    return patch
+
+
+def fitted_kwargs(image_size: tuple[int, int]) -> dict:
+    """What the network needs to know about this size, recorded in the bundle (a bundle without it was
+    made before the patch stem existed and loads with patch=1, as it was trained)."""
+    return {"patch": fitted_patch(image_size)}
+
+
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SpaceToDepth(nn.Module):
+    """nn.PixelUnshuffle for any size: the right and bottom edges are zero-padded (the normalised mean) up
+    to a multiple of the patch."""
+
+    def __init__(self, patch: int):
+        super().__init__()
+        self.patch = patch
+        self.unshuffle = nn.PixelUnshuffle(patch)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % self.patch, -w % self.patch
+        if pad_h or pad_w:
+            x = nn.functional.pad(x, (0, pad_w, 0, pad_h))
+        return self.unshuffle(x)
 
 
 class Residual(nn.Module):
@@ -29,10 +68,14 @@ class Residual(nn.Module):
 
 class SmallResNet(Classifier):
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
-                 widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.0):
+                 widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.0, patch: int = 1):
         super().__init__()
-        layers: list[nn.Module] = [conv_bn(in_channels, widths[0] // 2)]
-        cin = widths[0] // 2
+        if patch > 1:  # each output pixel sees a patch x patch block whole; the first conv mixes neighbouring blocks
+            layers: list[nn.Module] = [SpaceToDepth(patch), conv_bn(in_channels * patch * patch, widths[0])]
+            cin = widths[0]
+        else:
+            layers = [conv_bn(in_channels, widths[0] // 2)]
+            cin = widths[0] // 2
         for i, width in enumerate(widths):
             layers += [conv_bn(cin, width), nn.MaxPool2d(2)]
             if i != 1:  # the middle stage stays plain: a residual there costs time for little accuracy
@@ -47,5 +90,6 @@ class SmallResNet(Classifier):
         return self.head(self.dropout(self.pool(self.features(x)).flatten(1)))
 
 
-register_model("small_resnet", SmallResNet, "3 stages conv + max-pool + residual pair, widths 16/32/64, global max-pool",
-               "imgclf's default for images up to 64 px", default_for_small=True)
+register_model("small_resnet", SmallResNet, "3 stages conv + max-pool + residual pair, widths 16/32/64, global max-pool; "
+               f"a patch stem (space-to-depth) above {PATCH_ABOVE} px", "imgclf's default", is_default=True,
+               fitted=fitted_kwargs)
