@@ -221,7 +221,8 @@ def sizes(seeds, out: str, quick: bool) -> list[dict]:
                                                         if side > 64 else [])
         for name, fit, label in candidates:
             rate = statistics.median(_step_rate(name, side, 32, 3 if quick else 8, fit) for _ in range(1 if quick else 3))
-            row = {"side px": side, "network": name + label, "train images/s (batch 32)": rate}
+            row = {"side px": side, "network": name + label, "train images/s (batch 32)": rate,
+                   f"test acc % ({n} images, {epochs} epochs)": "-", "train s": "-"}
             if fit:
                 run = imgclf_run((train, y[:n]), out, seeds[0], test=(test, yt[:n_test]), model=name, epochs=epochs)
                 row |= {f"test acc % ({n} images, {epochs} epochs)": 100 * run["test acc"], "train s": run["train s"]}

@@ -14,6 +14,7 @@ full set in 12 epochs) decides the defaults here:
 - Flips alone (with test-time views of the mirror and 1-pixel shifts in the final score) cost about a
   point at 2 and 5 epochs and pay from about 8: in 12 epochs, 93.1% against 92.4% on the full set and
   83.9% against 81.6% on 1,000 images (benchmarks/time_to_accuracy.py, small_data.py).
+- Small sets get more epochs (about 1,200 steps in all, at most 30): digits 98.9% against 97.7% in 12.
 """
 
 from __future__ import annotations
