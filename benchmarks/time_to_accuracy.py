@@ -197,10 +197,10 @@ def _resized(images: np.ndarray, side: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous().numpy()
 
 
-def _step_rate(name: str, side: int, batch: int, steps: int, fit: bool = True) -> float:
+def _step_rate(name: str, side: int, batch: int, steps: int, **kwargs) -> float:
     from imgclf import create_model
 
-    model = create_model(name, 3, 10, (side, side), fit=fit).to(memory_format=torch.channels_last)
+    model = create_model(name, 3, 10, (side, side), **kwargs).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     return common.train_step_rate(model, iter(lambda: (x, y), None), steps, warmup=2)
@@ -217,13 +217,13 @@ def sizes(seeds, out: str, quick: bool) -> list[dict]:
     for side in ([28, 72] if quick else [28, 64, 128, 224]):
         default = default_model_name((side, side))
         train, test = _resized(x[:n, 0], side), _resized(xt[:n_test, 0], side)
-        candidates = [(default, True, " (default)")] + ([("resnet18", True, ""), (default, False, " without the patch stem")]
-                                                        if side > 64 else [])
-        for name, fit, label in candidates:
-            rate = statistics.median(_step_rate(name, side, 32, 3 if quick else 8, fit) for _ in range(1 if quick else 3))
+        candidates = [(default, {}, " (default)")] + ([("resnet18", {}, ""), (default, {"patch": 1}, " without the patch stem")]
+                                                      if side > 64 else [])
+        for name, kwargs, label in candidates:
+            rate = statistics.median(_step_rate(name, side, 32, 3 if quick else 8, **kwargs) for _ in range(1 if quick else 3))
             row = {"side px": side, "network": name + label, "train images/s (batch 32)": rate,
                    f"test acc % ({n} images, {epochs} epochs)": "-", "train s": "-"}
-            if fit:
+            if not kwargs:
                 run = imgclf_run((train, y[:n]), out, seeds[0], test=(test, yt[:n_test]), model=name, epochs=epochs)
                 row |= {f"test acc % ({n} images, {epochs} epochs)": 100 * run["test acc"], "train s": run["train s"]}
             rows.append(row)

@@ -70,10 +70,10 @@ def test_the_default_learns_from_a_folder_of_64px_colour_photos(colour_tree_64, 
 
 def test_a_failing_run_says_so_with_the_likely_fix(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
-    imgclf.train("digits", epochs=2, optimizer="sgd", lr=1.0, device="cpu", out=str(tmp_path))
+    imgclf.train("digits", epochs=1, optimizer="sgd", lr=3.0, device="cpu", out=str(tmp_path))
     said = _messages(caplog)
     assert any("above chance (2.30 for 10 classes)" in m and "--lr" in m for m in said)
-    assert any("has exploded" in m and "try --lr 0.1" in m for m in said)
+    assert any("has exploded" in m and "try --lr 0.3" in m for m in said)
 
 
 # 2. Evaluating a run on its own source scores what it held out, and says which images.
