@@ -73,8 +73,9 @@ def test_the_lr_grows_exponentially_with_each_group_at_its_share(fmnist_small, t
 def test_the_suggestion_is_where_the_smoothed_loss_falls_fastest():
     lrs = [10 ** (-6 + i / 4) for i in range(30)]
     smoothed = [2.0] * 12 + [1.9, 1.5, 1.4, 1.35] + [1.3] * 8 + [1.4, 1.8, 2.5, 3.5, 5.0, 7.0]
+    smoothed[4] = 2.45  # an early wobble: a steeper drop to its neighbour (2.45 -> 2.0) than any step of the real fall
     curve = LrCurve(lrs, smoothed, smoothed, lrs[0], lrs[-1], 30)
-    assert curve.steepest() == lrs[12]  # 1.9 -> 1.5 is the biggest fall
+    assert curve.steepest() == pytest.approx(10 ** (-6 + 12.5 / 4))  # the middle of 2.0 -> 1.4, the steepest 3-step stretch
     assert curve.min_loss_lr() == pytest.approx(lrs[16] / 10)  # the first of the lowest losses
     with pytest.raises(imgclf.ImgclfError, match="lower --start"):
         LrCurve(lrs[:6], smoothed[:6], smoothed[:6], lrs[0], 1.0, 30).steepest()
