@@ -236,6 +236,20 @@ def test_time_budget_shrinks_the_run_when_the_clock_runs_out(fmnist, tmp_path):
     assert budget.epochs_left(trainer, 1) == 0
 
 
+def test_preset_best_sits_under_the_users_own_settings(fmnist, tmp_path):
+    """The preset's wider network, augmentation, average and views are what the run records, the user's
+    flags win over it, and a run that starts from other weights keeps its own network."""
+    data = _subset(fmnist, 20)
+    run = imgclf.train(data, preset="best", epochs=1, out=str(tmp_path), name="best", **FAST)
+    t = yaml.safe_load((run.run_dir / "config.yaml").read_text())["train"]
+    assert (t["model"], t["epochs"], t["augment"], t["ema"], t["tta"]) == ("small_resnet_wide", 1, True, True, True)
+    assert run.model.head.in_features == 96
+    plain = imgclf.train(data, epochs=1, out=str(tmp_path), name="plain", **FAST)
+    tuned = imgclf.train(data, preset="best", epochs=1, init_from=str(plain.run_dir), ema=False, out=str(tmp_path), name="tuned", **FAST)
+    t = yaml.safe_load((tuned.run_dir / "config.yaml").read_text())["train"]
+    assert tuned.model.head.in_features == 64 and t["model"] != "small_resnet_wide" and t["ema"] is False and t["augment"] is True
+
+
 def test_bad_technique_settings_are_one_line(tmp_path):
     for settings in ({"class_weights": "inverse"}, {"sampler": "uniform"}, {"mixup": -1}, {"ema_decay": 1.5},
                      {"time": "soon"}, {"preset": "fastest"}):

@@ -71,7 +71,8 @@ def _new_plan(data, config: Config | None, settings: dict, extra: dict) -> RunPl
     config = config or Config()
     preset = config.override(**settings).train.preset if "preset" in settings else None  # a name checked by the config
     if preset:
-        config = config.override(**PRESETS[preset])
+        keep = {"pretrained", "init_from"} & {k for k, v in settings.items() if v}  # the preset's network has no weights to offer
+        config = config.override(**{k: v for k, v in PRESETS[preset].items() if not (keep and k == "model")})
     config = config.override(**settings)
     t = config.train
     name = f"{slug(Path(str(data)).name if isinstance(data, (str, Path)) else 'arrays')}-{t.model or 'default'}"
