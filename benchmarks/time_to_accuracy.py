@@ -13,6 +13,9 @@ Sections (--only chooses some; every one by default):
   accuracy after 3 epochs on 1,000 images of the default network (small_resnet, with its patch stem
   above 64 px), and above 64 px of resnet18 (the default there before the stem) and the speed of
   small_resnet without the stem.
+- techniques: each switch of the config on (or off, where the default has it on) against the default,
+  same data, epochs and seeds: test accuracy and training time on a Fashion-MNIST subset; torch.compile
+  with its compile time (the first step) apart.
 - peak: this CPU's fp32 matrix-multiply rate (a large torch.mm) beside the training step's achieved
   FLOP/s (forward+backward FLOPs per image, counted by PyTorch's FlopCounterMode, times images/s).
 - profile: where one training step's time goes (torch.profiler over real steps), by kind of operation.
@@ -26,6 +29,7 @@ Writes <results>/time_to_accuracy.{md,json} and time_to_accuracy.png (accuracy a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -40,7 +44,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 import small_data  # noqa: E402
 
-SECTIONS = ("fashion", "grid", "digits", "sizes", "peak", "profile")
+SECTIONS = ("fashion", "grid", "digits", "sizes", "techniques", "peak", "profile")
+TECHNIQUES = [("default", {}), ("--ema", {"ema": True}), ("--no-tta", {"tta": False}), ("--mixup 0.2", {"mixup": 0.2}),
+              ("--cutmix 1", {"cutmix": 1.0}), ("--erasing 0.25", {"erasing": 0.25}), ("--alternate-flips", {"alternate_flips": True}),
+              ("--augment (crops and flips)", {"augment": True}), ("--label-smoothing 0", {"label_smoothing": 0.0}),
+              ("--schedule onecycle", {"schedule": "onecycle"}), ("--schedule linear", {"schedule": "linear"}),
+              ("--decay-norms", {"decay_norms": True}), ("--optimizer sgd (lr 0.1)", {"optimizer": "sgd"}),
+              ("--clip-grad 1", {"clip_grad": 1.0}), ("--channels-last false", {"channels_last": False}), ("--compile", {"compile": True})]
 TUTORIAL_TARGET = 0.895  # seed 003's reported Adam accuracy
 
 
@@ -80,7 +90,9 @@ def imgclf_run(source, out: str, seed: int, **settings) -> dict:
 
     start = time.perf_counter()
     run = imgclf.train(source, seed=seed, device="cpu", out=out, **settings)
+    compiling = json.loads((run.run_dir / "results.json").read_text()).get("compile_seconds", 0.0)
     return {"test acc": run.test["acc"], "train s": sum(r["seconds"] for r in run.history), "wall s": time.perf_counter() - start,
+            "compile s": compiling,
             "epochs": len(run.history), "val": [r.get("val_acc") for r in run.history], "first loss": run.history[0]["train_loss"]}
 
 
@@ -186,6 +198,27 @@ def digits(seeds, out: str, quick: bool) -> list[dict]:
              "test acc % (mean ± sd)": _spread([r["test acc"] for r in runs]), "train s (median)": statistics.median(r["train s"] for r in runs),
              "wall s (median)": statistics.median(r["wall s"] for r in runs), "epochs": runs[0]["epochs"],
              "runs": " ".join(f"{100 * r['test acc']:.2f}" for r in runs)}]
+
+
+def techniques(seeds, out: str, quick: bool) -> list[dict]:
+    """Each switch against the default on the same subset, epochs and seeds (the techniques take turns
+    within a seed). 12 epochs: the default trains with flips and scores with test-time views there."""
+    x, y, xt, yt = small_data.fashion_mnist()
+    n, epochs, chosen = (300, 1, TECHNIQUES[:2]) if quick else (10000, 12, TECHNIQUES)
+    runs: dict[str, list[dict]] = {name: [] for name, _ in chosen}
+    for seed in seeds:
+        pick = np.random.default_rng(seed).permutation(len(x))[:n]
+        for name, settings in chosen:
+            run = imgclf_run((x[pick], y[pick]), out, seed, test=(xt, yt), epochs=epochs, **settings)
+            runs[name].append(run)
+    base = statistics.mean(r["test acc"] for r in runs["default"])
+    rows = [{"setting": name, f"test acc % ({n} images, {epochs} epochs, mean)": 100 * statistics.mean(r["test acc"] for r in rs),
+             "vs default (points)": 100 * (statistics.mean(r["test acc"] for r in rs) - base),
+             "train s (median)": statistics.median(r["train s"] for r in rs),
+             "of which compiling s": statistics.median(r["compile s"] for r in rs) if "compile" in dict(chosen)[name] else "-",
+             "runs": " ".join(f"{100 * r['test acc']:.2f}" for r in rs)} for name, rs in runs.items()]
+    print(rows, flush=True)
+    return rows
 
 
 def _resized(images: np.ndarray, side: int) -> np.ndarray:
@@ -373,6 +406,8 @@ def main() -> None:
                            "training; target >= 98.5% in <= 20 s")
         if "sizes" in chosen:
             tables["Image size: the default network's speed and accuracy (Fashion-MNIST enlarged, 3 channels)"] = sizes(seeds, out, args.quick)
+        if "techniques" in chosen:
+            tables["Techniques, each against the default (Fashion-MNIST subset, the whole test set)"] = techniques(seeds, out, args.quick)
         if "peak" in chosen:
             tables["How close training comes to the machine's limit"] = peak_rows = peak(args.quick)
             summary.append(f"the default training step reaches {peak_rows[1]['share of peak %']:.0f}% of this CPU's fp32 matmul rate "

@@ -20,7 +20,7 @@ def test_time_to_accuracy_quick_writes_every_section(tmp_path):
     report = json.loads((tmp_path / "time_to_accuracy.json").read_text())
     recipes = [r["recipe"] for r in report["rows"]]
     assert any("tutorial" in r for r in recipes) and any("--preset best" in r for r in recipes) and any("--time" in r for r in recipes)
-    assert len(report["tables"]) == 5  # grid, digits, sizes, peak, profile
+    assert len(report["tables"]) == 6  # grid, digits, sizes, techniques, peak, profile
     peak = next(rows for title, rows in report["tables"].items() if "limit" in title)
     assert peak[0]["GFLOP/s"] > 0 and 0 < peak[1]["share of peak %"] < 200
     profile = next(rows for title, rows in report["tables"].items() if "time goes" in title)

@@ -28,6 +28,11 @@ from imgclf.models.registry import register_model
 
 
 PATCH_ABOVE = 64  # px: larger images get a patch stem that brings them to at most this side
+# A stage pools before its norm only where the pooled map keeps at least this side: on smaller maps the
+# norm's batch statistics come from too few pixels, and the saving is nil there anyway. digits (8 px,
+# default settings, 18 seeds): 98.5% mean with this rule, 98.1% with every stage pooled first (one
+# seed at 95.8%), 98.4% in the old order; Fashion-MNIST (28 px) pools its first two stages first.
+MIN_POOLED_SIDE = 7
 
 
 def fitted_patch(image_size: tuple[int, int]) -> int:
@@ -41,7 +46,7 @@ def fitted_patch(image_size: tuple[int, int]) -> int:
 def fitted_kwargs(image_size: tuple[int, int]) -> dict:
     """The arguments of a new network for this size, recorded in the bundle. A bundle without one of them
     was made before it existed and loads with the constructor's default, as it was trained."""
-    return {"patch": fitted_patch(image_size), "pool_first": True}
+    return {"patch": fitted_patch(image_size), "pool_first": True, "min_pooled_side": MIN_POOLED_SIDE}
 
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
@@ -88,7 +93,8 @@ class Residual(nn.Module):
 
 class SmallResNet(Classifier):
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
-                 widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.0, patch: int = 1, pool_first: bool = False):
+                 widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.0, patch: int = 1, pool_first: bool = False,
+                 min_pooled_side: int = 0):
         super().__init__()
         stem = conv_relu if pool_first else conv_bn
         if patch > 1:  # each output pixel sees a patch x patch block whole; the first conv mixes neighbouring blocks
@@ -97,8 +103,13 @@ class SmallResNet(Classifier):
         else:
             layers = [stem(in_channels, widths[0] // 2)]
             cin = widths[0] // 2
+        side = -(-min(image_size) // patch)
         for i, width in enumerate(widths):
-            layers += [conv_pool_bn(cin, width)] if pool_first else [conv_bn(cin, width), nn.MaxPool2d(2)]
+            if pool_first and side // 2 >= min_pooled_side:
+                layers.append(conv_pool_bn(cin, width))
+            else:
+                layers += [conv_bn(cin, width), nn.MaxPool2d(2)]
+            side //= 2
             if i != 1:  # the middle stage stays plain: a residual there costs time for little accuracy
                 layers.append(Residual(width))
             cin = width
