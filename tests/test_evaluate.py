@@ -43,6 +43,16 @@ def test_top5_when_more_than_five_classes():
     assert m["accuracy"] == 0 and m["top5_accuracy"] == 1.0
 
 
+def test_a_diverged_model_is_scored_as_guesses_and_said(caplog):
+    """NaN scores (weights blown up by too high a learning rate) are chance, not a crash in scikit-learn."""
+    labels = np.arange(7)
+    probs = np.eye(7)[labels]
+    probs[:3] = np.nan
+    m = compute_metrics(labels, probs, [str(i) for i in range(7)])
+    assert m["non_finite"] == 3 and np.isfinite(m["loss"]) and 4 / 7 <= m["accuracy"] <= 5 / 7 and "top5_accuracy" in m
+    assert any("3 of 7 images got non-finite scores" in r.getMessage() and "--lr" in r.getMessage() for r in caplog.records)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, fmnist):
     images, labels = fmnist

@@ -50,7 +50,12 @@ def test_round_trip_equals_the_in_memory_model(run, held_out):
 def test_every_format_and_mode_gives_the_same_answer(run, held_out, tmp_path):
     images, _ = held_out
     clf = imgclf.load(run.run_dir)
-    want = clf.predict(images[:1])[0]
+    # The image with the widest margin between the first two classes: a model of 2 epochs is unsure of
+    # most, and a lossy copy (JPEG, a 500 px resize) may tip an unsure answer without any fault of ours.
+    top2 = np.sort(clf.predict_proba(images), 1)[:, -2:]
+    pick = int(np.argmax(top2[:, 1] - top2[:, 0]))
+    images = images[pick:pick + 1]
+    want = clf.predict(images)[0]
     gray = Image.fromarray(images[0], "L")
     variants = {"a.png": gray, "b.bmp": gray, "c.tiff": gray, "d.webp": gray, "e.png": gray.convert("RGB"),
                 "f.png": gray.convert("RGBA"), "g.png": gray.convert("P"), "h.tif": Image.fromarray(images[0].astype(np.uint16) * 257)}

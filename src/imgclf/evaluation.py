@@ -75,6 +75,12 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], o
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
     k_all = list(range(len(classes)))
+    broken = ~np.isfinite(probs).all(1) if probs.size else np.zeros(len(labels), bool)
+    if broken.any():  # a diverged model: its scores are chance, said once, instead of a crash in the metrics
+        log.warning("%d of %d images got non-finite scores: the model's weights have diverged (NaN or inf); they count as "
+                    "uniform guesses here; retrain with a lower --lr", int(broken.sum()), len(labels))
+        probs = probs.copy()
+        probs[broken] = 1.0 / len(classes)
     pred = probs.argmax(1)
     per_sample_loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
     p, r, f1, support = precision_recall_fscore_support(labels, pred, labels=k_all, zero_division=0)
@@ -87,7 +93,7 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], o
     pairs = [{"true": classes[i], "predicted": classes[j], "count": n} for n, i, j in sorted(off, reverse=True)[:CONFUSED_PAIRS]]
     worst = np.argsort(-per_sample_loss, kind="stable")[:TOP_LOSSES]
     metrics = {
-        "images": int(len(labels)), "loss": float(per_sample_loss.mean()), "accuracy": float(accuracy_score(labels, pred)),
+        "images": int(len(labels)), **({"non_finite": int(broken.sum())} if broken.any() else {}), "loss": float(per_sample_loss.mean()), "accuracy": float(accuracy_score(labels, pred)),
         "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
                       for i, c in enumerate(classes)],
         "macro_avg": averages["macro"], "weighted_avg": averages["weighted"],

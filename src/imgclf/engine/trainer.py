@@ -327,7 +327,9 @@ class Trainer:
             log.warning("epoch 1 ended with a training loss of %.2f, above chance (%.2f for %d classes): the model is not "
                         "learning yet; %s", row["train_loss"], chance, self.data.num_classes, fix)
         val_losses = [r["val_loss"] for r in self.history if "val_loss" in r]
-        if val_losses and val_losses[-1] > 3 * chance and (len(val_losses) == 1 or val_losses[-1] > 3 * min(val_losses[:-1])):
+        exploded = val_losses and (not math.isfinite(val_losses[-1]) or val_losses[-1] > 3 * chance
+                                   and (len(val_losses) == 1 or val_losses[-1] > 3 * min(val_losses[:-1])))
+        if exploded:
             log.warning("validation loss %.1f in epoch %d has exploded (chance is %.2f): the learning rate is likely too "
                         "high for this data; try --lr %g", val_losses[-1], row["epoch"], chance, lr / 10)
 
