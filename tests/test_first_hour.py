@@ -68,6 +68,47 @@ def test_the_default_learns_from_a_folder_of_64px_colour_photos(colour_tree_64, 
     assert "batch size 32" in proc.stderr and "above chance" not in proc.stderr and "exploded" not in proc.stderr
 
 
+def test_a_tutorials_batch_on_a_small_set_validates_as_it_trains(fmnist, tmp_path):
+    """2,000 images at batch 128 make 16 steps an epoch: the norms' running averages had not caught up, and
+    validation sat at 10% after epoch 1 (42% and 19% test after 2) while training was at 51%. Their
+    statistics are now measured again before each validation (engine/norm_stats.py)."""
+    images, labels = fmnist
+    run = imgclf.train((images[:2000], labels[:2000]), epochs=2, batch_size=128, device="cpu", out=str(tmp_path))
+    first = run.history[0]
+    assert first["val_acc"] >= 0.5 and first["val_acc"] >= first["train_acc"] - 0.15, run.history
+
+
+def test_norm_statistics_are_those_of_the_batches_and_untouched_without_any():
+    from imgclf.engine.norm_stats import recalibrate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)).train()
+    batches = [torch.randn(16, 1, 8, 8) * 3 + 2 for _ in range(4)]
+    assert recalibrate(model, []) == 0 and torch.equal(model[1].running_mean, torch.zeros(4))
+    assert recalibrate(model, batches) == 4 and model.training and model[1].momentum == 0.1
+    with torch.no_grad():
+        out = [model[0](b) for b in batches]
+    want_mean = torch.stack([o.mean((0, 2, 3)) for o in out]).mean(0)
+    want_var = torch.stack([o.transpose(0, 1).flatten(1).var(1) for o in out]).mean(0)  # as training's unbiased batch variance
+    assert torch.allclose(model[1].running_mean, want_mean, atol=1e-5) and torch.allclose(model[1].running_var, want_var, atol=1e-4)
+
+
+def test_images_under_16px_are_enlarged_for_the_default_network_only(tmp_path, caplog):
+    """digits (8 px): 99.3% enlarged to 16 against 98.2% as they are (engine/recipe.py)."""
+    caplog.set_level(logging.INFO, logger="imgclf")
+    run = imgclf.train("digits", epochs=1, device="cpu", out=str(tmp_path))
+    assert run.data.image_size == (16, 16) and any("enlarged from the images' 8x8" in m for m in _messages(caplog))
+    clf = imgclf.load(run.run_dir)
+    assert clf.spec_["input"]["size"] == [16, 16]
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    eights = np.rint(d.images[:300] * 255 / 16).astype(np.uint8)  # the 8x8 images themselves: brought to 16 by the bundle
+    assert (np.array(clf.predict(eights)) == d.target[:300]).mean() > 0.8
+    assert imgclf.train("digits", epochs=1, image_size=8, device="cpu", out=str(tmp_path)).data.image_size == (8, 8)
+    assert imgclf.train("digits", epochs=1, model="sequential_convnet", device="cpu", out=str(tmp_path)).data.image_size == (8, 8)
+
+
 def test_a_failing_run_says_so_with_the_likely_fix(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     imgclf.train("digits", epochs=1, optimizer="sgd", lr=3.0, device="cpu", out=str(tmp_path))
@@ -161,7 +202,7 @@ def test_a_run_records_the_settings_it_used_and_repeats_from_them(tmp_path):
     config = yaml.safe_load((out / "a" / "config.yaml").read_text())
     t, d = config["train"], config["data"]
     assert (t["model"], t["lr"], t["warmup"], t["weight_decay"], t["batch_size"], t["augment"]) == ("small_resnet", 0.002, 0.02, 0.05, 32, False)
-    assert d["image_size"] == [8, 8] and d["channels"] == 1 and d["augment"]["crop_padding"] == 1 and d["augment"]["hflip"] is False
+    assert d["image_size"] == [16, 16] and d["channels"] == 1 and d["augment"]["crop_padding"] == 2 and d["augment"]["hflip"] is False  # 8 px enlarged
     assert json.loads((out / "a" / "run.json").read_text())["requested"] == {"epochs": 2, "device": "cpu", "out": str(out), "name": "a"}
     proc = run_cli("train", "digits", "--config", str(out / "a" / "config.yaml"), "--name", "b")
     assert proc.returncode == 0, proc.stderr

@@ -114,6 +114,7 @@ def _load(plan: RunPlan) -> ImageData:
     separate_val = "val" in plan.extra or plan.config.train.val
     config = dataclasses.replace(plan.config.data, val_fraction=0.0) if separate_val else plan.config.data
     data = plan.source if isinstance(plan.source, ImageData) else load_data(plan.source, config)
+    data = recipe.enlarged(plan.config, data)
     log.info(data.summary())
     for what in ("val", "test"):
         extra = plan.extra.get(what) or getattr(plan.config.train, what)

@@ -123,6 +123,28 @@ class ImageData:
     def splits(self) -> dict[str, ImageSet]:
         return {name: s for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
 
+    def resized(self, size: tuple[int, int], resize: str, note: str) -> "ImageData":
+        """Every split brought to `size` in memory (as decoding would with that size asked for), the
+        normalisation measured again; `note` replaces the one that said the size. For small images only:
+        the result is an in-memory copy of all of them."""
+        import dataclasses
+
+        from imgclf.data.decode import fit_array
+
+        done: dict[int, np.ndarray] = {}  # splits sharing one array share its resized copy
+
+        def one(part: ImageSet | None) -> ImageSet | None:
+            if part is None:
+                return None
+            if id(part.images) not in done:
+                done[id(part.images)] = np.stack([fit_array(im, size, resize) for im in part.images])
+            return ImageSet(done[id(part.images)], part.index, part.labels, part.all_origins)
+
+        train = one(self.train)
+        mean, std = channel_stats(train)
+        notes = [note if n.startswith("image size") else n for n in self.notes]
+        return dataclasses.replace(self, train=train, val=one(self.val), test=one(self.test), mean=mean, std=std, notes=notes)
+
     def summary(self) -> str:
         """A few lines a person reads first: what was found, how big, how it will be fed."""
         h, w = self.image_size

@@ -105,15 +105,34 @@ class DeviceLoader:
         for b in range(len(self)):
             rows = order[b * self.batch_size:(b + 1) * self.batch_size]
             rows_on_device = rows.to(self.device, non_blocking=True)
-            x = self._batch(rows, rows_on_device)
-            if self.augment is not None:
-                mirrored = alternate_flip_mask(self._phase[rows_on_device], self.epoch) if self._phase is not None else None
-                x = self.augment.on_uint8(x, gen, mirrored)
-            x = x.float().mul_(self._scale).add_(self._shift)
-            if self.augment is not None:
-                x = self.augment.on_float(x, gen)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self._labels[rows_on_device]
+            yield self._served(rows, rows_on_device, gen, self.epoch), self._labels[rows_on_device]
         if self.train:
             self.epoch += 1
+
+    def _served(self, rows: torch.Tensor, rows_on_device: torch.Tensor, gen, epoch: int) -> torch.Tensor:
+        """A batch as training sees it: augmented (when on), normalised, in the memory layout asked for."""
+        x = self._batch(rows, rows_on_device)
+        if self.augment is not None:
+            mirrored = alternate_flip_mask(self._phase[rows_on_device], epoch) if self._phase is not None else None
+            x = self.augment.on_uint8(x, gen, mirrored)
+        x = x.float().mul_(self._scale).add_(self._shift)
+        if self.augment is not None:
+            x = self.augment.on_float(x, gen)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def sample(self, images: int, seed: int = 0):
+        """Batches of up to `images` of this rank's images as training sees them (augmented alike), the
+        same images and the same augmentation every call (a fixed draw from seed): what BatchNorm's
+        statistics are measured on (engine/norm_stats.py). Batches of one image are left out, as a norm
+        cannot take statistics of one."""
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed + seed, -2, self.rank))
+        own = torch.arange(self.rank, len(self.split), self.world_size)
+        rows = own[torch.randperm(len(own), generator=gen)[:images]]
+        aug_gen = None
+        if self.augment is not None:
+            aug_gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed + seed, -2, self.rank) + 1)
+        for b in range(0, len(rows), self.batch_size):
+            chunk = rows[b:b + self.batch_size]
+            if len(chunk) < 2:
+                break
+            yield self._served(chunk, chunk.to(self.device, non_blocking=True), aug_gen, self.epoch)

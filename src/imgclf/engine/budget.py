@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from imgclf.engine.norm_stats import CALIBRATION_IMAGES
 from imgclf.engine.trial import kept_state
 
 log = logging.getLogger("imgclf")
@@ -56,7 +57,8 @@ class TimeBudget:
 
     def epoch_seconds(self, trainer) -> float:
         val = len(trainer.val_loader.split) * self.eval_image_s if trainer.val_loader is not None else 0.0
-        return len(trainer.train_loader) * self.step_s + val
+        norms = min(CALIBRATION_IMAGES, len(trainer.train_loader.split)) * self.eval_image_s  # the norms' statistics
+        return len(trainer.train_loader) * self.step_s + val + norms
 
     def finish_seconds(self, trainer) -> float:
         scored = trainer.test_loader or trainer.val_loader

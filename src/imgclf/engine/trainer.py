@@ -24,6 +24,7 @@ from imgclf.engine.ema import WeightAverage
 from imgclf.data.augment import mix
 from imgclf.engine.checkpoint import deferred_interrupts, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgclf.engine.metrics_log import append_row, rewrite
+from imgclf.engine.norm_stats import CALIBRATION_IMAGES, recalibrate
 from imgclf.engine.schedule import lr_factor
 from imgclf.errors import ImgclfError
 
@@ -249,6 +250,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "train_loss": round(loss_sum.item() / max(seen, 1), 5),
                "train_acc": round(correct.item() / max(seen, 1), 5), "lr": float(f"{lr:.6g}"),
                "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1)}
+        self.recalibrate_norms()
         if self.val_loader is not None:
             val = evaluate_loader(self.scored_model, self.val_loader, self.device, self.dtype)
             row.update(val_loss=round(val["loss"], 5), val_acc=round(val["acc"], 5))
@@ -273,6 +275,12 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return out, loss
+
+    def recalibrate_norms(self) -> None:
+        """BatchNorm statistics of the scored weights measured on training images (engine/norm_stats.py),
+        in eager mode (a compiled graph would be built again for it)."""
+        recalibrate(unwrap(self.scored_model), self.train_loader.sample(CALIBRATION_IMAGES),
+                    lambda: hardware.autocast(self.device, self.dtype))
 
     def _non_finite(self, step_in_epoch: int, lr: float) -> None:
         kept = f"{self.last_path} keeps epoch {self.epoch}" if self.epoch else "no epoch had completed, so nothing was saved"
