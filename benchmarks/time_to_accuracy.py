@@ -323,7 +323,7 @@ def profile(quick: bool) -> list[dict]:
     data = imgclf.load_data("fashion-mnist")
     config, _ = recipe.resolve(imgclf.Config().override(device="cpu"), data)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(data, config, Path(out) / "run", None)
+        trainer = Trainer(data, config, Path(out) / "run")
         batches = iter(trainer.train_loader)
         for _ in range(3):
             trainer.train_step(*next(batches))

@@ -3,7 +3,6 @@ real Fashion-MNIST images in the layouts users have (class folders, the CSV layo
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging

@@ -24,7 +24,7 @@ SMALL = dict(device="cpu", batch_size=16)  # steps of half the default's size: q
 def _trainer(images, labels, tmp_path, **settings) -> Trainer:
     data = imgclf.load_data((images, labels))
     config, _ = recipe.resolve(Config().override(**settings), data)
-    return Trainer(data, config, tmp_path / "run", None)
+    return Trainer(data, config, tmp_path / "run")
 
 
 def _same(a, b) -> bool:

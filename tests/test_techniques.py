@@ -50,13 +50,13 @@ def test_ema_resumes_exactly_after_a_kill(tmp_path):
     import subprocess
     import sys
 
-    from test_train import DIGITS, _wait_for_rows, run_cli
+    from test_train import DIGITS, run_cli, wait_for_checkpoint
 
     args = [*DIGITS, "--epochs", "4", "--ema", "--out", str(tmp_path)]
     assert run_cli("train", *args, "--name", "straight").returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "imgclf", "train", *args, "--name", "cut"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for_rows(tmp_path / "cut", 2, proc)
+    wait_for_checkpoint(tmp_path / "cut", 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert run_cli("train", "--resume", str(tmp_path / "cut")).returncode == 0
@@ -167,7 +167,7 @@ def test_gradient_clipping_bounds_the_step(fmnist, tmp_path):
     data = imgclf.load_data((images, labels))
     config, _ = recipe.resolve(imgclf.Config().override(clip_grad=0.01, lr=1.0, optimizer="sgd", momentum=0.0, weight_decay=0.0,
                                                         device="cpu", batch_size=64), data)
-    trainer = Trainer(data, config, tmp_path / "run", None)
+    trainer = Trainer(data, config, tmp_path / "run")
     before = [p.detach().clone() for p in trainer.model.parameters()]
     x, y = next(iter(trainer.train_loader))
     for g in trainer.optimizer.param_groups:
@@ -224,11 +224,10 @@ def test_time_budget_shrinks_the_run_when_the_clock_runs_out(fmnist, tmp_path):
     images, labels = _subset(fmnist, 30)
     data = imgclf.load_data((images, labels))
     config, _ = recipe.resolve(imgclf.Config().override(device="cpu", epochs=50), data)
-    trainer = Trainer(data, config, tmp_path / "run", None)
+    trainer = Trainer(data, config, tmp_path / "run")
     budget = TimeBudget(60.0)
     planned = budget.plan(trainer)
     assert planned >= 1
-    trainer.budget = budget
     budget.begin()
     assert budget.epochs_left(trainer, 0) is None
     budget.start -= 59.0  # as if the machine had been busy for most of the budget

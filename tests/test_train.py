@@ -61,7 +61,7 @@ def test_cli_train_folder_scores_its_test_split(tmp_path, fmnist):
     root = tmp_path / "data"
     write_class_tree(root / "train", images[:4000], labels[:4000])
     write_class_tree(root / "test", images[59000:], labels[59000:])
-    proc = run_cli("train", str(root), "--epochs", "4", "--batch-size", "128", "--out", str(tmp_path / "runs"))
+    proc = run_cli("train", str(root), "--epochs", "4", "--batch-size", "128", "--device", "cpu", "--out", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr
     log = proc.stderr
     assert "device cpu" in log and "epoch 4/4" in log and "train loss" in log and "val loss" in log and "test: loss" in log
@@ -80,16 +80,20 @@ def _same(a: dict, b: dict) -> bool:
 DIGITS = ["digits", "--image-size", "32", "--batch-size", "64", "--device", "cpu"]
 
 
-def _wait_for_rows(run_dir: Path, rows: int, proc, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    metrics = run_dir / "metrics.csv"
+def wait_for_checkpoint(run_dir: Path, epoch: int, proc, limit: float = 900) -> None:
+    """Until checkpoints/last.pt holds `epoch` (written atomically, so it is whole when seen): the test
+    follows the run, not a clock; `limit` only stops a run that hangs."""
+    last, seen, deadline = run_dir / "checkpoints" / "last.pt", None, time.time() + limit
     while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) > rows:
-            return
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp is not None and stamp != seen:
+            seen = stamp
+            if torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= epoch:
+                return
         if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError("training too slow to reach the epoch")
+            raise AssertionError(f"training ended before epoch {epoch}: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint of epoch {epoch} within {limit:.0f} s: the run hangs")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,7 @@ def test_interrupted_then_resumed_equals_straight(straight, tmp_path, how):
     args = [sys.executable, "-m", "imgclf", "train", *DIGITS, "--epochs", "6", "--out", str(tmp_path), "--name", "cut"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "cut"
-    _wait_for_rows(run_dir, 2, proc)
+    wait_for_checkpoint(run_dir, 2, proc)
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
@@ -194,6 +198,8 @@ def test_init_from_with_new_classes_and_frozen_backbone(straight, tmp_path, digi
 def test_cli_errors_are_one_line(tmp_path):
     for args, words in ((["train", "digits", "--optimizer", "rmsprop", "--out", str(tmp_path)], "optimizer='rmsprop'"),
                         (["train", "--resume", str(tmp_path / "nothing")], "not a run directory"),
-                        (["train", "digits", "--device", "cuda", "--out", str(tmp_path)], "no CUDA GPU")):
+                        (["train", "digits", "--device", "cuda", "--out", str(tmp_path)], "no CUDA GPU")
+                        if not torch.cuda.is_available() else
+                        (["train", "digits", "--epochs", "0", "--out", str(tmp_path)], "must be at least 1")):
         proc = run_cli(*args)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -15,6 +15,7 @@ _EXPORTS = {
     "lr_find": "imgclf.api",
     "LrFind": "imgclf.api",
     "batch_find": "imgclf.api",
+    "report": "imgclf.api",
     "BatchFit": "imgclf.engine.batch_find",
     "Config": "imgclf.config",
     "TrainConfig": "imgclf.config",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,10 @@ from torch import nn
 from imgclf.config import Config, parse_duration
 from imgclf.data.imageset import ImageData, ImageSet
 from imgclf.data.sources import source_id
-from imgclf.engine import recipe
+from imgclf.engine import distributed, recipe
 from imgclf.engine.budget import TimeBudget
-from imgclf.engine.trainer import Trainer
+from imgclf.engine.trainer import EVAL_BATCH, Trainer
+from imgclf.errors import ImgclfError
 from imgclf.preflight import RunPlan, plan_run
 
 log = logging.getLogger("imgclf")
@@ -50,16 +52,43 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     source or (images, labels). resume= continues a run directory from its last checkpoint; with a larger
     epochs= it extends a finished run. Whatever is left to decide (batch size, learning rate, augmentation,
     the network, the image size) is decided from the data, logged and written to config.yaml.
+
+    Under torchrun, every process calls this alike and trains its share (DistributedDataParallel); rank 0
+    alone prints, writes the run directory and scores the result. A job restarted by torchrun
+    (--max-restarts) continues its run directory.
     """
     from imgclf.logs import ensure_console
 
     ensure_console()
-    plan = plan_run(data, config, resume, settings)
-    data_obj = _load(plan)
+    base = config.train if config is not None else Config().train
+    world = distributed.join(settings.get("device") or base.device, float(settings.get("dist_timeout") or base.dist_timeout))
+    distributed.quiet_other_ranks(world)
+    run_dir = None
+    try:
+        plan = plan_run(data, config, resume, settings)
+        run_dir = plan.run_dir
+        return _train(plan, world)
+    except distributed.LOST_CONTACT as err:
+        raise ImgclfError(distributed.lost_contact_text(world, err, run_dir)) from None
+    finally:
+        distributed.leave(world)
+
+
+def _train(plan: RunPlan, world: distributed.World) -> Run:
+    plan.run_dir = world.from_main(plan.run_dir)  # the name is agreed before any rank writes
+    resuming = world.gather(plan.resuming)
+    if len(set(resuming)) > 1:
+        raise ImgclfError(f"rank 0 {'resumes' if resuming[0] else 'starts'} {plan.run_dir} but another rank "
+                          f"{'does not see it' if resuming[0] else 'sees a run there'}: put --out on storage every machine sees.")
+    if world.distributed and plan.config.train.time:
+        raise ImgclfError("--time plans a run in one process; under torchrun give --epochs instead.")
+    data_obj = _load_once_per_machine(plan, world)
     budget = TimeBudget(parse_duration(plan.config.train.time)) if plan.config.train.time and not plan.resuming else None
-    config, notes = recipe.resolve(plan.config, data_obj)
+    config, notes = recipe.resolve(_per_process(plan, world), data_obj, world.world_size, scale_lr=not plan.resuming)
     data_obj, dropped = _check_duplicates(data_obj, config)
-    trainer = Trainer(data_obj, config, plan.run_dir, source_id(plan.source), replace=config.train.force and not plan.resuming)
+    callbacks = _callbacks(config)
+    trainer = Trainer(data_obj, config, plan.run_dir, replace=config.train.force and not plan.resuming, world=world,
+                      callbacks=callbacks)
     if budget is not None:
         trainer, config, notes = _plan_to_budget(budget, trainer, plan, data_obj)
     for note in notes:
@@ -68,17 +97,21 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, model=trainer.arch["name"]))
         trainer.config = config
     info = {**plan.info, "requested": _plain(plan.requested) if not plan.resuming else plan.info.get("requested", {}),
-            "splits": _splits(data_obj, config, plan)}
+            "splits": _splits(data_obj, config, plan), "processes": world.world_size,
+            **({"torchrun_id": distributed.run_id()} if distributed.run_id() else {})}
     if plan.resuming:
         trainer.restore(plan.checkpoint)
         info["changes"] = [*plan.info.get("changes", []), *plan.changes]
-        (plan.run_dir / "config.yaml").write_text(config.to_yaml())
-        (plan.run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        if world.is_main:
+            (plan.run_dir / "config.yaml").write_text(config.to_yaml())
+            (plan.run_dir / "run.json").write_text(json.dumps(info, indent=2))
         if trainer.epoch >= config.train.epochs:
             log.info("%s has done all its %d epochs: nothing to train; its bundle and report are written again (a larger "
                      "--epochs extends it)", plan.run_dir, trainer.epoch)
         else:
-            log.info("resuming %s after epoch %d of %d", plan.run_dir, trainer.epoch, config.train.epochs)
+            within = plan.checkpoint.get("within_epoch")
+            where = f"within epoch {trainer.epoch + 1} ({int(within['batches'])} batches in)" if within else f"after epoch {trainer.epoch}"
+            log.info("resuming %s %s of %d", plan.run_dir, where, config.train.epochs)
     else:
         trainer.pending = {"config.yaml": config.to_yaml(), "run.json": json.dumps(info, indent=2)}
         if dropped:
@@ -87,22 +120,158 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
             trainer.pending["dedupe.csv"] = dropped_csv(dropped)
     _log_start(trainer, config)
     trainer.fit()
-    test = trainer.finish()
-    log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)",
-             trainer.run_dir)
+    world.barrier()  # every rank done; from here rank 0 works alone
+    test = _finish(trainer, source_id(plan.source)) if world.is_main else None
+    if world.is_main:
+        log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)",
+                 trainer.run_dir)
     return Run(trainer.run_dir, trainer.model, trainer.history, config, data_obj, test, trainer.best)
+
+
+def _callbacks(config: Config) -> list:
+    """What acts after each step and epoch, in this order: the run's files, the log line, early stopping."""
+    from imgclf.config import parse_save_every
+    from imgclf.engine.callbacks import EarlyStopping, EpochLog, RunFiles
+
+    steps, seconds = parse_save_every(config.train.save_every) if config.train.save_every else (None, None)
+    return [RunFiles(steps, seconds), EpochLog(), EarlyStopping(config.train.early_stop)]
+
+
+def _per_process(plan: RunPlan, world: distributed.World) -> Config:
+    """A resumed run in another number of processes keeps its global batch: the batch per process is
+    shared out anew (and recorded as a change of the run)."""
+    config = plan.config
+    if not plan.resuming:
+        return config
+    before = int(plan.checkpoint.get("world_size", 1))
+    batch = config.train.batch_size
+    if before == world.world_size or batch is None:
+        return config
+    per = max(1, round(batch * before / world.world_size))
+    log.info("resuming in %d process%s instead of %d: batches of %d per process keep the global batch of %d", world.world_size,
+             "" if world.world_size == 1 else "es", before, per, batch * before)
+    plan.changes.append({"epoch": int(plan.checkpoint["epoch"]) + 1, "setting": "batch_size", "from": batch, "to": per,
+                         "why": f"{before} -> {world.world_size} processes, the global batch kept"})
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=per))
+
+
+def _load_once_per_machine(plan: RunPlan, world: distributed.World) -> ImageData:
+    """The data, decoded by one process per machine (local rank 0) while the others wait, then read from
+    its cache by them: several processes decoding into one cache at once would each use every core."""
+    if world.local_rank != 0:
+        world.barrier()
+    data = _load(plan)
+    if world.local_rank == 0:
+        world.barrier()
+    return data
+
+
+def _finish(trainer: Trainer, source_text: str | None) -> dict | None:
+    """Best weights into the model, one scoring pass (test split, else validation) for the test figures
+    and the report, then the bundle, results.json and report.html (rank 0)."""
+    from imgclf.engine.bundle import save_bundle, unwrap
+    from imgclf.engine.checkpoint import load_checkpoint
+    from imgclf.report.page import write_report
+
+    best_path = trainer.run_dir / "checkpoints" / "best.pt"
+    if best_path.exists():
+        unwrap(trainer.model).load_state_dict(load_checkpoint(best_path)["model"])
+    evaluation = _score(trainer)
+    test = None
+    data = trainer.data
+    if data.test is not None and not data.test.labeled:
+        log.info("test: %d images without labels, not scored (the report scores the validation split); predict them with "
+                 "imgclf predict %s <their folder or CSV of ids>", len(data.test), trainer.run_dir)
+    if evaluation is not None and evaluation.split == "test":
+        m = evaluation.metrics
+        test = {"loss": m["loss"], "acc": m["accuracy"], "images": m["images"]}
+        log.info("test: loss %.4f  accuracy %.2f%% on %d images (weights of epoch %d)", test["loss"], 100 * test["acc"],
+                 test["images"], trainer.best["epoch"])
+    metrics = {"best_epoch": trainer.best["epoch"], "best_val_acc": trainer.best["val_acc"] if trainer.val_loader else None,
+               "epochs": trainer.epoch, "test_loss": test["loss"] if test else None, "test_acc": test["acc"] if test else None,
+               "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2), "tta": trainer.tta,
+               "processes": trainer.world.world_size,
+               **({"compile_seconds": round(trainer.compile_seconds, 2)} if trainer.config.train.compile else {})}
+    save_bundle(trainer.run_dir, trainer.model, _bundle_spec(trainer, metrics, source_text))
+    (trainer.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
+    if evaluation is not None:
+        log.info("report: %s", write_report(trainer.run_dir, evaluation, data.summary(), _audit(trainer)))
+    else:
+        log.info("no labeled test or validation images: no report")
+    return test
+
+
+def _audit(trainer: Trainer):
+    """The data audit for the report, its findings written to audit.csv in the run directory."""
+    from imgclf.data.audit import audit
+
+    result = audit(trainer.data)
+    result.write_csv(trainer.run_dir / "audit.csv")
+    return result
+
+
+def _score(trainer: Trainer):
+    """The Evaluation of the test split when it is labeled, else of validation; None without either. The
+    whole split, on rank 0."""
+    from imgclf.evaluation import Evaluation, compute_metrics, predict_probs
+
+    d = trainer.data
+    split, part = ("test", d.test) if trainer.test_loader is not None else ("val", d.val)
+    if part is None or not len(part):
+        return None
+    probs = predict_probs(trainer.model, part, d.mean, d.std, device=trainer.device, batch_size=EVAL_BATCH, tta=trainer.tta)
+    metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": trainer.tta}
+    return Evaluation(d.classes, split, part, probs, metrics)
+
+
+def _bundle_spec(trainer: Trainer, metrics: dict, source_text: str | None) -> dict:
+    d = trainer.data
+    integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
+    return {"architecture": trainer.arch, "classes": d.classes, "class_type": "int" if integers else "str",
+            "input": {"channels": d.channels, "size": list(d.image_size), "resize": trainer.config.data.resize},
+            "normalization": {"mean": list(d.mean), "std": list(d.std)},
+            "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
+                             "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
+            "metrics": metrics, "source": source_text,
+            "training": {"hflip": trainer.hflip, "tta": trainer.tta}}
+
+
+def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int = 512, device: str = "auto") -> Path:
+    """Score a finished run again and rewrite its report: on `source`, or on the run's own data loaded
+    with the run's own settings (so its validation split comes back the same)."""
+    from imgclf.data.audit import audit
+    from imgclf.data.sources import load_data
+    from imgclf.engine.bundle import bundle_dir
+    from imgclf.engine.rundir import run_source
+    from imgclf.evaluation import evaluate
+    from imgclf.report.page import write_report
+
+    run_dir = bundle_dir(run_dir)
+    source = source or run_source(run_dir)
+    if source is None:
+        raise ImgclfError(f"{run_dir}: its training data was in memory; pass the data to score with --source SOURCE.")
+    config = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else Config()
+    data = load_data(source, config.data)
+    ev = evaluate(run_dir, data, split=split, batch_size=batch_size, device=device)
+    findings = audit(data)
+    findings.write_csv(run_dir / "audit.csv")
+    return write_report(run_dir, ev, data.summary(), findings)
 
 
 def _plan_to_budget(budget: TimeBudget, trainer: Trainer, plan: RunPlan, data: ImageData) -> tuple[Trainer, Config, list[str]]:
     """The epochs that fit the time budget, measured on this trainer, and the recipe decided again for them
     (augmentation depends on the run's length). config.yaml gets the epochs, not the budget, so that it
     repeats the same run anywhere."""
+    from imgclf.engine.callbacks import KeepToBudget
+
     epochs = budget.plan(trainer)
     planned = dataclasses.replace(plan.config, train=dataclasses.replace(plan.config.train, epochs=epochs, time=None))
     config, notes = recipe.resolve(planned, data)
     if config.train.augment != trainer.config.train.augment:
-        trainer = Trainer(data, config, trainer.run_dir, trainer.source_text, replace=trainer.replace)
-    trainer.config, trainer.budget = config, budget
+        trainer = Trainer(data, config, trainer.run_dir, replace=trainer.replace, world=trainer.world,
+                          callbacks=_callbacks(config))
+    trainer.config = config
+    trainer.callbacks.append(KeepToBudget(budget))
     return trainer, config, notes
 
 
@@ -177,7 +346,12 @@ def _plain(settings: dict) -> dict:
 
 def _log_start(trainer: Trainer, config: Config) -> None:
     params = sum(p.numel() for p in trainer.model.parameters())
-    log.info("device %s, precision %s, channels-last %s; model %s, %s parameters; run directory %s", trainer.device,
+    world = trainer.world
+    threads = torch.get_num_threads()
+    on_cpu = "" if trainer.device.type == "cuda" else f", {threads} thread{'s' if threads > 1 else ''} each"
+    where = (f"{world.world_size} processes ({world.backend}, {trainer.device.type}{on_cpu})"
+             if world.distributed else f"device {trainer.device}")
+    log.info("%s, precision %s, channels-last %s; model %s, %s parameters; run directory %s", where,
              {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype], "on" if trainer.channels_last else "off",
              trainer.arch["name"], f"{params:,}", trainer.run_dir)
     t = config.train
@@ -188,8 +362,9 @@ def _log_start(trainer: Trainer, config: Config) -> None:
     extras = [name for name, on in (("weight average", t.ema), ("test-time views", trainer.tta), (f"mixup {t.mixup:g}", t.mixup),
                                     (f"cutmix {t.cutmix:g}", t.cutmix), (f"class weights {t.class_weights}", t.class_weights != "none"),
                                     (f"{t.sampler} sampler", t.sampler != "shuffle"), (f"gradient clip {t.clip_grad}", t.clip_grad)) if on]
-    log.info("training: %d epoch%s, batch %d, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
-             "augmentation %s%s; every setting in %s", t.epochs, "" if t.epochs == 1 else "s", t.batch_size, t.optimizer,
+    batch = f"{t.batch_size}" if not world.distributed else f"{t.batch_size} per process ({t.batch_size * world.world_size} in all)"
+    log.info("training: %d epoch%s, batch %s, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
+             "augmentation %s%s; every setting in %s", t.epochs, "" if t.epochs == 1 else "s", batch, t.optimizer,
              t.resolved_lr(), t.schedule, 100 * t.resolved_warmup(), t.resolved_weight_decay(), t.label_smoothing, aug_text,
              "".join(f", {e}" for e in extras), trainer.run_dir / "config.yaml")
 
@@ -260,7 +435,9 @@ def batch_find(data=None, config: Config | None = None, **settings):
 
 def _trial_plan(data, config: Config | None, settings: dict) -> RunPlan:
     """A checked request for a trial: --name and --force are left out, as a trial makes no run directory
-    and a name already taken must not stop it."""
+    and a name already taken must not stop it. One process: a trial measures this process's steps."""
+    if distributed.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ImgclfError("lr-find and batch-find run in one process; start them without torchrun (or --nproc).")
     return plan_run(data, config, None, {k: v for k, v in settings.items() if k not in ("name", "force")})
 
 
@@ -272,4 +449,4 @@ def _trial_trainer(plan: RunPlan) -> Trainer:
     for note in notes:
         log.info(note)
     data_obj, _ = _check_duplicates(data_obj, config)
-    return Trainer(data_obj, config, plan.run_dir, source_id(plan.source))
+    return Trainer(data_obj, config, plan.run_dir)

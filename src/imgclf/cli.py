@@ -79,6 +79,13 @@ TRAIN_FLAGS = {
                              "validation/test images; each listed in dedupe.csv"),
     "val": (str, "a separate validation source"),
     "test": (str, "a separate test source"),
+    "save_every": (str, "checkpoints within epochs too: every N steps (500) or a duration (10m); a resume continues exactly there"),
+    "resume_if_exists": ("store_true", "with --name: continue that run if it exists and is unfinished, else start it "
+                                       "(for jobs a scheduler restarts; under torchrun restarts this is automatic)"),
+    "sync_bn": ("store_true", "several processes: BatchNorm statistics over the global batch (SyncBatchNorm)"),
+    "lr_scaling": (str, "several processes with --batch-size per process: none, linear or sqrt in the number of processes "
+                        "(default: none, the lr is the one for the global batch)"),
+    "dist_timeout": (float, "seconds a process waits for the others before the job ends with an error (default: 300)"),
 }
 
 
@@ -123,6 +130,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from imgclf.api import train
     from imgclf.config import Config
 
+    if args.nproc is not None:
+        return _launch_torchrun(args.nproc, args.argv)
     settings = _given(args, [*DATA_FLAGS, "strict", *AUGMENT_FLAGS, *TRAIN_FLAGS])
     if args.resume:
         run = train(args.source, resume=args.resume, **settings)
@@ -131,8 +140,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ImgclfError("imgclf train needs a SOURCE (a folder, a CSV or a dataset name), or --resume RUN_DIR.")
         base = Config.from_yaml(args.config) if args.config else Config()
         run = train(args.source, base, **settings)
-    print(f"run directory: {run.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        print(f"run directory: {run.run_dir}")
     return 0
+
+
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """`imgclf train ... --nproc N`: the same command under torchrun on this machine, N processes."""
+    import subprocess
+
+    if nproc < 1:
+        raise ImgclfError(f"--nproc {nproc}: give at least 1 process.")
+    if "RANK" in os.environ:
+        raise ImgclfError("--nproc starts torchrun itself; under torchrun leave it out.")
+    i = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+    rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2):]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "imgclf", *rest]
+    log.info("launching: %s", " ".join(cmd[1:]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // nproc)))}  # torchrun warns without it
+    return subprocess.call(cmd, env=env)
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
@@ -218,9 +245,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from imgclf.report.page import report_run
+    from imgclf.api import report
 
-    print(f"report: {report_run(args.run_dir, args.source, split=args.split, batch_size=args.batch_size, device=args.device)}")
+    print(f"report: {report(args.run_dir, args.source, split=args.split, batch_size=args.batch_size, device=args.device)}")
     return 0
 
 
@@ -398,6 +425,8 @@ def _train_command(sub) -> None:
     train.add_argument("source", nargs="?", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, ...)")
     train.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. from an earlier run); flags override it")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (with --epochs, extend it)")
+    train.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (torchrun, "
+                                                             "DistributedDataParallel): one per GPU, or CPU processes sharing the cores")
     _add_data_flags(train)
     _add_flags(train, AUGMENT_FLAGS)
     _add_flags(train, TRAIN_FLAGS)
@@ -481,6 +510,7 @@ def _model_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from imgclf.logs import ensure_console
 
     ensure_console(args.verbose)  # imgclf's own messages only: libraries keep their quieter defaults

@@ -15,6 +15,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "balanced")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "16", "bf16")
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 # Named sets of settings, applied under the user's own (defaults < preset < config file < flags).
 PRESETS = {
@@ -124,10 +125,15 @@ class TrainConfig:
     dedupe: bool = False  # drop exact repeats inside training and training copies of val/test images
     val: str | None = None  # a separate validation source
     test: str | None = None  # a separate test source
+    save_every: str | None = None  # checkpoints within epochs too: every N steps ("500") or a duration ("10m")
+    resume_if_exists: bool = False  # a --name that holds an unfinished run continues it (a job restarted by a scheduler)
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (SyncBatchNorm)
+    lr_scaling: str = "none"  # several processes with --batch-size per process: none, linear or sqrt in the process count
+    dist_timeout: float = 300.0  # seconds a process waits for the others before the job ends (a lost or stuck rank)
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("precision", PRECISIONS),
-                                    ("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS)):
+                                    ("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("lr_scaling", LR_SCALINGS)):
             value = str(getattr(self, field_name))
             setattr(self, field_name, value)
             if value not in allowed:
@@ -145,6 +151,11 @@ class TrainConfig:
         if self.time is not None:
             self.time = str(self.time)
             parse_duration(self.time)
+        if self.save_every is not None:
+            self.save_every = str(self.save_every)
+            parse_save_every(self.save_every)
+        if self.dist_timeout <= 0:
+            raise ImgclfError(f"dist_timeout={self.dist_timeout} must be a positive number of seconds (default 300).")
         if self.pretrained and self.weights:
             raise ImgclfError("pass either --pretrained (published weights) or --weights FILE, not both.")
 
@@ -229,6 +240,19 @@ def parse_duration(text: str) -> float:
     if seconds < 5:
         raise ImgclfError(f"time={text!r} is under 5 seconds, too short to measure and plan a run; give at least 5s.")
     return seconds
+
+
+def parse_save_every(text: str) -> tuple[int | None, float | None]:
+    """(steps, None) for a plain number such as '500', (None, seconds) for a duration such as '10m'."""
+    value = str(text).strip().lower()
+    if value.isdigit():
+        if int(value) < 1:
+            raise ImgclfError(f"save_every={text!r}: give at least 1 step, or a duration such as 10m.")
+        return int(value), None
+    try:
+        return None, parse_duration(value)
+    except ImgclfError:
+        raise ImgclfError(f"save_every={text!r} is neither a number of steps (500) nor a duration (90s, 10m, 1h).") from None
 
 
 def to_dict(config: Any) -> dict:

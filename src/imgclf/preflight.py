@@ -16,7 +16,8 @@ from imgclf.config import PRESETS, Config, to_dict
 from imgclf.errors import ImgclfError
 
 # Settings a resumed run may change: how long it goes on and where it runs, not how it learns.
-RESUMABLE = {"epochs", "early_stop", "device", "workers", "cache_dir", "data_root"}
+RESUMABLE = {"epochs", "early_stop", "device", "workers", "cache_dir", "data_root", "save_every", "resume_if_exists",
+             "dist_timeout"}
 
 
 @dataclass
@@ -46,6 +47,8 @@ def plan_run(data, config: Config | None, resume: str | Path | None, settings: d
     extra = {what: settings.pop(what) for what in ("val", "test")
              if what in settings and settings[what] is not None and not isinstance(settings[what], (str, Path))}
     settings.update({what: str(settings[what]) for what in ("val", "test") if isinstance(settings.get(what), Path)})
+    if resume is None:
+        resume = _run_to_continue(config, settings)
     plan = _resume_plan(data, resume, settings, extra) if resume is not None else _new_plan(data, config, settings, extra)
     if not hasattr(plan.source, "splits"):  # ImageData is checked already
         check_source(plan.source)
@@ -60,6 +63,38 @@ def plan_run(data, config: Config | None, resume: str | Path | None, settings: d
             check_source(given)
     check_model(plan.config)
     return plan
+
+
+def _run_to_continue(config: Config | None, settings: dict) -> Path | None:
+    """The unfinished run a restarted job continues: the --name'd one with --resume-if-exists, and under a
+    torchrun restart (--max-restarts) that one or, unnamed, the one this torchrun job started; None to
+    start a new run."""
+    from imgclf.engine import distributed
+    from imgclf.engine.rundir import slug
+
+    t = (config or Config()).train
+    out, name = settings.get("out") or t.out, settings.get("name") or t.name
+    restarted = distributed.restart_count() > 0
+    if not (settings.get("resume_if_exists") or t.resume_if_exists or restarted):
+        return None
+    if name:
+        path = Path(out) / slug(name)
+    elif restarted and distributed.run_id():
+        path = _run_of_job(Path(out), distributed.run_id())
+    else:
+        return None
+    return path if path is not None and (path / "checkpoints" / "last.pt").is_file() else None
+
+
+def _run_of_job(out: Path, job: str) -> Path | None:
+    """The run directory under out whose run.json records this torchrun job's id."""
+    for info in sorted(out.glob("*/run.json")) if out.is_dir() else []:
+        try:
+            if json.loads(info.read_text()).get("torchrun_id") == job:
+                return info.parent
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _new_plan(data, config: Config | None, settings: dict, extra: dict) -> RunPlan:

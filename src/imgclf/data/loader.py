@@ -33,13 +33,20 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + rank) % (2 ** 63)
 
 
+def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """The seed of one batch's augmentation: a function of where the batch stands, not of what came
+    before it, so that an epoch resumed at batch k augments exactly as an uninterrupted one."""
+    return (epoch_seed(seed, epoch, rank) * 1_000_033 + batch * 7_919 + 1) % (2 ** 63)
+
+
 class DeviceLoader:
     """Iterates (images float N x C x H x W normalised, labels int64) batches of one split on `device`.
 
     train=True shuffles (a new order every epoch, from seed and epoch) and, given an AugmentConfig,
     augments; rank/world_size give each process a disjoint shard of every epoch's order, together all of
-    it once. sampler="balanced" draws an epoch's images with replacement so that every class is drawn
-    equally often (for imbalanced data).
+    it once, and in training the same number of batches on every rank (data-parallel steps must pair
+    up). sampler="balanced" draws an epoch's images with replacement so that every class is drawn
+    equally often (for imbalanced data). resume_within_epoch() continues an epoch cut off after k batches.
     """
 
     def __init__(self, images: ImageSet, batch_size: int, *, mean, std, device="cpu", train: bool = False,
@@ -52,6 +59,8 @@ class DeviceLoader:
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.channels_last, self.epoch = channels_last, 0
+        self._resume: dict | None = None  # where the next epoch's iteration starts (resume_within_epoch)
+        self._current: dict | None = None  # how the epoch being iterated was resumed
         c = images.images.shape[1]
         std_t = torch.tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
         self._scale = (1.0 / (255.0 * std_t)).to(self.device)  # x/255 - mean, / std, as one multiply-add
@@ -74,22 +83,68 @@ class DeviceLoader:
         """Choose the epoch whose order the next iteration gives (as for resuming a run)."""
         self.epoch = epoch
 
+    def order(self, epoch: int | None = None) -> torch.Tensor:
+        """Every position of the split in an epoch's order, all ranks together."""
+        n = len(self.split)
+        if not self.train:
+            return torch.arange(n)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
+        if self._weights is not None:
+            return torch.multinomial(self._weights, n, replacement=True, generator=gen)
+        return torch.randperm(n, generator=gen)
+
     def positions(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's positions in the split for an epoch, in the order they are served."""
-        n = len(self.split)
-        if self.train:
-            gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
-            if self._weights is not None:
-                order = torch.multinomial(self._weights, n, replacement=True, generator=gen)
-            else:
-                order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        return order[self.rank::self.world_size]
+        return self.order(epoch)[self.rank::self.world_size]
+
+    def _batches_of(self, n: int) -> int:
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __len__(self) -> int:
-        n = len(range(self.rank, len(self.split), self.world_size))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.train:  # the smallest shard's count on every rank: each step is one step of every rank
+            return self._batches_of(len(self.split) // self.world_size)
+        return self._batches_of(len(range(self.rank, len(self.split), self.world_size)))
+
+    def resume_within_epoch(self, served: torch.Tensor, world_size: int, batch_size: int, batches: int) -> None:
+        """The next iteration continues the current epoch, of which the positions in `served` (a mask over
+        the split) were served, `batches` batches of `batch_size` to each of `world_size` ranks: with the
+        same world and batch exactly as the epoch would have gone on; otherwise the images not served yet,
+        shared out anew."""
+        self._resume = {"served": served.bool().cpu(), "world_size": int(world_size), "batch_size": int(batch_size),
+                        "batches": int(batches)}
+
+    def _plan(self, rank: int, resume: dict | None) -> tuple[torch.Tensor, int, int, int]:
+        """(rows `rank` serves, the first batch number, the batch count, an offset of the augmentation
+        seeds' batch numbers) of an epoch, as resumed by `resume` (None: from its start)."""
+        if resume is None:
+            return self.order()[rank::self.world_size], 0, len(self), 0
+        if (resume["world_size"], resume["batch_size"]) == (self.world_size, self.batch_size):
+            return self.order()[rank::self.world_size], resume["batches"], len(self), 0
+        rest = self.order()[~resume["served"][self.order()]] if self._weights is None else self._rest_drawn(resume)
+        return rest[rank::self.world_size], 0, self._batches_of(len(rest) // self.world_size), 1_000_000
+
+    def _rest_drawn(self, resume: dict) -> torch.Tensor:
+        """The balanced sampler draws with replacement, so a position may come twice and a mask cannot say
+        what was served: the rest of the epoch's draw after the batches served (rank r served draws r,
+        r + W, ...: together the first batches x batch x W)."""
+        return self.order()[resume["batches"] * resume["batch_size"] * resume["world_size"]:]
+
+    def served(self, batches: int) -> torch.Tensor:
+        """The mask of the split's positions served to all ranks after `batches` batches of the epoch now
+        being iterated (numbered as it numbers them): what a checkpoint within the epoch records."""
+        resume = self._current
+        mask = torch.zeros(len(self.split), dtype=torch.bool)
+        if resume is not None and (resume["world_size"], resume["batch_size"]) != (self.world_size, self.batch_size):
+            mask |= resume["served"]
+        for rank in range(self.world_size):
+            rows = self._plan(rank, resume)[0]
+            mask[rows[:batches * self.batch_size]] = True
+        return mask
+
+    def batches_left(self) -> tuple[int, int]:
+        """(first batch number, batch count) of the next iteration: (0, len()) unless an epoch is resumed."""
+        _, first, count, _ = self._plan(self.rank, self._resume)
+        return first, count
 
     def _batch(self, rows: torch.Tensor, rows_on_device: torch.Tensor) -> torch.Tensor:
         if self.resident:
@@ -98,12 +153,13 @@ class DeviceLoader:
         return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x.to(self.device)
 
     def __iter__(self):
-        order = self.positions()
-        gen = None
-        if self.augment is not None:
-            gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch, self.rank) + 1)
-        for b in range(len(self)):
-            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+        self._current, self._resume = self._resume, None
+        rows_all, first, count, offset = self._plan(self.rank, self._current)
+        gen = torch.Generator(device=self.device) if self.augment is not None else None
+        for b in range(first, count):
+            if gen is not None:
+                gen.manual_seed(batch_seed(self.seed, self.epoch, self.rank, b + offset))
+            rows = rows_all[b * self.batch_size:(b + 1) * self.batch_size]
             rows_on_device = rows.to(self.device, non_blocking=True)
             yield self._served(rows, rows_on_device, gen, self.epoch), self._labels[rows_on_device]
         if self.train:
@@ -126,7 +182,8 @@ class DeviceLoader:
         statistics are measured on (engine/norm_stats.py). Batches of one image are left out, as a norm
         cannot take statistics of one."""
         gen = torch.Generator().manual_seed(epoch_seed(self.seed + seed, -2, self.rank))
-        own = torch.arange(self.rank, len(self.split), self.world_size)
+        # The same count on every rank (the smallest shard's), so that norms that synchronise see as many batches.
+        own = torch.arange(self.rank, len(self.split), self.world_size)[:len(self.split) // self.world_size]
         rows = own[torch.randperm(len(own), generator=gen)[:images]]
         aug_gen = None
         if self.augment is not None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from imgclf.engine.trial import kept_state
 from imgclf.errors import ImgclfError
 

@@ -75,22 +75,42 @@ def enlarged(config: Config, data: ImageData) -> ImageData:
                                                   f"the default network needs {MIN_SIDE} px or more; --image-size sets it)")
 
 
-def resolve(config: Config, data: ImageData) -> tuple[Config, list[str]]:
-    """config with every 'decide later' filled in for this data, and a sentence for each adaptation."""
+def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool = True) -> tuple[Config, list[str]]:
+    """config with every 'decide later' filled in for this data, and a sentence for each adaptation.
+
+    world_size: processes of a data-parallel job. The batch fitted to the data is the global one, shared
+    out between them; a --batch-size given is per process, and the global batch is that times the
+    processes, with the learning rate scaled by --lr-scaling (none by default; scale_lr=False for a resumed
+    run, whose lr was decided when it started)."""
     from imgclf.models.registry import default_model_name
 
     t, n = config.train, len(data.train)
     notes = []
     batch = t.batch_size
+    lr = t.resolved_lr()
     if batch is None:
         batch = fitted_batch(n)
         if batch < MAX_BATCH:
             notes.append(f"batch size {batch}: {n} training images make {steps_per_epoch(n, batch)} steps an epoch "
                          f"(batches of {MAX_BATCH} would make {steps_per_epoch(n, MAX_BATCH)}); --batch-size sets it")
-    elif batch > n:
-        notes.append(f"batch size {batch} capped to the {n} training images")
-        batch = n
-    steps = steps_per_epoch(n, batch)
+        if world_size > 1:
+            per = max(1, batch // world_size)
+            notes.append(f"global batch {per * world_size}: {world_size} processes x {per}; the lr ({lr:g}) is the one for that "
+                         "global batch, as in one process")
+            batch = per
+    else:
+        if batch * world_size > n:
+            notes.append(f"batch size {batch} capped to the {n} training images" + (f" shared by {world_size} processes" if world_size > 1 else ""))
+            batch = max(1, n // world_size)
+        if world_size > 1:
+            how = t.lr_scaling if scale_lr else "none"
+            scale = {"none": 1.0, "linear": float(world_size), "sqrt": world_size ** 0.5}[how]
+            rule = {"none": f"kept at {lr:g}, as given for the global batch (--lr-scaling linear or sqrt scales it from a batch "
+                            f"of {batch})", "linear": f"{lr:g} x {world_size} = {lr * scale:g} (linear scaling)",
+                    "sqrt": f"{lr:g} x sqrt({world_size}) = {lr * scale:g} (square-root scaling)"}[how]
+            notes.append(f"global batch {batch * world_size}: {world_size} processes x --batch-size {batch}; lr {rule}")
+            lr *= scale
+    steps = steps_per_epoch(n, batch * world_size)
     epochs = t.epochs
     if epochs is None:
         epochs = fitted_epochs(steps)
@@ -100,7 +120,7 @@ def resolve(config: Config, data: ImageData) -> tuple[Config, list[str]]:
     t = dataclasses.replace(t, epochs=epochs)
     augment, aug_cfg = _augmentation(dataclasses.replace(config, train=t), data, steps, notes)
     model = t.model or (None if t.init_from else default_model_name(data.image_size, t.pretrained))
-    train = dataclasses.replace(t, model=model, batch_size=batch, lr=t.resolved_lr(), weight_decay=t.resolved_weight_decay(),
+    train = dataclasses.replace(t, model=model, batch_size=batch, lr=lr, weight_decay=t.resolved_weight_decay(),
                                 warmup=t.resolved_warmup(), augment=augment,
                                 tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta)
     data_config = dataclasses.replace(config.data, image_size=tuple(data.image_size), channels=data.channels, augment=aug_cfg)

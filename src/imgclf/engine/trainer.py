@@ -1,13 +1,14 @@
-"""The training loop every tutorial writes by hand, done once: epochs of steps with checkpoints after
-each, a resumable run directory and a deployable bundle. imgclf.api.train() sets it up.
+"""The training loop every tutorial writes by hand, done once: epochs of steps on one process or many
+(DistributedDataParallel under torchrun), resumable from any epoch or, with save_every, from within one.
+
+What happens at the end of a step or an epoch (checkpoints, the metrics row, the log line, early
+stopping, a time budget) is a callback (engine/callbacks.py); the scoring, the bundle and the report
+come after training, in imgclf.api. This module imports nothing above the engine.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -17,14 +18,15 @@ from torch import nn
 
 from imgclf.config import Config
 from imgclf.data.imageset import ImageData
+from imgclf.data.augment import mix
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine import hardware
-from imgclf.engine.bundle import save_bundle, unwrap
+from imgclf.engine.bundle import unwrap
+from imgclf.engine.callbacks import Callback
+from imgclf.engine.checkpoint import rng_state, set_rng_state
+from imgclf.engine.distributed import SINGLE, World, device_for
 from imgclf.engine.ema import WeightAverage
-from imgclf.data.augment import mix
-from imgclf.engine.checkpoint import deferred_interrupts, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from imgclf.engine.metrics_log import append_row, rewrite
-from imgclf.engine.norm_stats import CALIBRATION_IMAGES, recalibrate
+from imgclf.engine.norm_stats import CALIBRATION_IMAGES, batch_norms, recalibrate
 from imgclf.engine.schedule import lr_factor
 from imgclf.errors import ImgclfError
 
@@ -61,30 +63,46 @@ def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
 
 
 class Trainer:
-    """One run: set up from the config (every setting decided, engine/recipe.py), then fit() epoch by
-    epoch with checkpoints after each.
+    """One run's training: set up from the config (every setting decided, engine/recipe.py), then fit()
+    epoch by epoch, the callbacks acting after each step and epoch.
 
-    The run directory is made when the first checkpoint is written, with the files in `pending`
-    (config.yaml, run.json, ...): a run that fails before it has an epoch to keep leaves nothing behind.
+    world: this process's place in a data-parallel job (engine/distributed.py); each rank trains on its
+    shard of every epoch and the figures of an epoch are summed over all ranks. The run directory is
+    made by rank 0 when the first checkpoint is written, with the files in `pending` (config.yaml,
+    run.json, ...): a run that fails before it has an epoch to keep leaves nothing behind.
     """
 
-    def __init__(self, data: ImageData, config: Config, run_dir: Path, source_text: str | None, replace: bool = False):
+    def __init__(self, data: ImageData, config: Config, run_dir: Path, *, replace: bool = False, world: World = SINGLE,
+                 callbacks: list[Callback] = ()):
         from imgclf.models.transfer import param_groups
 
         t = config.train
-        self.config, self.data, self.run_dir, self.source_text = config, data, run_dir, source_text
+        self.config, self.data, self.run_dir, self.world = config, data, run_dir, world
+        self.callbacks = list(callbacks)
         self.pending: dict[str, str] = {}  # file name -> text, written when the run directory is made
         self.replace = replace
         self._frozen: bool | None = None
-        self.device = hardware.pick_device(t.device)
+        self.device = device_for(world, hardware.pick_device(t.device))
         self.dtype = hardware.pick_precision(t.precision, self.device)
         self.channels_last = hardware.use_channels_last(t.channels_last, self.device)
-        torch.manual_seed(config.data.seed)
+        torch.manual_seed(config.data.seed)  # the same initial weights on every rank
         model, self.arch = _build_model(config, data)
+        if world.distributed and t.sync_bn:
+            if self.device.type != "cuda":
+                raise ImgclfError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); leave it out on CPUs, where "
+                                  "BatchNorm statistics are measured again and averaged over the processes before each validation.")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = torch.compile(self.model) if t.compile else self.model
+        self.net = self.model
+        if world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if t.compile:
+            self.net = torch.compile(self.net)
+        if world.rank:
+            torch.manual_seed(config.data.seed + world.rank)  # dropout and the like differ between ranks
         self.ema = WeightAverage(self.model, t.ema_decay) if t.ema else None
         self.base_lr = t.resolved_lr()
         groups = param_groups(self.model, self.base_lr, t.backbone_lr_scale, t.resolved_weight_decay(), t.decay_norms)
@@ -92,20 +110,24 @@ class Trainer:
             g["scale"] = g["lr"] / self.base_lr
         self.optimizer = self._optimizer(groups)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        shard = dict(rank=world.rank, world_size=world.world_size)
         loader_args = dict(mean=data.mean, std=data.std, device=self.device, channels_last=self.channels_last)
         self.train_loader = DeviceLoader(data.train, t.batch_size, train=True, augment=config.data.augment if t.augment else None,
                                          hflip_default=data.hflip, seed=config.data.seed, sampler=t.sampler,
-                                         drop_last=len(data.train) > t.batch_size, **loader_args)
+                                         drop_last=len(data.train) > t.batch_size * world.world_size, **shard, **loader_args)
         self.class_weights = class_weights(data.train.labels, data.num_classes, self.device) if t.class_weights == "balanced" else None
-        self.mix_gen = torch.Generator(device=self.device).manual_seed(config.data.seed + 7) if t.mixup or t.cutmix else None
+        self.mix_gen = torch.Generator(device=self.device) if t.mixup or t.cutmix else None
         self.compile_seconds = 0.0
-        self.budget = None  # a TimeBudget when training to a wall-clock budget (engine/budget.py)
-        self.val_loader = DeviceLoader(data.val, EVAL_BATCH, **loader_args) if data.val is not None else None
+        # Validation is shared out between the ranks, each image scored once; the test split is scored after
+        # training, whole, by rank 0 (imgclf.api).
+        self.val_loader = DeviceLoader(data.val, EVAL_BATCH, **shard, **loader_args) if data.val is not None else None
         self.test_loader = DeviceLoader(data.test, EVAL_BATCH, **loader_args) if data.test is not None and data.test.labeled else None
         self.epoch, self.step = 0, 0
+        self.batch_in_epoch, self.batches_in_epoch = 0, len(self.train_loader)
+        self._partial: dict | None = None  # the sums of an epoch resumed from within
         self.best = {"val_acc": -1.0, "epoch": 0}
-        self.bad_epochs = 0
         self.history: list[dict] = []
+        self.should_stop = False
 
     def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         t = self.config.train
@@ -122,18 +144,47 @@ class Trainer:
 
     @property
     def scored_model(self) -> nn.Module:
-        """What validation scores and best.pt keeps: the weight average when it is on."""
-        return self.ema.module if self.ema is not None else self.net
+        """What validation scores and best.pt keeps: the weight average when it is on. Never the DDP
+        wrapper: its forward is a collective, and the ranks' validation shards may differ by a batch."""
+        if self.ema is not None:
+            return self.ema.module
+        return self.model if self.world.distributed else self.net
 
-    def state(self) -> dict:
+    def make_run_dir(self) -> None:
+        """The run directory, with the files waiting for it, when the first checkpoint is written (rank 0)."""
+        if not self.pending:
+            return
+        from imgclf.engine.rundir import make_run_dir
+
+        made = make_run_dir(self.run_dir, self.replace)
+        if made != self.run_dir:
+            log.warning("run directory %s was taken meanwhile; this run is in %s", self.run_dir, made)
+            self.run_dir = made
+        for name, text in self.pending.items():
+            (self.run_dir / name).write_text(text)
+        self.pending = {}
+
+    def state(self, within_epoch: bool = False) -> dict:
+        """Everything a resume needs, tensors and plain containers only. within_epoch: a checkpoint in the
+        middle of an epoch, with how far the epoch had got and its sums so far."""
         state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
-                 "early_stop": {"bad_epochs": self.bad_epochs}, "history": list(self.history), "rng": rng_state()}
+                 "history": list(self.history), "rng": rng_state(), "world_size": self.world.world_size,
+                 "batch_size": self.config.train.batch_size,
+                 "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks if cb.key}}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if within_epoch:  # this rank's sums: rank 0 writes, and a resumed epoch's figures are its own (see _epoch)
+            state["within_epoch"] = {"batches": self.batch_in_epoch, "served": self.train_loader.served(self.batch_in_epoch),
+                                     **self._sums_so_far()}
         return state
 
+    def best_state(self) -> dict:
+        return {"model": unwrap(self.scored_model).state_dict(), "epoch": self.epoch, "best": dict(self.best)}
+
     def restore(self, state: dict) -> None:
+        """Continue from a checkpoint: at the end of its epoch, or within it (with the same world size and
+        batch exactly as the epoch would have gone on; with others, over the images it had not reached)."""
         unwrap(self.model).load_state_dict(state["model"])
         if self.ema is not None:
             if "ema" in state:
@@ -143,32 +194,44 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
-        self.bad_epochs = int(state["early_stop"]["bad_epochs"])
         self.history = [dict(r) for r in state["history"]]
-        set_rng_state(state["rng"])
-        rewrite(self.run_dir / "metrics.csv", self.history)
+        saved_callbacks = dict(state.get("callbacks", {}))
+        if "early_stop" in state and "early_stop" not in saved_callbacks:  # checkpoints made before callbacks
+            saved_callbacks["early_stop"] = state["early_stop"]
+        for cb in self.callbacks:
+            if cb.key in saved_callbacks:
+                cb.load_state_dict(saved_callbacks[cb.key])
+        if self.world.is_main:
+            set_rng_state(state["rng"])
+        else:  # rank 0's random state is the one saved; the others take one of their own
+            torch.manual_seed(self.config.data.seed + self.world.rank * 1_000_003 + self.step)
+        within = state.get("within_epoch")
+        if within:
+            self.train_loader.set_epoch(self.epoch)
+            self.train_loader.resume_within_epoch(within["served"], int(state.get("world_size", 1)),
+                                                  int(state.get("batch_size") or self.config.train.batch_size), int(within["batches"]))
+            self._partial = {k: v for k, v in within.items() if k != "served"}
+            if self.world.distributed:  # rank 0's sums stand for its own shard; the others start theirs anew
+                scale = 1.0 if self.world.is_main else 0.0
+                self._partial.update({k: type(self._partial[k])(self._partial[k] * scale) for k in ("loss_sum", "correct", "seen")})
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> None:
         t = self.config.train
-        start_epoch = self.epoch
-        if self.budget is not None:
-            self.budget.begin()
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         try:
-            while self.epoch < self.config.train.epochs:
-                row = self._epoch(self.config.train.epochs * len(self.train_loader))
-                self._end_epoch(row)
-                if self.budget is not None:
-                    self._keep_to_budget(self.epoch - start_epoch)
-                if t.early_stop and self.bad_epochs >= t.early_stop:
-                    log.info("early stop: no better validation accuracy for %d epochs (best %.2f%% at epoch %d)",
-                             self.bad_epochs, 100 * self.best["val_acc"], self.best["epoch"])
-                    break
+            while self.epoch < self.config.train.epochs and not self.should_stop:
+                row = self._epoch()
+                self.epoch += 1
+                self.history.append(row)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, row)
         except KeyboardInterrupt:
-            if self.epoch:
-                log.warning("interrupted in epoch %d; %s holds the %d completed epoch(s): resume with: imgclf train --resume %s",
-                            self.epoch + 1, self.last_path, self.epoch, self.run_dir)
-            else:
+            if self.world.is_main and self.last_path.is_file():
+                log.warning("interrupted in epoch %d; %s holds the last checkpoint: resume with: imgclf train --resume %s",
+                            self.epoch + 1, self.last_path, self.run_dir)
+            elif self.world.is_main:
                 log.warning("interrupted in epoch 1, before any epoch completed: nothing was saved")
             raise
         except torch.OutOfMemoryError:
@@ -178,21 +241,12 @@ class Trainer:
                               + (", --precision 16" if self.dtype is None and self.device.type == "cuda" else "")
                               + " or a smaller --image-size.") from None
 
-    def _keep_to_budget(self, done: int) -> None:
-        """Fewer epochs when the machine has slowed: the schedule is shortened (its decay still completes)."""
-        left = self.budget.epochs_left(self, done)
-        if left is None:
-            return
-        epochs = self.epoch + left
-        log.warning("time budget: the epochs take longer than measured; %d epoch%s instead of %d, the learning-rate schedule "
-                    "shortened to fit", epochs, "" if epochs == 1 else "s", self.config.train.epochs)
-        self.config = dataclasses.replace(self.config, train=dataclasses.replace(self.config.train, epochs=epochs))
-        if (self.run_dir / "config.yaml").is_file():
-            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
-
-    def _set_lr(self, total: int) -> float:
+    def _set_lr(self, progress: float) -> float:
+        """The schedule at `progress` epochs: a function of how far training is, so that a run resumed
+        in another number of processes (other steps an epoch) keeps its place in it."""
         t = self.config.train
-        lr = self.base_lr * lr_factor(t.schedule, self.step, total, t.resolved_warmup())
+        per_epoch = max(1, len(self.train_loader))
+        lr = self.base_lr * lr_factor(t.schedule, progress * per_epoch, t.epochs * per_epoch, t.resolved_warmup())
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("scale", 1.0)
         return lr
@@ -216,51 +270,86 @@ class Trainer:
                          f", the backbone at {t.backbone_lr_scale:g} x lr" if t.backbone_lr_scale != 1 else "")
             self._frozen = frozen
 
-    def _epoch(self, total: int) -> dict:
+    def _sums_so_far(self) -> dict:
+        return {"loss_sum": float(self._loss_sum.item()), "correct": int(self._correct.item()), "seen": self._seen,
+                "seconds": self._seconds_before + time.perf_counter() - self._start, "fraction": self._fraction()}
+
+    def _fraction(self) -> float:
+        """The share of this epoch served so far, all ranks together: what the schedule goes by. An epoch
+        resumed over what was left (another world or batch) counts its share from where it was cut."""
+        done = self.batch_in_epoch / max(1, self.batches_in_epoch)
+        return done if not self._fraction_before else self._fraction_before + (1 - self._fraction_before) * done
+
+    def _epoch(self) -> dict:
         from tqdm import tqdm
 
         t = self.config.train
         self._freeze_for(self.epoch)
         self.model.train()
-        self.train_loader.set_epoch(self.epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, start = 0, time.perf_counter()
+        partial, self._partial = self._partial or {}, None
+        if not partial:
+            self.train_loader.set_epoch(self.epoch)
+        self._first_batch, self.batches_in_epoch = self.train_loader.batches_left()
+        # Resumed exactly (same world and batch), the epoch's batch numbers go on from where they were;
+        # over what was left, they start again at 0 and the share already served is kept apart.
+        self.batch_in_epoch = self._first_batch
+        self._fraction_before = 0.0 if self._first_batch else float(partial.get("fraction", 0.0))
+        self._loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=self.device)
+        self._correct = torch.tensor(int(partial.get("correct", 0)), device=self.device, dtype=torch.long)
+        self._seen, self._seconds_before = int(partial.get("seen", 0)), float(partial.get("seconds", 0.0))
+        self._start = time.perf_counter()
         check_every = FINITE_CHECK_EVERY.get(self.device.type, DEFAULT_FINITE_CHECK)
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=None)
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False,
+                   disable=None if self.world.is_main else True, total=self.batches_in_epoch - self._first_batch)
         lr = self.base_lr
-        for i, (x, y) in enumerate(bar):
-            lr = self._set_lr(total)
-            first = time.perf_counter() if self.step == 0 and t.compile else None
+        for x, y in bar:
+            lr = self._set_lr(self.epoch + self._fraction())
+            first_step = time.perf_counter() if self.step == 0 and t.compile else None
             out, loss = self.train_step(x, y)
-            if first is not None:
-                self.compile_seconds = time.perf_counter() - first
+            if first_step is not None:
+                self.compile_seconds = time.perf_counter() - first_step
                 log.info("torch.compile: the first step took %.1f s (compilation included)", self.compile_seconds)
-            loss_sum += loss.detach().float() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += len(y)
+            self._loss_sum += loss.detach().float() * len(y)
+            self._correct += (out.detach().argmax(1) == y).sum()
+            self._seen += len(y)
             self.step += 1
-            if (i + 1) % check_every == 0 and not torch.isfinite(loss_sum):
-                self._non_finite(i, lr)
-            if i % 10 == 0 and bar.disable is False:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):,.0f}")
-        if not torch.isfinite(loss_sum):
-            self._non_finite(len(self.train_loader) - 1, lr)
-        seconds = time.perf_counter() - start
-        row = {"epoch": self.epoch + 1, "train_loss": round(loss_sum.item() / max(seen, 1), 5),
-               "train_acc": round(correct.item() / max(seen, 1), 5), "lr": float(f"{lr:.6g}"),
-               "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1)}
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch % check_every == 0:
+                self._check_finite(lr)
+            for cb in self.callbacks:
+                cb.on_step_end(self)
+            if self.batch_in_epoch % 10 == 0 and bar.disable is False:
+                bar.set_postfix(loss=f"{self._loss_sum.item() / max(self._seen, 1):.4f}")
+        self._check_finite(lr)
+        seconds = self._seconds_before + time.perf_counter() - self._start
+        sums = self.world.sum(torch.stack([self._loss_sum.double(), self._correct.double(),
+                                           torch.tensor(float(self._seen), device=self.device, dtype=torch.float64)]))
+        loss_sum, correct, seen = (float(v) for v in sums)
+        row = {"epoch": self.epoch + 1, "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
+               "lr": float(f"{lr:.6g}"), "seconds": round(seconds, 2), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
         self.recalibrate_norms()
         if self.val_loader is not None:
-            val = evaluate_loader(self.scored_model, self.val_loader, self.device, self.dtype)
+            val = evaluate_loader(self.scored_model, self.val_loader, self.device, self.dtype, self.world)
             row.update(val_loss=round(val["loss"], 5), val_acc=round(val["acc"], 5))
+        metric = row.get("val_acc", row["train_acc"])
+        row["improved"] = metric > self.best["val_acc"]
+        if row["improved"]:
+            self.best = {"val_acc": metric, "epoch": row["epoch"]}
         return row
+
+    def _check_finite(self, lr: float) -> None:
+        """Every rank stops together when any rank's loss is no longer finite (one stopping alone would
+        leave the others waiting in the next step)."""
+        total = self.world.sum(self._loss_sum.detach().clone().reshape(1))
+        if not torch.isfinite(total).all():
+            self._non_finite(self.batch_in_epoch - 1, lr)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step (and the weight average's); the outputs and the loss."""
         t = self.config.train
         target = y
         if self.mix_gen is not None:
+            self.mix_gen.manual_seed((self.config.data.seed * 1_000_003 + self.step * 7_919 + self.world.rank) % 2 ** 63)
             x, target = mix(x, y, self.data.num_classes, t.mixup, t.cutmix, self.mix_gen)
         with hardware.autocast(self.device, self.dtype):
             out = self.net(x)
@@ -278,135 +367,28 @@ class Trainer:
 
     def recalibrate_norms(self) -> None:
         """BatchNorm statistics of the scored weights measured on training images (engine/norm_stats.py),
-        in eager mode (a compiled graph would be built again for it)."""
-        recalibrate(unwrap(self.scored_model), self.train_loader.sample(CALIBRATION_IMAGES),
-                    lambda: hardware.autocast(self.device, self.dtype))
+        in eager mode (a compiled graph would be built again for it), then averaged over the ranks so that
+        every rank validates, and rank 0 saves, the same statistics."""
+        model = unwrap(self.scored_model)
+        if recalibrate(model, self.train_loader.sample(CALIBRATION_IMAGES), lambda: hardware.autocast(self.device, self.dtype)) \
+                and self.world.distributed:
+            for norm in batch_norms(model):
+                for buf in (norm.running_mean, norm.running_var):
+                    buf.copy_(self.world.sum(buf.clone()) / self.world.world_size)
 
     def _non_finite(self, step_in_epoch: int, lr: float) -> None:
         kept = f"{self.last_path} keeps epoch {self.epoch}" if self.epoch else "no epoch had completed, so nothing was saved"
         raise ImgclfError(f"the training loss became non-finite in epoch {self.epoch + 1} at step {step_in_epoch + 1} "
                           f"(learning rate {lr:.3g}); {kept}; try a lower --lr such as {lr / 10:.2g}.")
 
-    def _end_epoch(self, row: dict) -> None:
-        with deferred_interrupts():
-            self._record_epoch(row)
-
-    def _record_epoch(self, row: dict) -> None:
-        """Checkpoints first, then the metrics row: a row on disk always has its checkpoint behind it."""
-        t = self.config.train
-        self.epoch += 1
-        self.history.append(row)
-        if self.pending:
-            self._make_run_dir()
-        val_text = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
-        log.info("epoch %d/%d  train loss %.4f acc %.2f%%%s  lr %.4g  %.1fs  %s img/s", row["epoch"], t.epochs,
-                 row["train_loss"], 100 * row["train_acc"], val_text, row["lr"], row["seconds"], f"{row['images_per_s']:,.0f}")
-        metric = row.get("val_acc", row["train_acc"])
-        if metric > self.best["val_acc"]:
-            self.best, self.bad_epochs = {"val_acc": metric, "epoch": row["epoch"]}, 0
-            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", {"model": unwrap(self.scored_model).state_dict(), "epoch": self.epoch,
-                                                                       "best": dict(self.best)})
-        else:
-            self.bad_epochs += 1
-        save_checkpoint(self.last_path, self.state())
-        append_row(self.run_dir / "metrics.csv", row)
-        self._warn_if_failing(row)
-
-    def _make_run_dir(self) -> None:
-        from imgclf.engine.rundir import make_run_dir
-
-        made = make_run_dir(self.run_dir, self.replace)
-        if made != self.run_dir:
-            log.warning("run directory %s was taken meanwhile; this run is in %s", self.run_dir, made)
-            self.run_dir = made
-        for name, text in self.pending.items():
-            (self.run_dir / name).write_text(text)
-        self.pending = {}
-
-    def _warn_if_failing(self, row: dict) -> None:
-        """One line when training is visibly failing, with the likely fix: after the first epoch a training
-        loss clearly above chance (10% over it), or a validation loss that explodes."""
-        chance = math.log(max(2, self.data.num_classes))
-        lr = self.config.train.resolved_lr()
-        if row["epoch"] == 1 and row["train_loss"] > 1.1 * chance:  # at chance, a first epoch of few steps may still be fine
-            steps = len(self.train_loader)
-            fix = (f"with {steps} step(s) an epoch it has had little chance to: lower --batch-size (now {self.config.train.batch_size})"
-                   if steps < 10 else f"if it stays there, lower --lr (now {lr:g}) or raise --epochs")
-            log.warning("epoch 1 ended with a training loss of %.2f, above chance (%.2f for %d classes): the model is not "
-                        "learning yet; %s", row["train_loss"], chance, self.data.num_classes, fix)
-        val_losses = [r["val_loss"] for r in self.history if "val_loss" in r]
-        exploded = val_losses and (not math.isfinite(val_losses[-1]) or val_losses[-1] > 3 * chance
-                                   and (len(val_losses) == 1 or val_losses[-1] > 3 * min(val_losses[:-1])))
-        if exploded:
-            log.warning("validation loss %.1f in epoch %d has exploded (chance is %.2f): the learning rate is likely too "
-                        "high for this data; try --lr %g", val_losses[-1], row["epoch"], chance, lr / 10)
-
-    # -- the end -------------------------------------------------------------------------------------
-    def finish(self) -> dict | None:
-        """Best weights into the model, one scoring pass (test split, else validation) for the test
-        figures and the report, then the bundle and results.json."""
-        from imgclf.report.page import write_report
-
-        best_path = self.run_dir / "checkpoints" / "best.pt"
-        if best_path.exists():
-            unwrap(self.model).load_state_dict(load_checkpoint(best_path)["model"])
-        evaluation = self.score()
-        test = None
-        if self.data.test is not None and not self.data.test.labeled:
-            log.info("test: %d images without labels, not scored (the report scores the validation split); predict them with "
-                     "imgclf predict %s <their folder or CSV of ids>", len(self.data.test), self.run_dir)
-        if evaluation is not None and evaluation.split == "test":
-            m = evaluation.metrics
-            test = {"loss": m["loss"], "acc": m["accuracy"], "images": m["images"]}
-            log.info("test: loss %.4f  accuracy %.2f%% on %d images (weights of epoch %d)", test["loss"], 100 * test["acc"],
-                     test["images"], self.best["epoch"])
-        metrics = {"best_epoch": self.best["epoch"], "best_val_acc": self.best["val_acc"] if self.val_loader else None,
-                   "epochs": self.epoch, "test_loss": test["loss"] if test else None, "test_acc": test["acc"] if test else None,
-                   "train_seconds": round(sum(r["seconds"] for r in self.history), 2), "tta": self.tta,
-                   **({"compile_seconds": round(self.compile_seconds, 2)} if self.config.train.compile else {})}
-        save_bundle(self.run_dir, self.model, self.bundle_spec(metrics))
-        (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
-        if evaluation is not None:
-            log.info("report: %s", write_report(self.run_dir, evaluation, self.data.summary(), self.audit()))
-        else:
-            log.info("no labeled test or validation images: no report")
-        return test
-
-    def audit(self):
-        """The data audit for the report, its findings written to audit.csv in the run directory."""
-        from imgclf.data.audit import audit
-
-        result = audit(self.data)
-        result.write_csv(self.run_dir / "audit.csv")
-        return result
-
-    def score(self):
-        """The Evaluation of the test split when it is labeled, else of validation; None without either."""
-        from imgclf.evaluation import Evaluation, compute_metrics, predict_probs
-
-        d = self.data
-        split, part = ("test", d.test) if self.test_loader is not None else ("val", d.val)
-        if part is None or not len(part):
-            return None
-        probs = predict_probs(self.model, part, d.mean, d.std, device=self.device, batch_size=EVAL_BATCH, tta=self.tta)
-        metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": self.tta}
-        return Evaluation(d.classes, split, part, probs, metrics)
-
     @property
     def tta(self) -> bool:
         """Test-time flips and shifts only for a model that saw mirrored images in training."""
-        return bool(self.config.train.tta and self.train_loader.augment and self.train_loader.augment.hflip)
+        return bool(self.config.train.tta and self.hflip)
 
-    def bundle_spec(self, metrics: dict) -> dict:
-        d = self.data
-        integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
-        return {"architecture": self.arch, "classes": d.classes, "class_type": "int" if integers else "str",
-                "input": {"channels": d.channels, "size": list(d.image_size), "resize": self.config.data.resize},
-                "normalization": {"mean": list(d.mean), "std": list(d.std)},
-                "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
-                                 "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
-                "metrics": metrics, "source": self.source_text,
-                "training": {"hflip": bool(self.train_loader.augment and self.train_loader.augment.hflip), "tta": self.tta}}
+    @property
+    def hflip(self) -> bool:
+        return bool(self.train_loader.augment and self.train_loader.augment.hflip)
 
 
 def class_weights(labels, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -419,16 +401,18 @@ def class_weights(labels, num_classes: int, device: torch.device) -> torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DeviceLoader, device: torch.device, dtype) -> dict:
-    """Mean cross-entropy (no label smoothing) and accuracy over a loader."""
+def evaluate_loader(model: nn.Module, loader: DeviceLoader, device: torch.device, dtype, world: World = SINGLE) -> dict:
+    """Mean cross-entropy (no label smoothing) and accuracy over a loader; over every rank's shard when
+    the loader is one of several (each image counted once: shards are disjoint and unpadded)."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, n = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, images
     for x, y in loader:
         with hardware.autocast(device, dtype):
             out = model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
+        sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += len(y)
     model.train(was_training)
-    return {"loss": loss_sum.item() / max(n, 1), "acc": correct.item() / max(n, 1), "images": n}
+    loss, correct, n = (float(v) for v in world.sum(sums))
+    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "images": int(n)}

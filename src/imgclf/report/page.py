@@ -64,29 +64,6 @@ def write_plots(run_dir: Path, evaluation) -> dict[str, Path]:
     return made
 
 
-def report_run(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int = 512, device: str = "auto") -> Path:
-    """Score a finished run again and rewrite its report: on `source`, or on the run's own data loaded
-    with the run's own settings (so its validation split comes back the same)."""
-    from imgclf.config import Config
-    from imgclf.data.audit import audit
-    from imgclf.data.sources import load_data
-    from imgclf.engine.bundle import bundle_dir
-    from imgclf.engine.rundir import run_source
-    from imgclf.errors import ImgclfError
-    from imgclf.evaluation import evaluate
-
-    run_dir = bundle_dir(run_dir)
-    source = source or run_source(run_dir)
-    if source is None:
-        raise ImgclfError(f"{run_dir}: its training data was in memory; pass the data to score with --source SOURCE.")
-    config = Config.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else Config()
-    data = load_data(source, config.data)
-    ev = evaluate(run_dir, data, split=split, batch_size=batch_size, device=device)
-    findings = audit(data)
-    findings.write_csv(run_dir / "audit.csv")
-    return write_report(run_dir, ev, data.summary(), findings)
-
-
 def _audit_section(audit) -> str:
     if audit is None:
         return ""
