@@ -42,6 +42,7 @@ bench: install data
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/small_data.py
 	$(BIN)/python benchmarks/time_to_accuracy.py
+	$(BIN)/python benchmarks/distributed.py
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

@@ -34,3 +34,14 @@ def test_time_to_accuracy_quick_writes_every_section(tmp_path):
 def test_unknown_section_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "fashon", "--results", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown section" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_distributed_quick_measures_one_process_and_two(tmp_path):
+    script = SCRIPT.parent / "distributed.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--results", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
+    assert [r["configuration"].split(" x ")[0] for r in rows] == ["1 process", "2 processes"]
+    assert all(r["train images/s (median)"] > 0 for r in rows)
