@@ -11,7 +11,7 @@ install: $(BIN)/imgclf
 $(BIN)/imgclf: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,export]'
+	$(BIN)/pip install --quiet -e '.[test,export,serve]'
 	touch $@
 
 # Fashion-MNIST: Debian's package where we have apt and root, else imgclf's own download.

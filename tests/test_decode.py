@@ -164,3 +164,62 @@ def test_varying_sizes_choose_a_size_and_say_so(tmp_path, fmnist_small):
     assert data.image_size == (56, 56)  # median short side 55, to a multiple of 8
     assert any("chosen" in n and "--image-size" in n for n in data.notes)
     assert load_data(tmp_path, image_size=24, val_fraction=0).image_size == (24, 24)
+
+
+def test_bytes_decode_as_the_file_does_with_the_same_checks(tmp_path, fmnist_small):
+    """Uploads go through the checks folders get: the same pixels, and the same reasons for bad input."""
+    from imgclf.data.decode import read
+
+    image = fmnist_small[0][7]
+    for ext, options in LOSSLESS + [("jpg", {"quality": 90}), ("gif", {})]:
+        path = tmp_path / f"x.{ext}"
+        Image.fromarray(image, "L").save(path, **options)
+        assert np.array_equal(decode(path.read_bytes(), 1, (20, 20)), decode(str(path), 1, (20, 20)))
+    make_bomb_png(tmp_path / "bomb.png")
+    tga = tmp_path / "x.tga"
+    Image.fromarray(image, "L").save(tga)
+    good = (tmp_path / "x.png").read_bytes()
+    cases = {
+        "empty": (b"", "empty", "empty"),
+        "text": (b"just some text, no pixels", "corrupt", "not an image"),
+        "bomb": ((tmp_path / "bomb.png").read_bytes(), "too_large", "decompression bomb"),
+        "truncated": (good[:60], "corrupt", ""),
+        "other format": (tga.read_bytes(), "format", "TGA"),
+    }
+    for what, (blob, kind, words) in cases.items():
+        got = read(blob, 1, (28, 28))
+        assert isinstance(got, BadImage) and got.kind == kind and words in str(got), (what, got)
+    # The same refusal for a file in a format the folder walk would not list, whatever its extension says.
+    renamed = tmp_path / "really-a-tga.png"
+    renamed.write_bytes(tga.read_bytes())
+    assert read(str(renamed), 1, (28, 28)).kind == "format"
+    # A pixel bound below Pillow's own.
+    big = Image.new("L", (2000, 1000))
+    path = tmp_path / "big.png"
+    big.save(path)
+    refused = read(path.read_bytes(), 1, (28, 28), max_pixels=1_000_000)
+    assert refused.kind == "too_large" and "2000x1000" in str(refused)
+    assert read(path.read_bytes(), 1, (28, 28), max_pixels=2_000_000).shape == (1, 28, 28)
+
+
+def test_predict_takes_encoded_bytes_and_uint8_arrays(tiny_bundle, fmnist_small, tmp_path):
+    import imgclf
+
+    clf = imgclf.load(tiny_bundle, device="cpu")
+    images = fmnist_small[0][:5]
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(im).save(paths[-1])
+    from_files = clf.predict_proba(paths)
+    blobs = [open(p, "rb").read() for p in paths]
+    np.testing.assert_allclose(clf.predict_proba(blobs), from_files, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_pixels(images[:, None].copy()), from_files, atol=1e-6)
+    items = clf.bytes_items([blobs[0], b"", b"nonsense"])
+    assert items[0].error is None and "empty" in items[1].error and "not an image" in items[2].error
+    with pytest.raises(Exception, match="uint8 N x 1 x 28 x 28"):
+        clf.predict_pixels(np.zeros((2, 3, 28, 28), np.uint8))
+    with clf.worker_pool(2) as pool:  # a pool the caller owns, reused over calls
+        for _ in range(2):
+            items, probs = clf.files_with_probabilities(paths, pool=pool)
+            np.testing.assert_allclose(probs, from_files, atol=1e-6)

@@ -252,43 +252,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import csv
+    from imgclf.data.skips import warnings_summary
+    from imgclf.predict import load, prediction_rows, resolve_inputs, template_beside, write_predictions
 
-    from imgclf.data.skips import SkipLog, warnings_summary, write_skipped, write_warnings
-    from imgclf.predict import fill_template, load, prediction_rows, resolve_inputs, template_beside
-
-    out = _output_path(args.out or "predictions.csv", "--out", "predictions.csv")
-    # A sample submission beside a CSV of ids shapes the output, unless more columns were asked for.
-    template = Path(args.template) if args.template else None if args.top_k or args.proba else template_beside(args.inputs)
     clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers, tta=args.tta)
-    skips = SkipLog()
-    ids, paths = resolve_inputs(args.inputs, skips)
-    single = len(ids) == 1 and not args.out and not template
-    columns, rows = prediction_rows(clf, ids, paths, top_k=5 if single else args.top_k, proba=args.proba)
-    if single:
-        return _print_top5(clf, rows[0])
-    bad = [r for r in rows if r["error"]]
-    warned = {r["id"]: r["warning"] for r in rows if r["warning"]}
-    if template:
-        if not args.template:
-            print(f"template: {template} (found beside {args.inputs[0]}; --template chooses another)")
-        columns, rows = fill_template(template, rows)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{len(rows) - len(bad)} predictions written to {out}")
-    side = lambda kind: out.with_name(f"{out.stem}.{kind}.csv")  # noqa: E731
-    if bad:
-        write_warnings({r["id"]: r["error"] for r in bad}, side("errors"), header=("id", "error"))
-        print(f"{len(bad)} input(s) could not be read and have no label; each with its reason in {side('errors')}")
-    if skips.items:
-        write_skipped(skips.items, side("skipped"))
-        print(f"{skips.summary()}; each with its reason in {side('skipped')}")
-    if warned:
-        write_warnings(warned, side("warnings"))
-        print(warnings_summary(warned, side("warnings")))
-        for image_id, text in warned.items():
+    if not args.out and not args.template and not (template_beside(args.inputs) and not (args.top_k or args.proba)):
+        ids, paths = resolve_inputs(args.inputs)
+        if len(ids) == 1:  # one image and nowhere asked to write: its top 5 on the terminal
+            return _print_top5(clf, prediction_rows(clf, ids, paths, top_k=5, proba=args.proba)[1][0])
+    out = _output_path(args.out or "predictions.csv", "--out", "predictions.csv")
+    w = write_predictions(clf, args.inputs, out, template=args.template, top_k=args.top_k, proba=args.proba)
+    if w.template:
+        print(f"template: {w.template} (found beside {args.inputs[0]}; --template chooses another)")
+    print(f"{w.labelled} predictions written to {w.path}")
+    if w.errors:
+        print(f"{w.bad} input(s) could not be read and have no label; each with its reason in {w.errors}")
+    if w.skipped:
+        print(f"{w.skipped_summary}; each with its reason in {w.skipped}")
+    if w.warnings:
+        print(warnings_summary(w.warned, w.warnings))
+        for image_id, text in w.warned.items():
             log.debug("  %s: %s", image_id, text)
     return 0
 
@@ -314,6 +297,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
           f"(limit {PARITY_ATOL:.0e}), top-1 agreement {r.top1_agree:.2%}")
     if not r.ok:
         raise ImgclfError(f"{r.path}: the export does not match PyTorch closely enough; keep using the bundle, and report this model.")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from imgclf.serve.server import serve
+    except ImportError as err:
+        raise ImgclfError(f"imgclf serve needs its extra ({err.name} is missing): pip install 'imgclf[serve]'.") from None
+    from imgclf.engine.bundle import read_spec
+    from imgclf.serve.settings import ServeSettings
+
+    read_spec(args.model)  # a wrong path or a damaged bundle: one line now, not from a worker later
+    settings = ServeSettings(model=args.model, host=args.host, port=args.port, name=args.name, max_batch=args.max_batch,
+                             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout_s,
+                             workers=args.workers, max_upload_mb=args.max_upload_mb, max_images=args.max_images,
+                             max_pixels=args.max_pixels, top_k=args.top_k, token_env=args.token_env, device=args.device,
+                             tta=args.tta, drain_s=args.drain_s)
+    serve(settings, ready_line=lambda line: print(line, flush=True))
     return 0
 
 
@@ -493,6 +494,27 @@ def _deploy_commands(sub) -> None:
     ex.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: batches of 1)")
     ex.add_argument("--check", metavar="SOURCE", help="images for the parity check (default: the run's own data)")
     ex.set_defaults(run=_cmd_export)
+    sv = sub.add_parser("serve", help="an HTTP service for a bundle: /predict, the v2 inference protocol, a web page, metrics")
+    sv.add_argument("model", help="a run directory or a bundle folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    sv.add_argument("--name", help="the model's name in /v2/models/NAME (default: the bundle folder's name)")
+    sv.add_argument("--max-batch", type=int, default=64, help="images per forward pass (default: 64)")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for others to batch with (default: 2; "
+                    "0 with --max-batch 1 turns batching off)")
+    sv.add_argument("--max-queue", type=int, default=256, help="requests waiting for the model before 503s (default: 256)")
+    sv.add_argument("--timeout-s", type=float, default=10.0, help="a request's deadline; past it, 504 (default: 10)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with the model (default: 1); "
+                    "torch threads per process = cores / workers")
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: 10)")
+    sv.add_argument("--max-images", type=int, default=64, help="images per request (default: 64)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="width x height of one image (default: 40,000,000)")
+    sv.add_argument("--top-k", type=int, default=5, help="classes per image in /predict's answer (default: 5; ?top_k= per request)")
+    sv.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>' with the token in environment variable VAR")
+    sv.add_argument("--drain-s", type=float, default=8.0, help="on SIGTERM, how long queued requests may take (default: 8)")
+    sv.add_argument("--tta", action="store_true", help="average each image with its mirror and 1-pixel shifts (when training used flips)")
+    sv.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    sv.set_defaults(run=_cmd_serve)
 
 
 def _model_commands(sub) -> None:

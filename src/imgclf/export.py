@@ -20,26 +20,12 @@ import torch
 from torch import nn
 
 from imgclf.errors import ImgclfError
+from imgclf.preprocessing import Preprocessing
 
 log = logging.getLogger("imgclf")
 FORMATS = ("onnx", "torchscript")
 PARITY_ATOL = 1e-4
 CHECK_IMAGES = 64
-
-
-class WithPreprocessing(nn.Module):
-    """The model behind the bundle's normalisation: raw 0..255 pixels in, logits out."""
-
-    def __init__(self, model: nn.Module, mean, std):
-        super().__init__()
-        self.model = model
-        c = len(mean)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-        self.register_buffer("scale", 1 / (255 * std_t))
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) / std_t)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels * self.scale + self.shift)
 
 
 @dataclass
@@ -75,7 +61,8 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, d
     if fmt not in FORMATS:
         raise ImgclfError(f"--format {fmt} is not one of {', '.join(FORMATS)}.")
     model, spec = load_bundle(model_path)
-    wrapped = WithPreprocessing(model.float().eval(), spec["normalization"]["mean"], spec["normalization"]["std"]).eval()
+    pre = Preprocessing.from_spec(spec)
+    wrapped = pre.module(model.float().eval()).eval()
     pixels = _check_pixels(spec, check)
     out = Path(out) if out else bundle_dir(model_path) / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +84,8 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, d
     result = ExportResult(out, float(np.abs(got - reference).max()), float((got.argmax(1) == reference.argmax(1)).mean()), len(pixels))
     classes = [int(c) for c in spec["classes"]] if spec.get("class_type") == "int" else spec["classes"]  # as prediction gives them
     sidecar = {"format": fmt, "classes": classes, "architecture": spec["architecture"]["name"],
-               "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW", "shape": [None if dynamic_batch else 1, spec["input"]["channels"], *spec["input"]["size"]],
-                         "values": "raw pixels 0..255; gray (1 channel) or RGB (3), alpha composited on white",
-                         "resize": f"keep the aspect ratio, then {spec['input']['resize']} to {spec['input']['size']} (H, W)"},
+               "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW", "shape": [None if dynamic_batch else 1, *pre.shape],
+                         "values": pre.describe()["values"], "resize": pre.describe()["resize_rule"]},
                "output": {"name": "logits", "softmax": "not applied"}, "normalization": "included in the graph",
                "parity": {"images": result.images, "max_abs_diff": result.max_abs_diff, "top1_agree": result.top1_agree}}
     Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2))

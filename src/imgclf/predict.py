@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from imgclf.data import decode
 from imgclf.data.augment import tta_views
-from imgclf.data.parallel import chunks, iter_chunks, worker_count
+from imgclf.data.parallel import chunks, iter_chunks, pool_context, worker_count
 from imgclf.data.skips import SkipLog
 from imgclf.data.walk import image_files
 from imgclf.errors import ImgclfError
@@ -37,23 +38,26 @@ class Item:
     warning: str | None = None  # what the image libraries said while decoding it
 
 
-# Classifiers in use by files_with_probabilities, by id: forked workers inherit them; spawned ones
-# (macOS) load the bundle once each and keep it here.
-_SHARED: dict[int, "ImageClassifier"] = {}
-
-
 def _one_torch_thread() -> None:
-    """Worker set-up: one torch thread per process, so the workers together use each core once."""
+    """One torch thread per process, so the workers together use each core once."""
     torch.set_num_threads(1)
 
 
-def _decode_and_predict(key: int, bundle: str, paths: list[str], tta: bool = False) -> tuple[list[str | None], np.ndarray, dict[str, str]]:
+# The classifier of this worker process, set by its pool's initializer (never in the caller's process):
+# a forked worker inherits the caller's classifier, a spawned one (macOS) loads the bundle once.
+_WORKER: "ImageClassifier | None" = None
+
+
+def _adopt(clf: "ImageClassifier | str", tta: bool) -> None:
+    global _WORKER
+    _one_torch_thread()
+    _WORKER = clf if isinstance(clf, ImageClassifier) else ImageClassifier(clf, device="cpu", tta=tta)
+
+
+def _decode_and_predict(paths: list[str]) -> tuple[list[str | None], np.ndarray, dict[str, str]]:
     """A worker's job: decode a chunk of files and run the model on it."""
-    if key not in _SHARED:
-        _SHARED[key] = ImageClassifier(bundle, device="cpu", tta=tta)
-    clf = _SHARED[key]
-    decoded, noise = decode.decode_many(paths, clf.channels_, clf.size_, clf.resize_)
-    return (*clf.predict_decoded(decoded), noise)
+    decoded, noise = _WORKER.pre_.read_files(paths)
+    return (*_WORKER.predict_decoded(decoded), noise)
 
 
 class ImageClassifier:
@@ -65,6 +69,7 @@ class ImageClassifier:
         from imgclf.engine.bundle import load_bundle
         from imgclf.engine.hardware import pick_device, use_channels_last
         from imgclf.models.inference import for_inference
+        from imgclf.preprocessing import Preprocessing
 
         self.path, self.batch_size, self.workers = Path(path), batch_size, workers
 
@@ -75,17 +80,13 @@ class ImageClassifier:
         self.model_.to(self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format)
         # Integer labels stay integers (scikit-learn's manners: classes_ are the labels as given).
         self.classes_ = [int(c) for c in self.spec_["classes"]] if self.spec_.get("class_type") == "int" else list(self.spec_["classes"])
-        inp = self.spec_["input"]
-        self.channels_, self.size_, self.resize_ = inp["channels"], tuple(inp["size"]), inp["resize"]
+        self.pre_ = Preprocessing.from_spec(self.spec_)
+        self.channels_, self.size_, self.resize_ = self.pre_.channels, self.pre_.size, self.pre_.resize
         # Test-time views (mirror and 1-pixel shifts) only for a model that saw mirrored images in training.
         self.tta = tta and bool(self.spec_.get("training", {}).get("hflip"))
         if tta and not self.tta:
             log.warning("test-time flips skipped: %s was trained without horizontal flips, so mirrored images are new to it", path)
-        norm = self.spec_["normalization"]
-        c = self.channels_
-        std = torch.tensor(norm["std"], dtype=torch.float32).view(1, c, 1, 1)
-        self._scale = (1 / (255 * std)).to(self.device_)
-        self._shift = (-torch.tensor(norm["mean"], dtype=torch.float32).view(1, c, 1, 1) / std).to(self.device_)
+        self._scale, self._shift = self.pre_.scale_shift(self.device_)
 
     def __repr__(self) -> str:
         return f"ImageClassifier({self.path}, {self.spec_['architecture']['name']}, {len(self.classes_)} classes)"
@@ -96,14 +97,34 @@ class ImageClassifier:
         from PIL import Image
 
         if isinstance(x, Image.Image):
-            return [Item("image", decode.prepare(x.copy(), self.channels_, self.size_, self.resize_))]
+            return [Item("image", self.pre_.from_pil(x))]
+        if isinstance(x, (bytes, bytearray)):
+            x = [x]
+        if isinstance(x, (list, tuple)) and x and all(isinstance(v, (bytes, bytearray)) for v in x):
+            return self.bytes_items(x)
         if isinstance(x, (list, tuple)) and x and all(isinstance(v, Image.Image) or hasattr(v, "shape") for v in x):
             return [it for v in x for it in self.items(v)]
         if hasattr(x, "shape"):
             return self._array_items(x)
         raise ImgclfError(f"cannot predict on a {type(x).__name__}; pass a path, a folder, paths, a PIL image, or an array.")
 
-    def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None) -> tuple[list[Item], np.ndarray]:
+    def bytes_items(self, blobs: list[bytes], ids: list[str] | None = None, max_pixels: int | None = None) -> list[Item]:
+        """Encoded images (uploads, database blobs) as items: pixels, or the reason, with the same checks as files."""
+        items = []
+        for i, blob in enumerate(blobs):
+            got = self.pre_.read(bytes(blob), max_pixels)
+            image_id = ids[i] if ids else f"bytes:{i}"
+            items.append(Item(image_id, None, str(got)) if isinstance(got, decode.BadImage) else Item(image_id, got))
+        return items
+
+    def worker_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
+        """Processes that decode files and (on a CPU) run this model, for the caller to own and reuse over
+        many files_with_probabilities calls; close it with shutdown() or a with block."""
+        return ProcessPoolExecutor(max_workers=worker_count(workers or self.workers), mp_context=pool_context(),
+                                   initializer=_adopt, initargs=(self if pool_context().get_start_method() == "fork" else str(self.path), self.tta))
+
+    def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None,
+                                 pool: ProcessPoolExecutor | None = None) -> tuple[list[Item], np.ndarray]:
         """An item per path (its error and the libraries' warnings, or None; pixels are not kept) and N x K
         probabilities, NaN for bad files.
 
@@ -112,21 +133,25 @@ class ImageClassifier:
         waits, and torch's threads do not fight the decoders for the cores (1.1x to 1.2x the images/s of
         decoding in workers and predicting here on 2 cores; benchmarks/predict.py). On a GPU the workers
         decode and this process feeds the device. An empty path (a CSV id without an image) gets its error.
+        pool: a worker_pool() the caller owns (a service predicting many times); without one, a pool lives
+        for this call when there are enough files to pay for starting it.
         """
         ids = ids or paths
-        workers = worker_count(self.workers) if len(paths) >= PARALLEL_FROM else 1
-        in_workers = workers > 1 and self.device_.type == "cpu"
+        own_pool = pool is None and len(paths) >= PARALLEL_FROM and worker_count(self.workers) > 1
+        if own_pool:
+            pool = self.worker_pool()
+        workers = pool._max_workers if pool is not None else 1
+        in_workers = pool is not None and self.device_.type == "cpu"
         spans = chunks(len(paths), workers, size=self.batch_size)
         present = [[p for p in paths[a:b] if p] for a, b in spans]
         if in_workers:
-            fn, init, jobs = _decode_and_predict, _one_torch_thread, [(id(self), str(self.path), ps, self.tta) for ps in present]
-            _SHARED[id(self)] = self  # forked workers find this classifier here instead of loading the bundle again
+            fn, jobs = _decode_and_predict, [(ps,) for ps in present]
         else:
-            fn, init, jobs = decode.decode_many, None, [(ps, self.channels_, self.size_, self.resize_) for ps in present]
+            fn, jobs = decode.decode_many, [(ps, self.channels_, self.size_, self.resize_) for ps in present]
         items: list[Item] = []
         probs = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
         try:
-            for (a, b), out in zip(spans, iter_chunks(fn, jobs, workers, "predicting", initializer=init)):
+            for (a, b), out in zip(spans, iter_chunks(fn, jobs, workers, "predicting", pool=pool)):
                 errors, chunk_probs, noise = out if in_workers else (*self.predict_decoded(out[0]), out[1])
                 found = iter(zip(errors, chunk_probs))
                 for row, (image_id, path) in enumerate(zip(ids[a:b], paths[a:b]), start=a):
@@ -136,7 +161,8 @@ class ImageClassifier:
                     error, probs[row] = next(found)
                     items.append(Item(image_id, None, error, noise.get(path)))
         finally:
-            _SHARED.pop(id(self), None)
+            if own_pool:
+                pool.shutdown(cancel_futures=True)
         return items, probs
 
     def predict_decoded(self, decoded: list[np.ndarray | str]) -> tuple[list[str | None], np.ndarray]:
@@ -161,15 +187,27 @@ class ImageClassifier:
         return [Item(f"array:{i}", im) for i, im in enumerate(batch)]
 
     # -- the model ---------------------------------------------------------------------------------
-    @torch.inference_mode()
     def probabilities(self, items: list[Item]) -> np.ndarray:
         """N x K probabilities for the items with pixels (rows of bad items are NaN)."""
         out = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float32)
         rows = [i for i, it in enumerate(items) if it.pixels is not None]
-        self.model_.eval()
         for a in range(0, len(rows), self.batch_size):
             part = rows[a:a + self.batch_size]
-            x = torch.from_numpy(np.stack([items[i].pixels for i in part])).to(self.device_)
+            out[part] = self.predict_pixels(np.stack([items[i].pixels for i in part]))
+        return out
+
+    @torch.inference_mode()
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The core every input goes through: uint8 N x C x H x W in the model's input format (pre_.shape;
+        pre_.conform makes any size so) -> N x K probabilities, in batches of at most batch_size.
+
+        Safe to call from one thread at a time per classifier (a service's inference thread)."""
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != self.pre_.shape or pixels.dtype != np.uint8:
+            raise ImgclfError(f"predict_pixels takes uint8 N x {' x '.join(map(str, self.pre_.shape))} arrays, not "
+                              f"{pixels.dtype} {' x '.join(map(str, pixels.shape))}; use predict() for other inputs.")
+        out = []
+        for a in range(0, len(pixels), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[a:a + self.batch_size])).to(self.device_)
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.channels_last_:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -177,8 +215,8 @@ class ImageClassifier:
                 p = sum(w * self.model_(view).float().softmax(1) for view, w in tta_views(x))
             else:
                 p = self.model_(x).float().softmax(1)
-            out[part] = p.cpu().numpy()
-        return out
+            out.append(p.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), np.float32)
 
     def _checked(self, x) -> tuple[list[Item], np.ndarray]:
         paths = self._paths(x)
@@ -308,3 +346,58 @@ def fill_template(template: Path, rows: list[dict]) -> tuple[list[str], list[dic
         pred = by_id[str(r[id_col]).strip()]
         out.append({**r, label_col: "" if pred["error"] else pred["label"]})
     return list(t_rows[0].keys()), out
+
+
+@dataclass
+class Written:
+    """What write_predictions wrote: the CSV, how many rows got a label, and the side files beside it."""
+
+    path: Path
+    rows: int
+    labelled: int
+    template: Path | None = None
+    errors: Path | None = None  # id,error of inputs that could not be read (no label)
+    bad: int = 0
+    skipped: Path | None = None  # what walking the folders left out, with reasons
+    skipped_summary: str = ""
+    warnings: Path | None = None  # what the image libraries said, per id
+    warned: dict | None = None
+
+
+def write_predictions(clf: ImageClassifier, inputs: list[str], out: str | Path = "predictions.csv", *,
+                      template: str | Path | None = None, find_template: bool = True, top_k: int = 0,
+                      proba: bool = False) -> Written:
+    """The submission CSV for inputs (files, folders, a CSV of ids), in the template's columns and row order
+    when there is one (given, or the sample_submission.csv beside a CSV of ids unless top_k or proba asks
+    for more columns), and beside it <out>.errors.csv, .skipped.csv and .warnings.csv when there is
+    something to say. Bad inputs never stop it: each gets its row without a label and its reason."""
+    import csv
+
+    from imgclf.data.skips import write_skipped, write_warnings
+
+    out = Path(out)
+    found = None if template or top_k or proba or not find_template else template_beside(inputs)
+    template = Path(template) if template else found
+    skips = SkipLog()
+    ids, paths = resolve_inputs(inputs, skips)
+    columns, rows = prediction_rows(clf, ids, paths, top_k=top_k, proba=proba)
+    bad = [r for r in rows if r["error"]]
+    warned = {r["id"]: r["warning"] for r in rows if r["warning"]}
+    if template:
+        columns, rows = fill_template(template, rows)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    side = lambda kind: out.with_name(f"{out.stem}.{kind}.csv")  # noqa: E731
+    written = Written(out, len(rows), len(rows) - len(bad), template=found, bad=len(bad), warned=warned or None)
+    if bad:
+        written.errors = side("errors")
+        write_warnings({r["id"]: r["error"] for r in bad}, written.errors, header=("id", "error"))
+    if skips.items:
+        written.skipped, written.skipped_summary = side("skipped"), skips.summary()
+        write_skipped(skips.items, written.skipped)
+    if warned:
+        written.warnings = side("warnings")
+        write_warnings(warned, written.warnings)
+    return written

@@ -1,10 +1,14 @@
-"""Turning one image file (or array) into a uint8 C x H x W array of the dataset's size and channels.
+"""Turning one image (a file, or its bytes as uploaded) into a uint8 C x H x W array of the dataset's size
+and channels.
 
+Files and uploads go through the same checks (accepted formats, decompression bombs, empty, truncated
+and corrupt images), so a server is exactly as hard to break with bytes as training is with a folder.
 This module imports only Pillow, numpy and the standard library: it runs in the decoding worker processes.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -18,27 +22,70 @@ _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 _EXIF_ORIENTATION = 0x0112
 
 
+# Pillow's names for the formats of walk.IMAGE_EXTENSIONS (JPEG also opens a phone's MPO, a JPEG with a
+# second frame; PPM also reads PGM and PBM). Only these parsers ever see a file's bytes.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+
+Source = str | bytes  # a path, or an image's encoded bytes
+
+
 class BadImage(Exception):
-    """A file that cannot be used as an image; the message is the reason shown to the user."""
+    """An input that cannot be used as an image; the message is the reason shown to the user, and kind
+    what sort of reason it is, for a server's status code: "empty", "format" (a real image in a format
+    that is not accepted), "too_large" (more pixels than allowed), "unreadable" (the file system said
+    no) or "corrupt" (everything else: not an image, truncated, broken)."""
+
+    def __init__(self, reason: str, kind: str = "corrupt"):
+        super().__init__(reason)
+        self.kind = kind
 
 
-def _open(path: str) -> Image.Image:
+def _format_name(data) -> str | None:
+    """The format of an image Pillow can read but we do not accept, for the error; None if not an image.
+    Only the header is parsed (Image.open reads no pixels), so no extra decoder runs on the data."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(data) as img:
+                return img.format
+    except Exception:
+        return None
+
+
+def _open(source: Source, max_pixels: int | None = None) -> Image.Image:
+    """The opened image (header read, no pixels), or BadImage with why not."""
+    if isinstance(source, (bytes, bytearray, memoryview)) and not len(source):
+        raise BadImage("empty file (0 bytes)", "empty")
+    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; a bomb is a bomb either way.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            img = Image.open(data, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(f"decompression bomb: more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS}") from None
+        raise BadImage(f"decompression bomb: more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS}", "too_large") from None
     except UnidentifiedImageError:
         # The size is asked only now: one stat call fewer per good file.
-        raise BadImage("empty file (0 bytes)" if os.path.getsize(path) == 0 else "not an image, or corrupt beyond recognition") from None
+        if not isinstance(source, (bytes, bytearray, memoryview)) and os.path.getsize(source) == 0:
+            raise BadImage("empty file (0 bytes)", "empty") from None
+        if isinstance(data, io.BytesIO):
+            data.seek(0)
+        other = _format_name(data)
+        if other:
+            raise BadImage(f"a {other} image, which is not accepted; convert it to PNG or JPEG "
+                           f"(accepted: {', '.join(FORMATS)})", "format") from None
+        raise BadImage("not an image, or corrupt beyond recognition") from None
     except PermissionError:
-        raise BadImage("unreadable: permission denied") from None
+        raise BadImage("unreadable: permission denied", "unreadable") from None
     except OSError as err:
         if err.errno is None:  # raised by a Pillow decoder, not by the file system
             raise BadImage(f"corrupt image: {err}") from None
-        raise BadImage(f"unreadable: {err.strerror or err}") from None
+        raise BadImage(f"unreadable: {err.strerror or err}", "unreadable") from None
+    if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+        w, h = img.size
+        img.close()
+        raise BadImage(f"{w}x{h} pixels, more than the {max_pixels:,} allowed; send a smaller image", "too_large")
+    return img
 
 
 def _palette_is_gray(img: Image.Image) -> bool:
@@ -52,9 +99,9 @@ def _palette_is_gray(img: Image.Image) -> bool:
     return bool(len(colors)) and bool((colors == colors[:, :1]).all())
 
 
-def probe(path: str) -> tuple[int, int, bool, str]:
+def probe(source: Source) -> tuple[int, int, bool, str]:
     """Height, width (after EXIF rotation), whether it has colour, and its mode, from the header alone."""
-    with _open(path) as img:
+    with _open(source) as img:
         w, h = img.size
         try:
             # Pillow gives a TIFF's upright size at open (it rotates TIFFs itself when loading).
@@ -139,9 +186,24 @@ def fit(img: Image.Image, size: tuple[int, int] | None, resize: str) -> Image.Im
     return canvas
 
 
-def decode(path: str, channels: int, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
-    """One file as a uint8 C x H x W array; raises BadImage with the reason when it cannot be used."""
-    return prepare(_open(path), channels, size, resize)
+def decode(source: Source, channels: int, size: tuple[int, int] | None, resize: str = "crop",
+           max_pixels: int | None = None) -> np.ndarray:
+    """One image (a path or its bytes) as a uint8 C x H x W array; raises BadImage with the reason when
+    it cannot be used. max_pixels bounds width x height below Pillow's own bomb limit."""
+    return prepare(_open(source, max_pixels), channels, size, resize)
+
+
+def read(source: Source, channels: int, size: tuple[int, int] | None, resize: str = "crop",
+         max_pixels: int | None = None) -> np.ndarray | BadImage:
+    """decode() that never raises: the pixels, or the BadImage saying why not. Hostile bytes can make
+    Pillow raise anything; whatever it is becomes a "corrupt" reason, so one input never ends a run or
+    a server."""
+    try:
+        return decode(source, channels, size, resize, max_pixels)
+    except BadImage as bad:
+        return bad
+    except Exception as err:
+        return BadImage(f"corrupt image: {type(err).__name__}: {err}"[:300])
 
 
 def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
@@ -162,7 +224,9 @@ def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, 
             a = np.asarray(img, dtype=np.uint8)
     except BadImage:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise BadImage(f"decompression bomb: more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS}", "too_large") from None
+    except (OSError, SyntaxError, ValueError) as err:
         text = str(err)
         reason = "truncated image" if "truncated" in text else f"corrupt image: {text or type(err).__name__}"
         raise BadImage(reason) from None

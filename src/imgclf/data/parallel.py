@@ -12,27 +12,37 @@ def worker_count(requested: int | None) -> int:
     return max(1, requested or os.cpu_count() or 1)
 
 
-def iter_chunks(fn, jobs: list[tuple], workers: int, what: str, initializer=None):
+def pool_context():
+    """fork starts workers in milliseconds and needs no __main__ guard in user scripts; macOS cannot fork safely."""
+    return multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+
+
+def iter_chunks(fn, jobs: list[tuple], workers: int, what: str, initializer=None, pool: ProcessPoolExecutor | None = None):
     """fn(*job) for every job, yielded in order as each is ready, so a consumer can work meanwhile.
 
-    initializer runs once in each worker process (never in this one, where workers == 1 runs the jobs).
+    pool: the caller's executor, used as it is and left open; without one, a pool of `workers` lives for
+    this call. initializer runs once in each worker process of that pool (never in this one, where
+    workers == 1 runs the jobs).
     """
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc=what, unit="chunk", disable=None, leave=False)
     try:
-        if workers == 1 or len(jobs) == 1:
+        if pool is None and (workers == 1 or len(jobs) == 1):
             for job in jobs:
                 yield fn(*job)
                 bar.update()
             return
-        # fork starts workers in milliseconds and needs no __main__ guard in user scripts; macOS cannot fork safely.
-        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer) as pool:
+        owned = pool is None
+        pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=initializer)
+        try:
             futures = [pool.submit(fn, *job) for job in jobs]
             for fut in futures:
                 yield fut.result()
                 bar.update()
+        finally:
+            if owned:
+                pool.shutdown(cancel_futures=True)
     finally:
         bar.close()
 

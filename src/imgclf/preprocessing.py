@@ -1,0 +1,89 @@
+"""The bundle's input contract as one object: how an image becomes what the network was trained on.
+
+Decoding (channels, size, resize mode) and normalisation come from model.json, and every way into a
+trained model (prediction, export, the HTTP service) goes through this object, so that a 500x500 RGB
+JPEG uploaded to a server is converted exactly as the training folder was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.data import decode
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    channels: int
+    size: tuple[int, int]
+    resize: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Preprocessing":
+        inp, norm = spec["input"], spec["normalization"]
+        return cls(int(inp["channels"]), tuple(int(v) for v in inp["size"]), inp["resize"],
+                   tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """C x H x W of one image as the network takes it."""
+        return (self.channels, *self.size)
+
+    # -- images to pixels --------------------------------------------------------------------------
+    def read(self, source: decode.Source, max_pixels: int | None = None) -> np.ndarray | decode.BadImage:
+        """One image (a path or its bytes) as uint8 C x H x W, or the reason it cannot be used."""
+        return decode.read(source, self.channels, self.size, self.resize, max_pixels)
+
+    def read_files(self, paths: list[str]) -> tuple[list[np.ndarray | str], dict[str, str]]:
+        """A chunk of files (in a worker process): pixels or a reason each, and what the libraries said."""
+        return decode.decode_many(paths, self.channels, self.size, self.resize)
+
+    def from_pil(self, image) -> np.ndarray:
+        return decode.prepare(image.copy(), self.channels, self.size, self.resize)
+
+    def conform(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 N x C x H x W arrays of any size and 1, 3 or 4 channels, in the model's channels and size."""
+        from imgclf.config import DataConfig
+        from imgclf.data.sources import conform_arrays
+
+        out, _ = conform_arrays(batch, DataConfig(image_size=self.size, channels=self.channels, resize=self.resize))
+        return out
+
+    # -- pixels to the network's input ---------------------------------------------------------------
+    def scale_shift(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """x_normalised = pixels * scale + shift, i.e. (pixels / 255 - mean) / std in one multiply-add."""
+        c = self.channels
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, c, 1, 1)
+        scale = 1 / (255 * std)
+        shift = -torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1) / std
+        return scale.to(device), shift.to(device)
+
+    def module(self, model: nn.Module) -> nn.Module:
+        """The model behind this normalisation, as one module: raw 0..255 pixels in, logits out (export)."""
+        return WithNormalisation(model, *self.scale_shift())
+
+    def describe(self) -> dict:
+        """The contract in words and numbers, for a service's /info and an export's sidecar."""
+        return {"channels": self.channels, "size": list(self.size), "resize": self.resize,
+                "mean": list(self.mean), "std": list(self.std),
+                "values": "raw pixels 0..255; gray (1 channel) or RGB (3), alpha composited on white",
+                "resize_rule": f"keep the aspect ratio, then {self.resize} to {list(self.size)} (H, W)"}
+
+
+class WithNormalisation(nn.Module):
+    """A model behind fixed normalisation buffers: raw 0..255 pixels in, logits out."""
+
+    def __init__(self, model: nn.Module, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels * self.scale + self.shift)

@@ -1,0 +1,74 @@
+"""What a service accepts and how it batches: every limit has a default and a flag."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from imgclf.errors import ImgclfError
+
+ENV = "IMGCLF_SERVE_SETTINGS"  # how uvicorn's worker processes receive the settings
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    name: str | None = None  # the model's name in /v2/models/{name}; default: the bundle folder's name
+    max_batch: int = 64  # images per forward pass
+    max_wait_ms: float = 2.0  # how long the first waiting request waits for company
+    max_queue: int = 256  # requests waiting for the model; beyond it, 503 with Retry-After
+    timeout_s: float = 10.0  # a request's deadline from arrival; past it, 504
+    workers: int = 1  # server processes, each with the bundle and its own inference thread
+    max_upload_mb: float = 10.0  # body size
+    max_images: int = 64  # images per request
+    max_pixels: int = 40_000_000  # width x height of one image
+    top_k: int = 5
+    token_env: str | None = None  # environment variable holding the bearer token
+    device: str = "auto"
+    tta: bool = False
+    drain_s: float = 8.0  # SIGTERM: how long queued requests may take to finish before the exit
+
+    @property
+    def max_body(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def token(self) -> str | None:
+        if not self.token_env:
+            return None
+        value = os.environ.get(self.token_env, "")
+        if not value:
+            raise ImgclfError(f"--token-env {self.token_env}: that environment variable is empty or unset; export {self.token_env}=<a long random token>.")
+        return value
+
+    def check(self) -> "ServeSettings":
+        for name in ("max_batch", "max_queue", "workers", "max_images", "max_pixels", "top_k"):
+            if getattr(self, name) < 1:
+                raise ImgclfError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+        for name in ("max_wait_ms",):
+            if getattr(self, name) < 0:
+                raise ImgclfError(f"--{name.replace('_', '-')} cannot be negative.")
+        if self.max_upload_mb <= 0 or self.timeout_s <= 0:
+            raise ImgclfError("--max-upload-mb and --timeout-s must be positive.")
+        if not 0 <= self.port < 65536:
+            raise ImgclfError(f"--port {self.port} is not a port number (0-65535).")
+        self.token()
+        return self
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> "ServeSettings":
+        return cls(**json.loads(os.environ[ENV]))
