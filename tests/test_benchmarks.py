@@ -45,3 +45,14 @@ def test_distributed_quick_measures_one_process_and_two(tmp_path):
     rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
     assert [r["configuration"].split(" x ")[0] for r in rows] == ["1 process", "2 processes"]
     assert all(r["train images/s (median)"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_serve_quick_measures_both_settings_and_the_overload(tmp_path):
+    script = SCRIPT.parent / "serve.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--results", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "serve.json").read_text())
+    assert len(result["rows"]) == 6 and all(r["requests/s (median)"] > 0 and r["errors"] == 0 for r in result["rows"])
+    assert "only 200 and 503" in (tmp_path / "serve.md").read_text()

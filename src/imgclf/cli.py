@@ -502,7 +502,7 @@ def _deploy_commands(sub) -> None:
     sv.add_argument("--max-batch", type=int, default=64, help="images per forward pass (default: 64)")
     sv.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for others to batch with (default: 2; "
                     "0 with --max-batch 1 turns batching off)")
-    sv.add_argument("--max-queue", type=int, default=256, help="requests waiting for the model before 503s (default: 256)")
+    sv.add_argument("--max-queue", type=int, default=256, help="prediction requests in progress before 503s (default: 256)")
     sv.add_argument("--timeout-s", type=float, default=10.0, help="a request's deadline; past it, 504 (default: 10)")
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with the model (default: 1); "
                     "torch threads per process = cores / workers")

@@ -99,6 +99,8 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.failed: str | None = None
         self.draining = False
+        self.arriving = 0  # requests accepted and being read or decoded, not yet queued for the model
+        self.in_flight = 0  # prediction requests between arrival and answer, bounded by max_queue
         self.token = settings.token()
         if model is not None:
             self._start_batcher()
@@ -119,7 +121,7 @@ class Service:
     def _start_batcher(self) -> None:
         s = self.settings
         self.batcher = MicroBatcher(self.model.predict_pixels, s.max_batch, s.max_wait_ms / 1000, s.max_queue,
-                                    observe=self.metrics.batch.observe)
+                                    observe=self.metrics.batch.observe, arriving=lambda: self.arriving)
 
     @property
     def ready(self) -> bool:
@@ -133,13 +135,21 @@ class Service:
             self.metrics.rejections.labels(self.state().split(":")[0]).inc()
             raise ServeError(503, f"not ready: {self.state()}", "not_ready", {"Retry-After": "1"})
 
-    async def infer(self, pixels: np.ndarray, started: float) -> np.ndarray:
+    def arrival(self) -> "Arrival":
+        """A request on its way to the model (read, decoded), counted until it is queued or refused, so the
+        batcher knows whether company is coming."""
+        self.require_ready()
+        return Arrival(self)
+
+    async def infer(self, pixels: np.ndarray, started: float, arrival: "Arrival") -> np.ndarray:
         remaining = self.settings.timeout_s - (time.monotonic() - started)
         try:
             future = self.batcher.submit(pixels, remaining)
         except QueueFull:
+            arrival.done()
             self.metrics.rejections.labels("queue_full").inc()
             raise ServeError(503, "the service is busy (its queue is full); retry shortly", "queue_full", {"Retry-After": "1"}) from None
+        arrival.done()
         self.metrics.queue.set(self.batcher.depth())
         try:
             probs = await asyncio.wait_for(asyncio.wrap_future(future), max(remaining, 0.001))
@@ -173,6 +183,23 @@ class Service:
                              "too_many_images")
 
 
+class Arrival:
+    def __init__(self, service: Service):
+        self.service, self.counted = service, True
+        service.arriving += 1
+
+    def done(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.service.arriving -= 1
+
+    def __enter__(self) -> "Arrival":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done()
+
+
 def _json_error(status: int, message: str, reason: str | None = None, headers: dict | None = None, **extra) -> JSONResponse:
     body = {"error": message, **({"reason": reason} if reason else {}), **{k: v for k, v in extra.items() if v is not None}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -197,8 +224,19 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        service = self.service
+        predicting = scope["method"] == "POST" and (scope["path"] == "/predict" or
+                                                    (scope["path"].startswith("/v2/models/") and scope["path"].endswith("/infer")))
+        if predicting:
+            service.in_flight += 1
         try:
             refusal = self._refuse(scope)
+            if refusal is None and predicting and service.in_flight > service.settings.max_queue:
+                # Admission before any work: under overload the event loop, not the model, is what saturates
+                # first, and requests let in beyond this would only wait past their deadline (504) and hold memory.
+                service.metrics.rejections.labels("queue_full").inc()
+                refusal = _json_error(503, "the service is busy (too many requests in progress); retry shortly", "queue_full",
+                                      {"Retry-After": "1"})
             if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, refusal = await self._read_body(scope, receive)
                 if refusal is None:
@@ -208,6 +246,8 @@ class Guard:
             else:
                 await self.app(scope, receive, send_counted)
         finally:
+            if predicting:
+                service.in_flight -= 1
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             m = self.service.metrics
@@ -340,11 +380,11 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
               response_model=PredictAnswer, responses=_errors(400, 401, 413, 415, 422, 503, 504), openapi_extra=_PREDICT_BODY)
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000, description="classes per image (default 5)")):
         started = request.scope["state"]["started"]
-        service.require_ready()
-        blobs = await _uploaded(request, service)
-        service.check_count(len(blobs))
-        pixels = await run_in_threadpool(service.decode, blobs)
-        probs = await service.infer(pixels, started)
+        with service.arrival() as arrival:
+            blobs = await _uploaded(request, service)
+            service.check_count(len(blobs))
+            pixels = await run_in_threadpool(service.decode, blobs)
+            probs = await service.infer(pixels, started, arrival)
         k = min(top_k or settings.top_k, len(service.model.classes))
         classes = service.model.classes
         predictions = []
@@ -401,20 +441,21 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
     async def infer(request: Request, name: str, version: str | None) -> Response:
         started = request.scope["state"]["started"]
         model = _model(name, version)
-        try:
-            req, binary = v2.parse(await request.body(), request.headers.get(v2.HEADER))
-            kind, value = v2.input_tensor(req, binary, settings.max_images, settings.max_body)
-            names, as_binary = v2.requested_outputs(req)
-            if kind == "bytes":
-                service.check_count(len(value))
-                pixels = await run_in_threadpool(service.decode, [(f"element {i}", b) for i, b in enumerate(value)])
-            else:
-                pixels = v2.to_nchw(value, model.pre.shape)
-                service.check_count(len(pixels))
-        except v2.ProtocolError as err:
-            service.metrics.rejections.labels("bad_tensor").inc()
-            raise ServeError(err.status, str(err), "bad_tensor") from None
-        probs = await service.infer(pixels, started)
+        with service.arrival() as arrival:
+            try:
+                req, binary = v2.parse(await request.body(), request.headers.get(v2.HEADER))
+                kind, value = v2.input_tensor(req, binary, settings.max_images, settings.max_body)
+                names, as_binary = v2.requested_outputs(req)
+                if kind == "bytes":
+                    service.check_count(len(value))
+                    pixels = await run_in_threadpool(service.decode, [(f"element {i}", b) for i, b in enumerate(value)])
+                else:
+                    pixels = v2.to_nchw(value, model.pre.shape)
+                    service.check_count(len(pixels))
+            except v2.ProtocolError as err:
+                service.metrics.rejections.labels("bad_tensor").inc()
+                raise ServeError(err.status, str(err), "bad_tensor") from None
+            probs = await service.infer(pixels, started, arrival)
         body, headers = v2.response(model, req, probs, names, as_binary)
         return Response(body, media_type="application/octet-stream" if headers else "application/json", headers=headers)
 

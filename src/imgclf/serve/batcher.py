@@ -2,8 +2,9 @@
 
 A forward pass of 64 images costs far less than 64 passes of one, so under load requests are worth
 grouping; alone, a request must not wait for company it will not get. The thread takes the first
-waiting request, then whatever else is queued, waiting at most max_wait for more, up to max_batch
-images. The queue is bounded (a full one refuses at once, so memory stays bounded under overload) and
+waiting request, then whatever else is queued, up to max_batch images; it waits (at most max_wait)
+only while other requests have arrived and are still being decoded (`arriving()`), so a lone client
+never waits: waiting max_wait on every request cost a single client 3x its latency (1.7 ms -> 5.3 ms). The queue is bounded (a full one refuses at once, so memory stays bounded under overload) and
 every request carries its deadline: one that expired while queued is answered without computing.
 """
 
@@ -39,9 +40,10 @@ _STOP = object()
 class MicroBatcher:
     """predict(pixels) -> probabilities through batches; observe(batch_images) hears each batch size."""
 
-    def __init__(self, predict, max_batch: int, max_wait_s: float, max_queue: int, observe=None):
+    def __init__(self, predict, max_batch: int, max_wait_s: float, max_queue: int, observe=None, arriving=None):
         self._predict, self.max_batch, self.max_wait_s = predict, max_batch, max_wait_s
         self._observe = observe or (lambda n: None)
+        self._arriving = arriving or (lambda: 1)  # requests on their way to the queue; unknown: assume some
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._held: _Job | None = None  # taken from the queue but too big for the batch being made
         self._busy = threading.Event()
@@ -84,9 +86,15 @@ class MicroBatcher:
         until = time.monotonic() + self.max_wait_s
         while images < self.max_batch:
             try:
-                job = self._next(until - time.monotonic())
+                job = self._next(0)  # whatever is queued already
             except queue.Empty:
-                break
+                left = until - time.monotonic()
+                if left <= 0 or self._arriving() <= 0:
+                    break
+                try:  # company is on its way: wait a little for it, then look again
+                    job = self._next(min(left, 0.0005))
+                except queue.Empty:
+                    continue
             if job is _STOP:
                 self._queue.put(_STOP)  # seen after this batch
                 break

@@ -20,7 +20,7 @@ class ServeSettings:
     name: str | None = None  # the model's name in /v2/models/{name}; default: the bundle folder's name
     max_batch: int = 64  # images per forward pass
     max_wait_ms: float = 2.0  # how long the first waiting request waits for company
-    max_queue: int = 256  # requests waiting for the model; beyond it, 503 with Retry-After
+    max_queue: int = 256  # prediction requests in progress (read, decoded, queued); beyond it, 503 with Retry-After
     timeout_s: float = 10.0  # a request's deadline from arrival; past it, 504
     workers: int = 1  # server processes, each with the bundle and its own inference thread
     max_upload_mb: float = 10.0  # body size
