@@ -43,6 +43,7 @@ bench: install data
 	$(BIN)/python benchmarks/small_data.py
 	$(BIN)/python benchmarks/time_to_accuracy.py
 	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

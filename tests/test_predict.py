@@ -190,3 +190,21 @@ def test_malicious_pickles_as_models_are_refused_and_run_nothing(run, tmp_path):
     with pytest.raises(ImgclfError, match="not a readable imgclf checkpoint"):
         load_checkpoint(evil_dir / "checkpoints" / "last.pt")
     assert not marker.exists()
+
+
+def test_write_predictions_is_the_cli_without_printing(tiny_bundle, fmnist_small, tmp_path):
+    """The API writes what `imgclf predict` writes: the CSV in input order, and the reasons beside it."""
+    import csv
+
+    folder = tmp_path / "test"
+    folder.mkdir()
+    for i, im in enumerate(fmnist_small[0][:4]):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    clf = imgclf.load(tiny_bundle, device="cpu")
+    written = imgclf.write_predictions(clf, [str(folder)], tmp_path / "out.csv", top_k=2)
+    rows = list(csv.DictReader(open(written.path)))
+    assert [r["id"] for r in rows] == ["0.png", "1.png", "2.png", "3.png", "broken.png"]
+    assert rows[-1]["label"] == "" and all(r["label"] for r in rows[:4]) and "top2_prob" in rows[0]
+    assert written.labelled == 4 and written.bad == 1
+    assert "broken.png" in written.errors.read_text()

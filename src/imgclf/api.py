@@ -213,27 +213,35 @@ def _audit(trainer: Trainer):
 def _score(trainer: Trainer):
     """The Evaluation of the test split when it is labeled, else of validation; None without either. The
     whole split, on rank 0."""
-    from imgclf.evaluation import Evaluation, compute_metrics, predict_probs
+    from imgclf.engine.bundle import unwrap
+    from imgclf.evaluation import Evaluation, compute_metrics
+    from imgclf.predict import ImageClassifier
 
     d = trainer.data
     split, part = ("test", d.test) if trainer.test_loader is not None else ("val", d.val)
     if part is None or not len(part):
         return None
-    probs = predict_probs(trainer.model, part, d.mean, d.std, device=trainer.device, batch_size=EVAL_BATCH, tta=trainer.tta)
+    clf = ImageClassifier.from_model(unwrap(trainer.model), _inference_spec(trainer), device=trainer.device, batch_size=EVAL_BATCH,
+                                     tta=trainer.tta)
+    probs = clf.predict_split(part)
     metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": trainer.tta}
     return Evaluation(d.classes, split, part, probs, metrics)
 
 
-def _bundle_spec(trainer: Trainer, metrics: dict, source_text: str | None) -> dict:
+def _inference_spec(trainer: Trainer) -> dict:
+    """What prediction needs of model.json: the classes, the input contract, whether flips were learnt."""
     d = trainer.data
     integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
-    return {"architecture": trainer.arch, "classes": d.classes, "class_type": "int" if integers else "str",
+    return {"classes": d.classes, "class_type": "int" if integers else "str",
             "input": {"channels": d.channels, "size": list(d.image_size), "resize": trainer.config.data.resize},
-            "normalization": {"mean": list(d.mean), "std": list(d.std)},
+            "normalization": {"mean": list(d.mean), "std": list(d.std)}, "training": {"hflip": trainer.hflip, "tta": trainer.tta}}
+
+
+def _bundle_spec(trainer: Trainer, metrics: dict, source_text: str | None) -> dict:
+    return {"architecture": trainer.arch, **_inference_spec(trainer),
             "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
                              "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
-            "metrics": metrics, "source": source_text,
-            "training": {"hflip": trainer.hflip, "tta": trainer.tta}}
+            "metrics": metrics, "source": source_text}
 
 
 def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int = 512, device: str = "auto") -> Path:

@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from imgclf.data.imageset import ImageData, ImageSet
-from imgclf.data.loader import DeviceLoader
 from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf")
@@ -48,26 +45,6 @@ class Evaluation:
     def save_json(self, path: Path) -> Path:
         path.write_text(json.dumps(self.metrics, indent=2))
         return path
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, images: ImageSet, mean, std, *, device="cpu", batch_size: int = 512,
-                  tta: bool = False) -> np.ndarray:
-    """Softmax probabilities for every image of a split; tta averages them over the image, its mirror and
-    1-pixel shifts of both (data/augment.py tta_views)."""
-    from imgclf.data.augment import tta_views
-
-    device = torch.device(device)
-    model = model.to(device).eval()
-    loader = DeviceLoader(images, batch_size, mean=mean, std=std, device=device)
-    out = []
-    for x, _ in loader:
-        if tta:
-            p = sum(w * model(view).float().softmax(1) for view, w in tta_views(x))
-        else:
-            p = model(x).float().softmax(1)
-        out.append(p.cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], origins: list[str] | None = None) -> dict:
@@ -193,6 +170,7 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
     from imgclf.data.sources import load_data
     from imgclf.engine.bundle import bundle_dir, load_bundle
     from imgclf.engine.hardware import pick_device
+    from imgclf.predict import ImageClassifier
 
     if hasattr(model_or_run, "run_dir"):
         model_or_run = model_or_run.run_dir
@@ -221,8 +199,8 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
     if tta and not spec.get("training", {}).get("hflip", False):
         log.warning("test-time flips skipped: the model was trained without horizontal flips, so mirrored images are new to it")
         tta = False
-    norm = spec["normalization"]
-    probs = predict_probs(model, part, norm["mean"], norm["std"], device=pick_device(device), batch_size=batch_size, tta=tta)
+    clf = ImageClassifier.from_model(model, spec, device=pick_device(device), batch_size=batch_size, tta=tta, name=str(model_or_run))
+    probs = clf.predict_split(part)
     metrics = compute_metrics(part.labels, probs, spec["classes"], part.origins)
     scored = _what_is_scored(choice, len(part), data.source, held_out, info)
     if relation == "part":

@@ -67,14 +67,28 @@ class ImageClassifier:
     def __init__(self, path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None,
                  tta: bool = False):
         from imgclf.engine.bundle import load_bundle
+
+        model, spec = load_bundle(path)
+        self._setup(model, spec, Path(path), device, batch_size, workers, tta)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, spec: dict, device: str | torch.device = "auto", batch_size: int = 256,
+                   tta: bool = False, name: str = "the model in training") -> "ImageClassifier":
+        """A model still in memory (the end of a run) predicting exactly as its bundle will: the run's own
+        final score goes through the same code as evaluate, predict and the service. spec needs the
+        bundle's classes, input, normalization and training.hflip."""
+        self = cls.__new__(cls)
+        self._setup(model, spec, Path(name), device, batch_size, None, tta)
+        return self
+
+    def _setup(self, model, spec: dict, path: Path, device, batch_size: int, workers: int | None, tta: bool) -> None:
         from imgclf.engine.hardware import pick_device, use_channels_last
         from imgclf.models.inference import for_inference
         from imgclf.preprocessing import Preprocessing
 
-        self.path, self.batch_size, self.workers = Path(path), batch_size, workers
-
-        self.device_ = pick_device(device)
-        model, self.spec_ = load_bundle(path)
+        self.path, self.batch_size, self.workers = path, batch_size, workers
+        self.device_ = pick_device(device) if not isinstance(device, torch.device) else device
+        self.spec_ = spec
         self.model_ = for_inference(model, self.device_)
         self.channels_last_ = use_channels_last(None, self.device_)
         self.model_.to(self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format)
@@ -195,6 +209,13 @@ class ImageClassifier:
             part = rows[a:a + self.batch_size]
             out[part] = self.predict_pixels(np.stack([items[i].pixels for i in part]))
         return out
+
+    def predict_split(self, images) -> np.ndarray:
+        """N x K probabilities for every image of an ImageSet (a split of load_data), read from its cache
+        a few batches at a time."""
+        step = self.batch_size * 8
+        parts = [self.predict_pixels(images.take(np.arange(a, min(a + step, len(images))))) for a in range(0, len(images), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)), np.float32)
 
     @torch.inference_mode()
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
