@@ -29,7 +29,7 @@ browser:
 	else echo "Chromium is missing: install chromium and chromedriver for the browser test"; fi
 
 test: install data browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: install data
 	$(BIN)/imgclf train fashion-mnist --name fashion-mnist-demo --force

@@ -135,7 +135,7 @@ def main() -> None:
     import imgclf
     from serving import png_bytes, running_server
 
-    seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)
+    seconds, rounds = (0.4, 1) if args.quick else (args.seconds, args.rounds)
     import gzip
 
     path = common.fashion_mnist_file("t10k-images-idx3-ubyte")

@@ -301,3 +301,14 @@ def test_the_web_page_classifies_an_upload_and_shows_an_error_for_a_text_file(se
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_two_worker_processes_serve_the_same_answers_and_stop_on_sigterm(tiny_bundle, library, held_out):
+    images, _ = held_out
+    with running_server(tiny_bundle, "--workers", "2") as s:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda im: _post_files(s.url, [("x.png", png_bytes(im))]), images[:16]))
+        assert all(r.status_code == 200 for r in answers)
+        assert [r.json()["predictions"][0]["label"] for r in answers] == list(library.predict(images[:16]))
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(15) == 0

@@ -11,6 +11,10 @@ from pathlib import Path
 
 from imgclf.config import PRESET_HELP, DataConfig
 from imgclf.errors import ImgclfError, one_line
+from imgclf.serve.settings import FLAG_HELP as SERVE_FLAGS
+from imgclf.serve.settings import ServeSettings
+
+SERVE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
 
 log = logging.getLogger("imgclf")
 
@@ -306,14 +310,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ImgclfError(f"imgclf serve needs its extra ({err.name} is missing): pip install 'imgclf[serve]'.") from None
     from imgclf.engine.bundle import read_spec
-    from imgclf.serve.settings import ServeSettings
 
     read_spec(args.model)  # a wrong path or a damaged bundle: one line now, not from a worker later
-    settings = ServeSettings(model=args.model, host=args.host, port=args.port, name=args.name, max_batch=args.max_batch,
-                             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout_s,
-                             workers=args.workers, max_upload_mb=args.max_upload_mb, max_images=args.max_images,
-                             max_pixels=args.max_pixels, top_k=args.top_k, token_env=args.token_env, device=args.device,
-                             tta=args.tta, drain_s=args.drain_s)
+    settings = ServeSettings(model=args.model, **{name: getattr(args, name) for name in SERVE_FLAGS})
     serve(settings, ready_line=lambda line: print(line, flush=True))
     return 0
 
@@ -496,24 +495,13 @@ def _deploy_commands(sub) -> None:
     ex.set_defaults(run=_cmd_export)
     sv = sub.add_parser("serve", help="an HTTP service for a bundle: /predict, the v2 inference protocol, a web page, metrics")
     sv.add_argument("model", help="a run directory or a bundle folder")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    sv.add_argument("--name", help="the model's name in /v2/models/NAME (default: the bundle folder's name)")
-    sv.add_argument("--max-batch", type=int, default=64, help="images per forward pass (default: 64)")
-    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for others to batch with (default: 2; "
-                    "0 with --max-batch 1 turns batching off)")
-    sv.add_argument("--max-queue", type=int, default=256, help="prediction requests in progress before 503s (default: 256)")
-    sv.add_argument("--timeout-s", type=float, default=10.0, help="a request's deadline; past it, 504 (default: 10)")
-    sv.add_argument("--workers", type=int, default=1, help="server processes, each with the model (default: 1); "
-                    "torch threads per process = cores / workers")
-    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: 10)")
-    sv.add_argument("--max-images", type=int, default=64, help="images per request (default: 64)")
-    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="width x height of one image (default: 40,000,000)")
-    sv.add_argument("--top-k", type=int, default=5, help="classes per image in /predict's answer (default: 5; ?top_k= per request)")
-    sv.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>' with the token in environment variable VAR")
-    sv.add_argument("--drain-s", type=float, default=8.0, help="on SIGTERM, how long queued requests may take (default: 8)")
-    sv.add_argument("--tta", action="store_true", help="average each image with its mirror and 1-pixel shifts (when training used flips)")
-    sv.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    for name, (kind, text) in SERVE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            sv.add_argument(flag, action="store_true", help=text)
+        else:
+            default = SERVE_DEFAULTS[name]
+            sv.add_argument(flag, type=kind, default=default, help=text + (f" (default: {default})" if default is not None else ""))
     sv.set_defaults(run=_cmd_serve)
 
 

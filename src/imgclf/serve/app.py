@@ -314,7 +314,11 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app):
-        if service.model is None:
+        if service.model is None and settings.workers > 1:
+            # One of several processes on a shared socket: it starts accepting only once its model is loaded,
+            # so the kernel hands connections to the workers that are ready, never a 503 "loading" from this one.
+            await run_in_threadpool(service.load)
+        elif service.model is None:  # one process: /healthz answers while the model loads, /readyz says 503
             threading.Thread(target=service.load, name="imgclf-load", daemon=True).start()
         yield
         service.draining = True

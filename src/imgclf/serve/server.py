@@ -70,12 +70,15 @@ def serve(settings: ServeSettings, ready_line=print) -> None:
                             workers=settings.workers, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=max(1, int(settings.drain_s)), lifespan="on")
     if settings.workers > 1:
-        # uvicorn's supervisor: worker processes each load the bundle; each drains on the signal it gets.
+        # uvicorn's supervisor: worker processes each load the bundle. Its workers are uvicorn's own Server, so
+        # SIGTERM is uvicorn's graceful exit in each: the socket closes at once, requests in progress finish
+        # (and the batcher's queue with them, at the app's shutdown), without the 503 phase of one process.
         from uvicorn.supervisors import Multiprocess
 
         sock = config.bind_socket()
-        ready_line(f"serving {settings.model} on http://{settings.host}:{settings.port} with {settings.workers} worker processes")
-        Multiprocess(config, target=DrainingServer(config, settings.drain_s).run, sockets=[sock]).run()
+        port = sock.getsockname()[1]
+        threading.Thread(target=_announce_workers, args=(settings, port, ready_line), daemon=True).start()
+        Multiprocess(config, sockets=[sock]).run()
         return
     server = DrainingServer(config, settings.drain_s)
     previous = signal.getsignal(signal.SIGTERM)
@@ -103,3 +106,26 @@ def _announce(server: DrainingServer, settings: ServeSettings, ready_line) -> No
                        f"v2 /v2/models/{service.model.name}); Ctrl-C or SIGTERM drains and stops")
             return
         time.sleep(0.05)
+
+
+def _announce_workers(settings: ServeSettings, port: int, ready_line, timeout: float = 300) -> None:
+    """The ready line of a multi-process server, once a worker answers /readyz (each loads its own model)."""
+    import urllib.error
+    import urllib.request
+
+    from imgclf.serve.model import model_name
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{host}:{port}/readyz"
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    name = settings.name or model_name(settings.model)
+                    ready_line(f"ready: {name} on http://{settings.host}:{port} ({settings.workers} worker processes; page /, "
+                               f"docs /docs, v2 /v2/models/{name}); Ctrl-C or SIGTERM drains and stops")
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)

@@ -72,3 +72,24 @@ class ServeSettings:
     @classmethod
     def from_env(cls) -> "ServeSettings":
         return cls(**json.loads(os.environ[ENV]))
+
+
+# The command line's flags: the help text of each field (its default comes from the dataclass above).
+FLAG_HELP = {
+    "host": (str, "address to listen on; 127.0.0.1 is this machine only"),
+    "port": (int, "port; 0 picks a free one"),
+    "name": (str, "the model's name in /v2/models/NAME (default: the bundle folder's name)"),
+    "max_batch": (int, "images per forward pass"),
+    "max_wait_ms": (float, "how long a batch waits for requests on their way; 0 with --max-batch 1 turns batching off"),
+    "max_queue": (int, "prediction requests in progress before 503s"),
+    "timeout_s": (float, "a request's deadline; past it, 504"),
+    "workers": (int, "server processes, each with the model; torch threads per process = cores / workers"),
+    "max_upload_mb": (float, "largest request body"),
+    "max_images": (int, "images per request"),
+    "max_pixels": (int, "width x height of one image"),
+    "top_k": (int, "classes per image in /predict's answer (?top_k= per request)"),
+    "token_env": (str, "require 'Authorization: Bearer <token>', the token read from this environment variable"),
+    "drain_s": (float, "on SIGTERM, how long queued requests may take"),
+    "tta": (bool, "average each image with its mirror and 1-pixel shifts (when training used flips)"),
+    "device": (str, "cpu, cuda, cuda:N, mps or auto"),
+}
