@@ -36,23 +36,23 @@ def test_unknown_section_is_one_line(tmp_path):
     assert proc.returncode != 0 and "unknown section" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _quick(name: str, tmp_path) -> dict:
+    """benchmarks/<name>.py --quick into tmp_path; its results JSON."""
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / f"{name}.py"), "--quick", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
 @pytest.mark.slow
 def test_distributed_quick_measures_one_process_and_two(tmp_path):
-    script = SCRIPT.parent / "distributed.py"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--results", str(tmp_path)], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
+    rows = _quick("distributed", tmp_path)["rows"]
     assert [r["configuration"].split(" x ")[0] for r in rows] == ["1 process", "2 processes"]
     assert all(r["train images/s (median)"] > 0 for r in rows)
 
 
 @pytest.mark.slow
 def test_serve_quick_measures_both_settings_and_the_overload(tmp_path):
-    script = SCRIPT.parent / "serve.py"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--results", str(tmp_path)], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "serve.json").read_text())
+    result = _quick("serve", tmp_path)
     assert len(result["rows"]) == 6 and all(r["requests/s (median)"] > 0 and r["errors"] == 0 for r in result["rows"])
     assert "only 200 and 503" in (tmp_path / "serve.md").read_text()

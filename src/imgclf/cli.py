@@ -256,16 +256,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from imgclf.data.skips import warnings_summary
+    from imgclf.data.skips import SkipLog, warnings_summary
     from imgclf.predict import load, prediction_rows, resolve_inputs, template_beside, write_predictions
 
     clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers, tta=args.tta)
-    if not args.out and not args.template and not (template_beside(args.inputs) and not (args.top_k or args.proba)):
-        ids, paths = resolve_inputs(args.inputs)
-        if len(ids) == 1:  # one image and nowhere asked to write: its top 5 on the terminal
-            return _print_top5(clf, prediction_rows(clf, ids, paths, top_k=5, proba=args.proba)[1][0])
+    skips = SkipLog()
+    ids, paths = resolve_inputs(args.inputs, skips)
+    if len(ids) == 1 and not args.out and not args.template and not (template_beside(args.inputs) and not (args.top_k or args.proba)):
+        # one image and nowhere asked to write: its top 5 on the terminal
+        return _print_top5(clf, prediction_rows(clf, ids, paths, top_k=5, proba=args.proba)[1][0])
     out = _output_path(args.out or "predictions.csv", "--out", "predictions.csv")
-    w = write_predictions(clf, args.inputs, out, template=args.template, top_k=args.top_k, proba=args.proba)
+    w = write_predictions(clf, args.inputs, out, template=args.template, top_k=args.top_k, proba=args.proba,
+                          resolved=(ids, paths, skips))
     if w.template:
         print(f"template: {w.template} (found beside {args.inputs[0]}; --template chooses another)")
     print(f"{w.labelled} predictions written to {w.path}")

@@ -161,7 +161,7 @@ class ImageClassifier:
         if in_workers:
             fn, jobs = _decode_and_predict, [(ps,) for ps in present]
         else:
-            fn, jobs = decode.decode_many, [(ps, self.channels_, self.size_, self.resize_) for ps in present]
+            fn, jobs = self.pre_.read_files, [(ps,) for ps in present]
         items: list[Item] = []
         probs = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
         try:
@@ -387,11 +387,12 @@ class Written:
 
 def write_predictions(clf: ImageClassifier, inputs: list[str], out: str | Path = "predictions.csv", *,
                       template: str | Path | None = None, find_template: bool = True, top_k: int = 0,
-                      proba: bool = False) -> Written:
+                      proba: bool = False, resolved: tuple[list[str], list[str], SkipLog] | None = None) -> Written:
     """The submission CSV for inputs (files, folders, a CSV of ids), in the template's columns and row order
     when there is one (given, or the sample_submission.csv beside a CSV of ids unless top_k or proba asks
     for more columns), and beside it <out>.errors.csv, .skipped.csv and .warnings.csv when there is
-    something to say. Bad inputs never stop it: each gets its row without a label and its reason."""
+    something to say. Bad inputs never stop it: each gets its row without a label and its reason.
+    resolved: (ids, paths, skips) of resolve_inputs(inputs, skips), when the caller already walked them."""
     import csv
 
     from imgclf.data.skips import write_skipped, write_warnings
@@ -399,8 +400,11 @@ def write_predictions(clf: ImageClassifier, inputs: list[str], out: str | Path =
     out = Path(out)
     found = None if template or top_k or proba or not find_template else template_beside(inputs)
     template = Path(template) if template else found
-    skips = SkipLog()
-    ids, paths = resolve_inputs(inputs, skips)
+    if resolved is None:
+        skips = SkipLog()
+        ids, paths = resolve_inputs(inputs, skips)
+    else:
+        ids, paths, skips = resolved
     columns, rows = prediction_rows(clf, ids, paths, top_k=top_k, proba=proba)
     bad = [r for r in rows if r["error"]]
     warned = {r["id"]: r["warning"] for r in rows if r["warning"]}

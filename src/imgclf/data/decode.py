@@ -54,9 +54,10 @@ def _format_name(data) -> str | None:
 
 def _open(source: Source, max_pixels: int | None = None) -> Image.Image:
     """The opened image (header read, no pixels), or BadImage with why not."""
-    if isinstance(source, (bytes, bytearray, memoryview)) and not len(source):
+    in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    if in_memory and not len(source):
         raise BadImage("empty file (0 bytes)", "empty")
-    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    data = io.BytesIO(source) if in_memory else source
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; a bomb is a bomb either way.
@@ -66,9 +67,9 @@ def _open(source: Source, max_pixels: int | None = None) -> Image.Image:
         raise BadImage(f"decompression bomb: more pixels than Pillow's limit of {Image.MAX_IMAGE_PIXELS}", "too_large") from None
     except UnidentifiedImageError:
         # The size is asked only now: one stat call fewer per good file.
-        if not isinstance(source, (bytes, bytearray, memoryview)) and os.path.getsize(source) == 0:
+        if not in_memory and os.path.getsize(source) == 0:
             raise BadImage("empty file (0 bytes)", "empty") from None
-        if isinstance(data, io.BytesIO):
+        if in_memory:
             data.seek(0)
         other = _format_name(data)
         if other:

@@ -17,12 +17,11 @@ def pool_context():
     return multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
 
 
-def iter_chunks(fn, jobs: list[tuple], workers: int, what: str, initializer=None, pool: ProcessPoolExecutor | None = None):
+def iter_chunks(fn, jobs: list[tuple], workers: int, what: str, pool: ProcessPoolExecutor | None = None):
     """fn(*job) for every job, yielded in order as each is ready, so a consumer can work meanwhile.
 
-    pool: the caller's executor, used as it is and left open; without one, a pool of `workers` lives for
-    this call. initializer runs once in each worker process of that pool (never in this one, where
-    workers == 1 runs the jobs).
+    pool: the caller's executor (with its own initializer), used as it is and left open; without one, a
+    pool of `workers` lives for this call (workers == 1 runs the jobs here).
     """
     from tqdm import tqdm
 
@@ -34,7 +33,7 @@ def iter_chunks(fn, jobs: list[tuple], workers: int, what: str, initializer=None
                 bar.update()
             return
         owned = pool is None
-        pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=initializer)
+        pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=pool_context())
         try:
             futures = [pool.submit(fn, *job) for job in jobs]
             for fut in futures:

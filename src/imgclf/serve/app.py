@@ -120,7 +120,7 @@ class Service:
 
     def _start_batcher(self) -> None:
         s = self.settings
-        self.batcher = MicroBatcher(self.model.predict_pixels, s.max_batch, s.max_wait_ms / 1000, s.max_queue,
+        self.batcher = MicroBatcher(self.model.clf.predict_pixels, s.max_batch, s.max_wait_ms / 1000, s.max_queue,
                                     observe=self.metrics.batch.observe, arriving=lambda: self.arriving)
 
     @property

@@ -61,9 +61,6 @@ class ServedModel:
             self.clf.predict_pixels(np.zeros((n, *self.pre.shape), np.uint8))
         return time.perf_counter() - start
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self.clf.predict_pixels(pixels)
-
     def info(self) -> dict:
         import imgclf
 

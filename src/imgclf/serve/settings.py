@@ -48,9 +48,8 @@ class ServeSettings:
         for name in ("max_batch", "max_queue", "workers", "max_images", "max_pixels", "top_k"):
             if getattr(self, name) < 1:
                 raise ImgclfError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
-        for name in ("max_wait_ms",):
-            if getattr(self, name) < 0:
-                raise ImgclfError(f"--{name.replace('_', '-')} cannot be negative.")
+        if self.max_wait_ms < 0:
+            raise ImgclfError("--max-wait-ms cannot be negative.")
         if self.max_upload_mb <= 0 or self.timeout_s <= 0:
             raise ImgclfError("--max-upload-mb and --timeout-s must be positive.")
         if not 0 <= self.port < 65536:
