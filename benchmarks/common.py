@@ -15,18 +15,21 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):  # the vector units that decide a CPU's speed: these machines differ
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")) or "vnni" in f or "bf16" in f]
+            if cpu and flags:
                 break
     except OSError:
         pass
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+    return {"cpu": cpu, "cpu flags": " ".join(sorted(set(flags))) or "unknown", "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform()}
 
 

@@ -150,3 +150,19 @@ def test_fashion_mnist_figures_match_an_independent_count():
     assert counts["exact_within"] == within and counts["exact_across"]["train-test"] + conflicts == across + conflicts
     assert counts["label_conflicts"] == conflicts
     assert result.images == {"train": 60000, "test": 10000}
+
+
+def test_sizes_of_a_separate_test_folder_do_not_index_the_training_files(tmp_path, fmnist_small):
+    """A --test folder is another source: its rows are not rows of the training files' sizes (a run with
+    a test folder larger than training ended in an IndexError at the audit)."""
+    import dataclasses
+
+    images, _ = fmnist_small
+    for i in range(6):
+        _save(tmp_path / "train" / ("a" if i % 2 else "b") / f"{i}.png", np.asarray(Image.fromarray(images[i]).resize((64, 64))))
+    for i in range(6, 30):
+        _save(tmp_path / "test" / ("a" if i % 2 else "b") / f"{i}.png", images[i][:16, :16])
+    data = imgclf.load_data(tmp_path / "train", image_size=64, val_fraction=0)
+    test = imgclf.load_data(tmp_path / "test", image_size=64, val_fraction=0).train
+    result = audit(dataclasses.replace(data, test=test))
+    assert result.images["test"] == 24 and not [f for f in result.findings if f.kind == "tiny image"]

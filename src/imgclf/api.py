@@ -19,7 +19,7 @@ from torch import nn
 from imgclf.config import Config, parse_duration
 from imgclf.data.imageset import ImageData, ImageSet
 from imgclf.data.sources import source_id
-from imgclf.engine import distributed, recipe
+from imgclf.engine import distributed, recipe, transfer_recipe
 from imgclf.engine.budget import TimeBudget
 from imgclf.engine.trainer import EVAL_BATCH, Trainer
 from imgclf.errors import ImgclfError
@@ -120,6 +120,8 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
             trainer.pending["dedupe.csv"] = dropped_csv(dropped)
     _log_start(trainer, config)
     trainer.fit()
+    if world.is_main:
+        trainer.make_run_dir()  # a probe alone trains no epoch, so no checkpoint has made it yet
     world.barrier()  # every rank done; from here rank 0 works alone
     test = _finish(trainer, source_id(plan.source)) if world.is_main else None
     if world.is_main:
@@ -131,10 +133,14 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
 def _callbacks(config: Config) -> list:
     """What acts after each step and epoch, in this order: the run's files, the log line, early stopping."""
     from imgclf.config import parse_save_every
+    from imgclf.data.cache import cache_root
     from imgclf.engine.callbacks import EarlyStopping, EpochLog, RunFiles
+    from imgclf.engine.probe import HeadFromProbe
 
-    steps, seconds = parse_save_every(config.train.save_every) if config.train.save_every else (None, None)
-    return [RunFiles(steps, seconds), EpochLog(), EarlyStopping(config.train.early_stop)]
+    t = config.train
+    steps, seconds = parse_save_every(t.save_every) if t.save_every else (None, None)
+    probe = [HeadFromProbe(cache_root(config.data), probe_only=t.probe)] if t.probe or t.head_from_probe else []
+    return [*probe, RunFiles(steps, seconds), EpochLog(), EarlyStopping(t.early_stop)]
 
 
 def _per_process(plan: RunPlan, world: distributed.World) -> Config:
@@ -191,7 +197,8 @@ def _finish(trainer: Trainer, source_text: str | None) -> dict | None:
                "epochs": trainer.epoch, "test_loss": test["loss"] if test else None, "test_acc": test["acc"] if test else None,
                "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2), "tta": trainer.tta,
                "processes": trainer.world.world_size,
-               **({"compile_seconds": round(trainer.compile_seconds, 2)} if trainer.config.train.compile else {})}
+               **({"compile_seconds": round(trainer.compile_seconds, 2)} if trainer.config.train.compile else {}),
+               **({"probe": probe} if (probe := _probe_result(trainer)) else {})}
     save_bundle(trainer.run_dir, trainer.model, _bundle_spec(trainer, metrics, source_text))
     (trainer.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
     if evaluation is not None:
@@ -199,6 +206,11 @@ def _finish(trainer: Trainer, source_text: str | None) -> dict | None:
     else:
         log.info("no labeled test or validation images: no report")
     return test
+
+
+def _probe_result(trainer: Trainer) -> dict:
+    """What the linear probe scored before fine-tuning (empty without one)."""
+    return next((cb.state_dict() for cb in trainer.callbacks if cb.key == "probe"), {})
 
 
 def _audit(trainer: Trainer):
@@ -238,7 +250,13 @@ def _inference_spec(trainer: Trainer) -> dict:
 
 
 def _bundle_spec(trainer: Trainer, metrics: dict, source_text: str | None) -> dict:
-    return {"architecture": trainer.arch, **_inference_spec(trainer),
+    from imgclf.engine.transfer_recipe import weights_preprocessing
+
+    t = trainer.config.train
+    pre = weights_preprocessing(trainer.config)
+    weights = {"from": t.weights or "published weights (hub)", "preprocessing_of": pre.tag, "interpolation": pre.interpolation,
+               "crop_pct": pre.crop_pct} if pre is not None else None
+    return {"architecture": trainer.arch, **_inference_spec(trainer), **({"pretrained": weights} if weights else {}),
             "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
                              "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
             "metrics": metrics, "source": source_text}
@@ -289,10 +307,14 @@ def _load(plan: RunPlan) -> ImageData:
 
     # A separate validation source replaces the share of training images that would be held out.
     separate_val = "val" in plan.extra or plan.config.train.val
-    config = dataclasses.replace(plan.config.data, val_fraction=0.0) if separate_val else plan.config.data
+    decided, notes = transfer_recipe.before_loading(plan.config)
+    config = dataclasses.replace(decided.data, val_fraction=0.0) if separate_val else decided.data
     data = plan.source if isinstance(plan.source, ImageData) else load_data(plan.source, config)
     data = recipe.enlarged(plan.config, data)
+    data, more = transfer_recipe.normalised(plan.config, data)
     log.info(data.summary())
+    for note in notes + more:
+        log.info(note)
     for what in ("val", "test"):
         extra = plan.extra.get(what) or getattr(plan.config.train, what)
         if extra is not None:
@@ -365,6 +387,7 @@ def _log_start(trainer: Trainer, config: Config) -> None:
     t = config.train
     aug = trainer.train_loader.augment
     aug_text = "off" if aug is None else ", ".join(([f"crop/shift up to {aug.max_dy}px"] if aug.max_dy or aug.max_dx else [])
+                                                    + ([f"resized crops of {aug.min_area:.0%}+ of the area"] if aug.min_area else [])
                                                     + ([("alternating " if aug.alternate_flips else "") + "flips"] if aug.hflip else [])
                                                     + ([f"erasing p={aug.erasing:g}"] if aug.erasing else [])) or "none"
     extras = [name for name, on in (("weight average", t.ema), ("test-time views", trainer.tta), (f"mixup {t.mixup:g}", t.mixup),

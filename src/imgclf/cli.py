@@ -36,6 +36,8 @@ DATA_FLAGS = {
 AUGMENT_FLAGS = {
     "crop_padding": (int, "pixels of zero padding for random crops (default: about 1/10 of the side)"),
     "hflip": (bool, "random horizontal flips (default: on, off for digit sets)"),
+    "resized_crop": (float, "random resized crops keeping at least this share of the area, resampled to the image size "
+                            "(default: 0, off; 0.25 when starting from pretrained weights)"),
     "translate": (float, "further random shift as a fraction of the side (default: 0)"),
     "erasing": (float, "probability of random erasing (default: 0)"),
     "alternate_flips": (bool, "mirror each image in every other epoch instead of at random (airbench's flips)"),
@@ -48,6 +50,13 @@ TRAIN_FLAGS = {
     "init_from": (str, "start from the weights of an earlier run or bundle (new head when the classes differ)"),
     "freeze_epochs": (int, "epochs training only the head before unfreezing the backbone (default: 0)"),
     "backbone_lr_scale": (float, "backbone learning rate as a fraction of --lr (default: 1)"),
+    "freeze_stride": (int, "layers whose output is 1/N of the image's side or finer (the stem and first stages) keep their "
+                           "pretrained weights (default: 4 with pretrained weights, 0 otherwise)"),
+    "frozen_norms": (bool, "BatchNorm layers keep their pretrained statistics while fine-tuning (default: on with pretrained "
+                           "weights, off otherwise)"),
+    "probe": ("store_true", "no fine-tuning: a linear head fitted in seconds on the pretrained network's features (computed once "
+                            "and cached); needs --pretrained or --weights"),
+    "head_from_probe": (bool, "fine-tuning starts from that fitted head (default: on with --pretrained or --weights)"),
     "epochs": (int, "epochs to train (default: 12, up to 30 for small sets so that the run has about 1,200 steps)"),
     "batch_size": (int, "images per step (default: 256, smaller for small training sets: about 100 steps an epoch, at least 32)"),
     "lr": (float, "peak learning rate (default: 0.002 for adamw, 0.001 for adam, 0.1 for sgd)"),

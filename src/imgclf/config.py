@@ -29,7 +29,8 @@ PRESET_HELP = {"best": "a wider network trained longer, with augmentation, a wei
 class AugmentConfig:
     """Batched, on-device training augmentation; None means 'decide from the dataset'."""
 
-    crop_padding: int | None = None  # pixels of zero padding for random crops; None: about 1/8 of the side
+    crop_padding: int | None = None  # pixels of zero padding for random crops; None: about 1/10 of the side
+    resized_crop: float | None = None  # smallest share of the area a random resized crop keeps; None: 0 (off), 0.25 from pretrained weights
     hflip: bool | None = None  # None: on, except for digit sets where a flip changes the meaning
     translate: float = 0.0  # extra random shift, as a fraction of the side
     erasing: float = 0.0  # probability of random erasing per image
@@ -67,6 +68,9 @@ class DataConfig:
             raise ImgclfError(f"val_fraction={self.val_fraction} must be at least 0 and below 1 (0.1 keeps 10% aside).")
         if self.channels not in (None, 1, 3):
             raise ImgclfError(f"channels={self.channels} must be 1 (gray) or 3 (RGB), or left unset to detect it.")
+        crop = self.augment.resized_crop
+        if crop is not None and not 0.0 <= crop < 1.0:
+            raise ImgclfError(f"resized_crop={crop} must be at least 0 (off) and below 1 (0.25: crops keep a quarter of the area or more).")
         size = self.target_size()
         if size is not None and min(size) < 8:
             raise ImgclfError(f"image_size={self.image_size} is too small; use at least 8 pixels.")
@@ -92,7 +96,11 @@ class TrainConfig:
     partial_weights: bool = False  # accept weights that fill under 90% of the backbone
     init_from: str | None = None  # a run directory or bundle whose weights start this run
     freeze_epochs: int = 0  # epochs training only the head (and norms) before unfreezing
-    backbone_lr_scale: float = 1.0  # backbone learning rate as a fraction of lr
+    backbone_lr_scale: float | None = None  # backbone learning rate as a fraction of lr; None: 1 (engine/transfer_recipe.py for pretrained weights)
+    freeze_stride: int | None = None  # layers whose output is 1/N of the image's side or finer keep their weights; None: 4 from pretrained weights, else 0 (none)
+    frozen_norms: bool | None = None  # BatchNorm keeps its pretrained statistics while fine-tuning (its scale and shift still learn); None: on from pretrained weights
+    probe: bool = False  # no fine-tuning: a linear head fitted on the pretrained network's features, computed once and cached
+    head_from_probe: bool | None = None  # start the head from that linear fit; None: on when starting from pretrained weights
     epochs: int | None = None  # None: 12, more for small sets so that the run has about 1,200 steps (at most 30)
     batch_size: int | None = None  # None: 256, smaller for small training sets so that an epoch has enough steps
     lr: float | None = None  # None: 2e-3 for adamw, 1e-3 for adam, 0.1 for sgd
@@ -138,7 +146,7 @@ class TrainConfig:
             setattr(self, field_name, value)
             if value not in allowed:
                 raise ImgclfError(f"{field_name}={value!r} is not one of {', '.join(allowed)}.")
-        if (self.epochs is not None and self.epochs < 1) or (self.batch_size is not None and self.batch_size < 1):
+        if (self.epochs is not None and self.epochs < (0 if self.probe else 1)) or (self.batch_size is not None and self.batch_size < 1):
             raise ImgclfError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1.")
         if self.lr is not None and self.lr <= 0:
             raise ImgclfError(f"lr={self.lr} must be positive.")
@@ -158,6 +166,10 @@ class TrainConfig:
             raise ImgclfError(f"dist_timeout={self.dist_timeout} must be a positive number of seconds (default 300).")
         if self.pretrained and self.weights:
             raise ImgclfError("pass either --pretrained (published weights) or --weights FILE, not both.")
+        if (self.probe or self.head_from_probe) and not (self.pretrained or self.weights):
+            flag = "--probe" if self.probe else "--head-from-probe"
+            raise ImgclfError(f"{flag} fits a head on a pretrained network's features; add --pretrained or --weights FILE "
+                              "(with --model), or leave it out to train from scratch.")
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else {"sgd": 0.1, "adam": 1e-3, "adamw": 2e-3}[self.optimizer]

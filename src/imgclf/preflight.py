@@ -176,7 +176,7 @@ def check_model(config: Config) -> None:
     if t.weights:
         state = read_state_dict(t.weights)
         if t.model and t.model not in builtin_models():
-            timm_models.check_coverage(t.model, t.weights, state, t.partial_weights)
+            timm_models.fit_weights(t.model, t.weights, state, t.partial_weights)
 
 
 def _is_number(text: str) -> bool:

@@ -211,6 +211,8 @@ def _size_findings(data: ImageData, splits: dict[str, ImageSet], origins: dict) 
     th, tw = data.image_size
     out = []
     for s, part in splits.items():
+        if part.images is not data.train.images:  # a separate --val/--test source: its files' sizes are not recorded here
+            continue
         sizes = data.original_sizes[part.index]
         h, w = sizes[:, 0].astype(float), sizes[:, 1].astype(float)
         grow = np.maximum(th / h, tw / w)

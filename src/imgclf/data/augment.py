@@ -60,11 +60,31 @@ def random_erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tenso
     return x.masked_fill(mask[:, None], 0.0)
 
 
+def resized_crop(x: torch.Tensor, min_area: float, gen: torch.Generator, ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Random resized crops (Inception's, as torchvision's RandomResizedCrop): per image a box of
+    min_area to all of the area with an aspect between 3/4 and 4/3, resampled bilinearly to the full size.
+    One affine grid and one grid_sample for the whole batch, on normalised values (linear, so the same as
+    resampling the pixels)."""
+    b = x.shape[0]
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(min_area, 1.0, generator=gen)
+    aspect = torch.exp(torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen))
+    sw = torch.sqrt(area * aspect).clamp(max=1.0)  # the box's width and height as shares of the image's
+    sh = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, device=dev, generator=gen) * 2 - 1) * (1 - sw)  # its centre, in grid units (-1..1)
+    cy = (torch.rand(b, device=dev, generator=gen) * 2 - 1) * (1 - sh)
+    zero = torch.zeros_like(sw)
+    theta = torch.stack([torch.stack([sw, zero, cx], 1), torch.stack([zero, sh, cy], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def decided(cfg: AugmentConfig, image_size: tuple[int, int], hflip_default: bool) -> AugmentConfig:
     """cfg with its 'decide from the dataset' values decided: the crop padding (about 1/10 of the side)
     and whether flips keep the images' meaning."""
     pad = cfg.crop_padding if cfg.crop_padding is not None else max(1, round(min(image_size) / 10))
-    return dataclasses.replace(cfg, crop_padding=pad, hflip=hflip_default if cfg.hflip is None else cfg.hflip)
+    return dataclasses.replace(cfg, crop_padding=pad, hflip=hflip_default if cfg.hflip is None else cfg.hflip,
+                               resized_crop=cfg.resized_crop or 0.0)
 
 
 @dataclass(frozen=True)
@@ -76,20 +96,23 @@ class Augment:
     hflip: bool
     erasing: float
     alternate_flips: bool = False
+    min_area: float = 0.0  # random resized crops keep this share of the area or more; 0: none
 
     @classmethod
     def resolve(cls, cfg: AugmentConfig, image_size: tuple[int, int], hflip_default: bool) -> "Augment":
         h, w = image_size
         cfg = decided(cfg, image_size, hflip_default)
         return cls(cfg.crop_padding + round(cfg.translate * h), cfg.crop_padding + round(cfg.translate * w), cfg.hflip, cfg.erasing,
-                   cfg.hflip and cfg.alternate_flips)
+                   cfg.hflip and cfg.alternate_flips, cfg.resized_crop)
 
     def on_uint8(self, x: torch.Tensor, gen: torch.Generator, mirrored: torch.Tensor | None = None) -> torch.Tensor:
         """Geometric steps, done before the float conversion to move 4x fewer bytes."""
         return shift_and_flip(x, self.max_dy, self.max_dx, self.hflip, gen, mirrored if self.alternate_flips else None)
 
     def on_float(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Steps that need normalised values (erasing to the mean)."""
+        """Steps that need float values: resized crops (interpolation) and erasing (to the mean)."""
+        if self.min_area > 0:
+            x = resized_crop(x, self.min_area, gen)
         return random_erase(x, self.erasing, gen) if self.erasing > 0 else x
 
 

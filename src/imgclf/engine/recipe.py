@@ -82,10 +82,11 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
     out between them; a --batch-size given is per process, and the global batch is that times the
     processes, with the learning rate scaled by --lr-scaling (none by default; scale_lr=False for a resumed
     run, whose lr was decided when it started)."""
+    from imgclf.engine import transfer_recipe
     from imgclf.models.registry import default_model_name
 
+    config, notes = transfer_recipe.decide(config, data)
     t, n = config.train, len(data.train)
-    notes = []
     batch = t.batch_size
     lr = t.resolved_lr()
     if batch is None:
@@ -122,7 +123,12 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
     model = t.model or (None if t.init_from else default_model_name(data.image_size, t.pretrained))
     train = dataclasses.replace(t, model=model, batch_size=batch, lr=lr, weight_decay=t.resolved_weight_decay(),
                                 warmup=t.resolved_warmup(), augment=augment,
-                                tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta)
+                                tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta,
+                                backbone_lr_scale=1.0 if t.backbone_lr_scale is None else t.backbone_lr_scale,
+                                head_from_probe=bool(t.head_from_probe), freeze_stride=t.freeze_stride or 0,
+                                frozen_norms=bool(t.frozen_norms))
+    if (line := transfer_recipe.suggestion(config, data)) is not None:
+        notes.append(line)
     data_config = dataclasses.replace(config.data, image_size=tuple(data.image_size), channels=data.channels, augment=aug_cfg)
     return Config(data=data_config, train=train), notes
 

@@ -74,7 +74,7 @@ class Trainer:
 
     def __init__(self, data: ImageData, config: Config, run_dir: Path, *, replace: bool = False, world: World = SINGLE,
                  callbacks: list[Callback] = ()):
-        from imgclf.models.transfer import param_groups
+        from imgclf.models.transfer import freeze_early_layers, param_groups
 
         t = config.train
         self.config, self.data, self.run_dir, self.world = config, data, run_dir, world
@@ -92,6 +92,7 @@ class Trainer:
                 raise ImgclfError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); leave it out on CPUs, where "
                                   "BatchNorm statistics are measured again and averaged over the processes before each validation.")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.fixed = freeze_early_layers(model, t.freeze_stride or 0)  # kept at their pretrained weights throughout
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -259,6 +260,8 @@ class Trainer:
             return
         frozen = epoch < t.freeze_epochs
         freeze_backbone(self.model) if frozen else unfreeze(self.model)
+        for p in self.fixed:
+            p.requires_grad_(False)
         if frozen != self._frozen:
             params = list(self.model.parameters())
             training = sum(p.numel() for p in params if p.requires_grad)
@@ -286,6 +289,9 @@ class Trainer:
         t = self.config.train
         self._freeze_for(self.epoch)
         self.model.train()
+        if t.frozen_norms:  # their pretrained statistics, in training as in evaluation (the probe's head was fitted on those)
+            for norm in batch_norms(self.model):
+                norm.eval()
         partial, self._partial = self._partial or {}, None
         if not partial:
             self.train_loader.set_epoch(self.epoch)
@@ -368,7 +374,9 @@ class Trainer:
     def recalibrate_norms(self) -> None:
         """BatchNorm statistics of the scored weights measured on training images (engine/norm_stats.py),
         in eager mode (a compiled graph would be built again for it), then averaged over the ranks so that
-        every rank validates, and rank 0 saves, the same statistics."""
+        every rank validates, and rank 0 saves, the same statistics. Frozen norms keep the statistics they have."""
+        if self.config.train.frozen_norms:
+            return
         model = unwrap(self.scored_model)
         if recalibrate(model, self.train_loader.sample(CALIBRATION_IMAGES), lambda: hardware.autocast(self.device, self.dtype)) \
                 and self.world.distributed:

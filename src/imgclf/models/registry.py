@@ -88,7 +88,8 @@ def create_model(name: str, in_channels: int, num_classes: int, image_size, *, p
         return model
     state_dict = weight_files.read_state_dict(weights) if weights else None
     if state_dict is not None:
-        log.info(timm_models.check_coverage(name, weights, state_dict, partial_weights, num_classes))
+        state_dict, loaded = timm_models.fit_weights(name, weights, state_dict, partial_weights, num_classes)
+        log.info(loaded)
     return timm_models.create(name, in_channels, num_classes, pretrained=pretrained, state_dict=state_dict,
                               weights_name=weights, **kwargs)
 
