@@ -44,6 +44,9 @@ bench: install data
 	$(BIN)/python benchmarks/time_to_accuracy.py
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/photo_speed.py
+	$(BIN)/pip install --quiet fastai  # the transfer benchmark's fastai contender; not a dependency of imgclf
+	$(BIN)/python benchmarks/transfer.py --one-seed tutorial,fastai
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

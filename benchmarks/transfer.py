@@ -18,6 +18,7 @@ training images of each class (the test folders stay whole), which keeps a seed 
 within about half an hour on 2 cores.
 
     python benchmarks/transfer.py [--sets clipart,emoji] [--per-class 60] [--seeds 3] [--only imgclf,probe]
+        [--one-seed tutorial,fastai]
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def weights_file() -> str:
 
 def subset(root: Path, name: str, per_class: int, quick: bool) -> Path:
     """ROOT/<name> with at most per_class training images a class (a fixed draw), linked, not copied."""
-    out = OUT / f"{name}-{per_class}{'-quick' if quick else ''}"
+    out = OUT / "sets" / f"{name}-{per_class}{'-quick' if quick else ''}"
     if out.is_dir():
         return out
     rng = random.Random(0)
@@ -174,9 +175,13 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=60, help="training images a class at most")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", default=",".join(CONTENDERS), help="contenders, comma-separated: " + ", ".join(CONTENDERS))
+    parser.add_argument("--one-seed", default="", help="contenders run with seed 0 alone (the slow tutorials), comma-separated")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 images a class, 2 epochs, one seed")
     parser.add_argument("--results", default=str(common.RESULTS))
+    parser.add_argument("--work", default=str(OUT), help="where the subsets, runs and caches go")
     args = parser.parse_args()
+    global OUT
+    OUT = Path(args.work)
     only = [c for c in args.only.split(",") if c]
     if unknown := [c for c in only if c not in CONTENDERS]:
         sys.exit(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
@@ -200,7 +205,7 @@ def main() -> None:
         n_test = sum(1 for _ in (data / "test").rglob("*.png"))
         for contender in only:
             results = []
-            for seed in range(seeds):
+            for seed in range(1 if contender in args.one_seed.split(",") else seeds):
                 start = time.perf_counter()
                 got = run_one(contender, data, weights, seed, args.quick)
                 got.update(seconds=time.perf_counter() - start, seed=seed, set=name, contender=contender)

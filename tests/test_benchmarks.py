@@ -56,3 +56,29 @@ def test_serve_quick_measures_both_settings_and_the_overload(tmp_path):
     result = _quick("serve", tmp_path)
     assert len(result["rows"]) == 6 and all(r["requests/s (median)"] > 0 and r["errors"] == 0 for r in result["rows"])
     assert "only 200 and 503" in (tmp_path / "serve.md").read_text()
+
+
+@pytest.mark.slow
+def test_transfer_quick_runs_every_contender_but_fastai(tmp_path):
+    """benchmarks/transfer.py on a tiny set of real photo crops written here (not the packaged sets)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    for name, photo in zip(("temple", "flower"), load_sample_images().images):
+        for part, count in (("train", 10), ("test", 6)):
+            folder = tmp_path / "sets" / "photos" / part / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(photo[20 * i:20 * i + 200, 30 * i:30 * i + 200]).resize((96, 96)).save(folder / f"{i}.jpg")
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "transfer.py"), "--quick", "--root", str(tmp_path / "sets"), "--sets",
+                           "photos", "--only", "tutorial,imgclf,probe,scratch", "--work", str(tmp_path / "work"), "--results",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "transfer.json").read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["tutorial", "imgclf", "probe", "scratch"]
+    assert all(0 <= r["test acc %"] <= 100 for r in rows) and rows[2]["epochs"] == 0
+
+
+def test_photo_speed_quick_measures_each_setting(tmp_path):
+    rows = _quick("photo_speed", tmp_path)["rows"]
+    assert rows[0]["model"] == "efficientnet_lite0" and rows[0]["train img/s, channels-last, stem fixed"] > 0

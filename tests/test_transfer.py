@@ -96,6 +96,12 @@ def test_other_architecture_weights_are_one_line(lite0_weights):
     assert "'_conv_stem.weight' [32, 3, 3, 3]" in text and "--partial-weights" in text
 
 
+def test_a_run_with_another_architectures_weights_stops_before_any_work(photo_tree, lite0_weights, tmp_path):
+    with pytest.raises(ImgclfError, match="holds another architecture's weights"):
+        imgclf.train(str(photo_tree / "train"), model="resnet18", weights=lite0_weights, device="cpu", out=str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
 def test_probe_without_weights_is_one_line(photo_tree, tmp_path):
     with pytest.raises(ImgclfError, match="--probe fits a head on a pretrained network's features; add --pretrained"):
         imgclf.train(str(photo_tree / "train"), probe=True, device="cpu", out=str(tmp_path))
@@ -185,7 +191,7 @@ def test_fine_tuning_starts_from_the_probe_head(photo_tree, lite0_weights, tmp_p
     assert run.history[0]["train_loss"] < math.log(2)
     config = yaml.safe_load((run.run_dir / "config.yaml").read_text())["train"]
     assert config["head_from_probe"] and config["frozen_norms"] and config["freeze_stride"] == 4
-    assert config["augment"] and config["lr"] == pytest.approx(5e-4)
+    assert config["augment"] and config["lr"] == pytest.approx(2e-4)
     assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["augment"]["resized_crop"] == 0.25
     start = create_model(ARCH, 3, 2, 64, weights=lite0_weights)
     trained, _ = load_bundle(run.run_dir)
@@ -241,3 +247,34 @@ def test_early_layers_are_the_stem_and_first_stages():
     ids = {id(p) for p in early_layers(resnet, 4)}
     assert {n.split(".")[0] for n, p in resnet.named_parameters() if id(p) in ids} == {"conv1", "bn1", "layer1"}
     assert early_layers(resnet, 0) == []
+
+
+def test_published_and_local_weights_get_the_same_recipe(fmnist_small):
+    """--pretrained and --weights FILE differ only in where the weights come from: the same decisions."""
+    from imgclf.config import Config
+    from imgclf.engine import recipe, transfer_recipe
+
+    images, labels = fmnist_small
+    data = imgclf.load_data((images[:64], labels[:64]), val_fraction=0.25)
+    decided = []
+    for source in ({"pretrained": True}, {"weights": "weights.pth"}):
+        config = Config().override(model=ARCH, **source)
+        config, notes = transfer_recipe.before_loading(config)
+        resolved, more = recipe.resolve(config, data)
+        train = {k: v for k, v in vars(resolved.train).items() if k not in ("pretrained", "weights")}
+        decided.append((config.data, train, notes + more))
+    assert decided[0] == decided[1]
+    assert decided[0][0].image_size == (224, 224) and decided[0][0].channels == 3
+    assert decided[0][1]["head_from_probe"] and decided[0][1]["freeze_stride"] == 4
+
+
+def test_from_scratch_the_recipe_is_as_before(fmnist_small):
+    from imgclf.config import Config
+    from imgclf.engine import recipe
+
+    images, labels = fmnist_small
+    data = imgclf.load_data((images[:64], labels[:64]), val_fraction=0.25)
+    resolved, _ = recipe.resolve(Config(), data)
+    t = resolved.train
+    assert (t.head_from_probe, t.frozen_norms, t.freeze_stride, t.backbone_lr_scale) == (False, False, 0, 1.0)
+    assert resolved.data.augment.resized_crop == 0.0 and t.lr == pytest.approx(2e-3)

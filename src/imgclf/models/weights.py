@@ -79,7 +79,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
     if bad or unexpected:
         example = (bad or unexpected)[0]
         raise ImgclfError(f"{source}: does not fit {type(model).__name__} ({len(bad)} missing or mismatched, {len(unexpected)} "
-                          f"unexpected tensors, e.g. '{example}'); pass weights saved from the same architecture.")
+                          f"unexpected tensors, e.g. '{example}'); pass weights saved from the same architecture, or name the "
+                          "architecture they belong to with --model (e.g. --model efficientnet_lite0).")
     model.load_state_dict(fitted, strict=False)
     backbone = [k for k in own if k not in head_keys]
     head = f"; a new head for {model.get_classifier().out_features} classes" if skipped_head else ""
