@@ -169,6 +169,7 @@ def run_one(name: str, data: Path, weights: str, seed: int, quick: bool) -> dict
 
 
 def main() -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="/work/data/colour_sets", help="where benchmarks/colour_sets.py builds the sets")
     parser.add_argument("--sets", default="clipart,emoji")
@@ -180,7 +181,6 @@ def main() -> None:
     parser.add_argument("--results", default=str(common.RESULTS))
     parser.add_argument("--work", default=str(OUT), help="where the subsets, runs and caches go")
     args = parser.parse_args()
-    global OUT
     OUT = Path(args.work)
     only = [c for c in args.only.split(",") if c]
     if unknown := [c for c in only if c not in CONTENDERS]:

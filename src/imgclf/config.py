@@ -96,7 +96,7 @@ class TrainConfig:
     partial_weights: bool = False  # accept weights that fill under 90% of the backbone
     init_from: str | None = None  # a run directory or bundle whose weights start this run
     freeze_epochs: int = 0  # epochs training only the head (and norms) before unfreezing
-    backbone_lr_scale: float | None = None  # backbone learning rate as a fraction of lr; None: 1 (engine/transfer_recipe.py for pretrained weights)
+    backbone_lr_scale: float = 1.0  # backbone learning rate as a fraction of lr
     freeze_stride: int | None = None  # layers whose output is 1/N of the image's side or finer keep their weights; None: 4 from pretrained weights, else 0 (none)
     frozen_norms: bool | None = None  # BatchNorm keeps its pretrained statistics while fine-tuning (its scale and shift still learn); None: on from pretrained weights
     probe: bool = False  # no fine-tuning: a linear head fitted on the pretrained network's features, computed once and cached

@@ -124,7 +124,6 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
     train = dataclasses.replace(t, model=model, batch_size=batch, lr=lr, weight_decay=t.resolved_weight_decay(),
                                 warmup=t.resolved_warmup(), augment=augment,
                                 tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta,
-                                backbone_lr_scale=1.0 if t.backbone_lr_scale is None else t.backbone_lr_scale,
                                 head_from_probe=bool(t.head_from_probe), freeze_stride=t.freeze_stride or 0,
                                 frozen_norms=bool(t.frozen_norms))
     if (line := transfer_recipe.suggestion(config, data)) is not None:
