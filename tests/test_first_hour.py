@@ -174,10 +174,10 @@ def test_weights_of_another_architecture_are_refused_before_any_work(class_tree,
 def test_loading_weights_says_what_was_loaded(resnet18_weights, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     imgclf.create_model("resnet34", 1, 10, 32, weights=str(resnet18_weights), partial_weights=True)
-    assert any("backbone tensors of resnet34 loaded;" in m and "left random" in m for m in _messages(caplog))
+    assert any("backbone tensors of resnet34 loaded by name;" in m and "left random" in m for m in _messages(caplog))
     caplog.clear()
     imgclf.create_model("resnet18", 1, 10, 32, weights=str(resnet18_weights))
-    assert any(re.search(r": (\d+) of \1 backbone tensors of resnet18 loaded; a new head for 10 classes; 2 tensors of the file unused$", m)
+    assert any(re.search(r": (\d+) of \1 backbone tensors of resnet18 loaded by name; a new head for 10 classes; 2 tensors of the file unused$", m)
                for m in _messages(caplog))  # the 1000-class head of the file
 
 
