@@ -37,21 +37,15 @@ def can_embed(model: nn.Module) -> bool:
 @torch.no_grad()
 def embed(model: nn.Module, images: ImageSet, mean, std, device: torch.device, batch: int = BATCH,
           channels_last: bool = False) -> np.ndarray:
-    """float32 N x F features of a split, the network in evaluation mode (its own BatchNorm statistics)."""
+    """float32 N x F features of a split, the network in evaluation mode (its own BatchNorm statistics);
+    the batches normalised by the training loader's own code, in order."""
+    from imgclf.data.loader import DeviceLoader
+
     was_training = model.training
     model.eval()
-    c = images.images.shape[1]
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-    scale = (1.0 / (255.0 * std_t)).to(device)
-    shift = (-torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) / std_t).to(device)
-    out = []
+    loader = DeviceLoader(images, batch, mean=mean, std=std, device=device, channels_last=channels_last)
     try:
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(images.take(np.arange(start, min(start + batch, len(images))))).to(device)
-            x = x.float().mul_(scale).add_(shift)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(pooled(model, x).float().cpu())
+        out = [pooled(model, x).float().cpu() for x, _ in loader]
     finally:
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
