@@ -73,19 +73,16 @@ def _digest_images(images: ImageSet) -> str:
 def cache_key(model: nn.Module, parts: dict[str, ImageSet], mean, std) -> str:
     """What the features depend on: the backbone's tensors (the head's left out: a probe changes it), the
     normalisation, and each split's decoded images and labels."""
-    head = {f"{name}" for name, _ in model.state_dict().items() if _is_head(model, name)}
+    from imgclf.models.timm_models import head_names
+
+    heads = head_names(model)
+    head = {key for key in model.state_dict() if any(key.startswith(h + ".") for h in heads)}
     h = hashlib.blake2b(digest_size=16)
     h.update(f"v{FEATURES_VERSION} {type(model).__name__} {tuple(mean)} {tuple(std)}".encode())
     h.update(_digest_tensors(model, head).encode())
     for name in sorted(parts):
         h.update(f"{name}:{_digest_images(parts[name])}".encode())
     return h.hexdigest()
-
-
-def _is_head(model: nn.Module, key: str) -> bool:
-    heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    return any(key.startswith(h + ".") for h in heads)
 
 
 @dataclass

@@ -159,7 +159,7 @@ def coverage(name: str, state_dict: dict[str, torch.Tensor], **kwargs) -> Covera
     probe = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state_dict.items()}
     with torch.random.fork_rng(devices=[]):  # the probe's random init must not shift the run's seeded one
         model = create(name, kwargs.pop("in_chans", 3), kwargs.pop("num_classes", 2), state_dict=probe, weights_name=None, **kwargs)
-    heads = _head_names(model)
+    heads = head_names(model)
     tensors = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
     head = [k for k in tensors if any(k.startswith(h + ".") for h in heads)]
     backbone = [k for k in tensors if k not in head]
@@ -169,7 +169,8 @@ def coverage(name: str, state_dict: dict[str, torch.Tensor], **kwargs) -> Covera
     return Coverage(len(backbone) - len(missing), len(backbone), missing, any(k not in filled for k in head), unused)
 
 
-def _head_names(model: nn.Module) -> tuple[str, ...]:
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """The module names of a timm network's classifier (its pretrained_cfg's 'classifier')."""
     heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     return (heads,) if isinstance(heads, str) else tuple(heads or ())
 
@@ -185,7 +186,7 @@ def by_order(name: str, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, 
 
     with torch.random.fork_rng(devices=[]):
         reference = timm.create_model(name, num_classes=0)
-        heads = _head_names(timm.create_model(name, num_classes=2))
+        heads = head_names(timm.create_model(name, num_classes=2))
     own = [(k, v.shape) for k, v in reference.state_dict().items() if v.is_floating_point()]
     theirs = [(k, v) for k, v in state_dict.items() if v.is_floating_point()]
     for i, (key, shape) in enumerate(own):
