@@ -46,7 +46,7 @@ bench: install data
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/photo_speed.py
 	$(BIN)/pip install --quiet fastai  # the transfer benchmark's fastai contender; not a dependency of imgclf
-	$(BIN)/python benchmarks/transfer.py --one-seed tutorial,fastai
+	$(BIN)/python benchmarks/transfer.py --per-class 50 --one-seed fastai,emoji:tutorial
 
 clean:
 	rm -rf $(VENV) src/*.egg-info .pytest_cache

@@ -17,8 +17,8 @@ gives the mean test accuracy of the seeds and the median wall time of a whole ru
 training images of each class (the test folders stay whole), which keeps a seed of every contender
 within about half an hour on 2 cores.
 
-    python benchmarks/transfer.py [--sets clipart,emoji] [--per-class 60] [--seeds 3] [--only imgclf,probe]
-        [--one-seed tutorial,fastai]
+    python benchmarks/transfer.py [--sets clipart,emoji] [--per-class 50] [--seeds 3] [--only imgclf,probe]
+        [--one-seed fastai,emoji:tutorial]
 """
 
 from __future__ import annotations
@@ -173,10 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="/work/data/colour_sets", help="where benchmarks/colour_sets.py builds the sets")
     parser.add_argument("--sets", default="clipart,emoji")
-    parser.add_argument("--per-class", type=int, default=60, help="training images a class at most")
+    parser.add_argument("--per-class", type=int, default=50, help="training images a class at most")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", default=",".join(CONTENDERS), help="contenders, comma-separated: " + ", ".join(CONTENDERS))
-    parser.add_argument("--one-seed", default="", help="contenders run with seed 0 alone (the slow tutorials), comma-separated")
+    parser.add_argument("--one-seed", default="", help="contenders run with seed 0 alone (the slow tutorials), comma-separated; "
+                        "SET:CONTENDER for one set only (emoji:tutorial)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 images a class, 2 epochs, one seed")
     parser.add_argument("--results", default=str(common.RESULTS))
     parser.add_argument("--work", default=str(OUT), help="where the subsets, runs and caches go")
@@ -205,7 +206,8 @@ def main() -> None:
         n_test = sum(1 for _ in (data / "test").rglob("*.png"))
         for contender in only:
             results = []
-            for seed in range(1 if contender in args.one_seed.split(",") else seeds):
+            one_seed = {c for c in args.one_seed.split(",") if c}
+            for seed in range(1 if contender in one_seed or f"{name}:{contender}" in one_seed else seeds):
                 start = time.perf_counter()
                 got = run_one(contender, data, weights, seed, args.quick)
                 got.update(seconds=time.perf_counter() - start, seed=seed, set=name, contender=contender)

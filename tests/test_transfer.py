@@ -106,6 +106,8 @@ def test_probe_without_weights_is_one_line(photo_tree, tmp_path):
     with pytest.raises(ImgclfError, match="--probe fits a head on a pretrained network's features; add --pretrained"):
         imgclf.train(str(photo_tree / "train"), probe=True, device="cpu", out=str(tmp_path))
     assert not any(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(ImgclfError, match="--adapt-norms measures a trained network's BatchNorm statistics"):
+        imgclf.train(str(photo_tree / "train"), adapt_norms=True, device="cpu", out=str(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +179,32 @@ def test_feature_cache_is_keyed_by_weights_and_data(probe_run, tmp_path):
     assert len(list((tmp_path / "features").glob("*.npz"))) == 3
 
 
+def test_norms_are_measured_on_the_users_images(probe_run, lite0_weights, tmp_path):
+    """The first BatchNorm's mean is the mean of its input over the training images (one batch here), not
+    ImageNet's; measured once and read back from the cache, measured again for other weights."""
+    from imgclf.data.loader import DeviceLoader
+    from imgclf.engine.norm_stats import _adapted
+    from imgclf.models.registry import create_model
+
+    from imgclf.engine.bundle import load_bundle
+
+    data = probe_run.data
+    trained, _ = load_bundle(probe_run.run_dir)
+    start = create_model(ARCH, 3, 2, 224, weights=lite0_weights)
+    ((x, _),) = list(DeviceLoader(data.train, 64, mean=data.mean, std=data.std, device=torch.device("cpu")))
+    with torch.no_grad():
+        stem = start.conv_stem(x)
+    assert torch.allclose(trained.bn1.running_mean, stem.mean((0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(start.bn1.running_mean, stem.mean((0, 2, 3)), atol=1e-2)
+    args = (data.train, data.mean, data.std, torch.device("cpu"), tmp_path, False)
+    assert not _adapted(start, *args)
+    again = create_model(ARCH, 3, 2, 224, weights=lite0_weights)
+    assert _adapted(again, *args) and torch.equal(again.bn1.running_var, start.bn1.running_var)
+    with torch.no_grad():
+        again.conv_stem.weight.mul_(0.5)
+    assert not _adapted(again, *args) and len(list((tmp_path / "norms").glob("*.npz"))) == 2
+
+
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_probe_head(photo_tree, lite0_weights, tmp_path):
     """The transfer recipe as decided, at 64 px to be quick: the first epoch's loss below chance (the head
@@ -187,18 +215,25 @@ def test_fine_tuning_starts_from_the_probe_head(photo_tree, lite0_weights, tmp_p
     from imgclf.models.registry import create_model
 
     run = imgclf.train(str(photo_tree / "train"), model=ARCH, weights=lite0_weights, image_size=64, epochs=2, device="cpu",
-                       out=str(tmp_path), name="ft")
+                       out=str(tmp_path), name="ft", cache_dir=str(tmp_path / "cache"))
     assert run.history[0]["train_loss"] < math.log(2)
     config = yaml.safe_load((run.run_dir / "config.yaml").read_text())["train"]
-    assert config["head_from_probe"] and config["frozen_norms"] and config["freeze_stride"] == 4
+    assert config["head_from_probe"] and config["frozen_norms"] and config["adapt_norms"] and config["freeze_stride"] == 4
     assert config["augment"] and config["lr"] == pytest.approx(2e-4)
-    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["augment"]["resized_crop"] == 0.25
+    assert config["keep"] == "last" and json.loads((run.run_dir / "results.json").read_text())["best_epoch"] == 2
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["augment"]["resized_crop"] == 0.08
     start = create_model(ARCH, 3, 2, 64, weights=lite0_weights)
     trained, _ = load_bundle(run.run_dir)
     assert torch.equal(trained.conv_stem.weight, start.conv_stem.weight)  # stride 2 and 4: fixed
     assert torch.equal(trained.blocks[1][0].conv_pw.weight, start.blocks[1][0].conv_pw.weight)
     assert not torch.equal(trained.blocks[2][0].conv_pw.weight, start.blocks[2][0].conv_pw.weight)  # stride 8 learns
-    assert torch.equal(trained.bn2.running_mean, start.bn2.running_mean)  # frozen statistics
+    from imgclf.engine.norm_stats import batch_norms
+
+    (measured,) = (tmp_path / "cache" / "norms").glob("*.npz")  # the statistics of these images, before epoch 1
+    last = len(batch_norms(trained)) - 1
+    assert batch_norms(trained)[last] is trained.bn2
+    assert np.array_equal(trained.bn2.running_mean.numpy(), np.load(measured)[f"mean{last}"])  # kept while fine-tuning
+    assert not torch.equal(trained.bn2.running_mean, start.bn2.running_mean)  # not ImageNet's
     assert not torch.equal(trained.bn2.weight, start.bn2.weight)  # their scale still learns
 
 
@@ -265,7 +300,7 @@ def test_published_and_local_weights_get_the_same_recipe(fmnist_small):
         decided.append((config.data, train, notes + more))
     assert decided[0] == decided[1]
     assert decided[0][0].image_size == (224, 224) and decided[0][0].channels == 3
-    assert decided[0][1]["head_from_probe"] and decided[0][1]["freeze_stride"] == 4
+    assert decided[0][1]["head_from_probe"] and decided[0][1]["adapt_norms"] and decided[0][1]["freeze_stride"] == 4
 
 
 def test_from_scratch_the_recipe_is_as_before(fmnist_small):
@@ -276,5 +311,8 @@ def test_from_scratch_the_recipe_is_as_before(fmnist_small):
     data = imgclf.load_data((images[:64], labels[:64]), val_fraction=0.25)
     resolved, _ = recipe.resolve(Config(), data)
     t = resolved.train
-    assert (t.head_from_probe, t.frozen_norms, t.freeze_stride, t.backbone_lr_scale) == (False, False, 0, 1.0)
+    assert (t.head_from_probe, t.frozen_norms, t.adapt_norms, t.freeze_stride, t.backbone_lr_scale) == (False, False, False, 0, 1.0)
+    assert t.keep == "best"
+    with pytest.raises(ImgclfError, match="keep='worst' is not one of best, last"):
+        Config().override(keep="worst")
     assert resolved.data.augment.resized_crop == 0.0 and t.lr == pytest.approx(2e-3)

@@ -131,16 +131,19 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
 
 
 def _callbacks(config: Config) -> list:
-    """What acts after each step and epoch, in this order: the run's files, the log line, early stopping."""
+    """What acts before training and after each step and epoch, in this order: the BatchNorm statistics of the
+    user's images and the fitted head (from pretrained weights), the run's files, the log line, early stopping."""
     from imgclf.config import parse_save_every
     from imgclf.data.cache import cache_root
     from imgclf.engine.callbacks import EarlyStopping, EpochLog, RunFiles
+    from imgclf.engine.norm_stats import AdaptNorms
     from imgclf.engine.probe import HeadFromProbe
 
     t = config.train
     steps, seconds = parse_save_every(t.save_every) if t.save_every else (None, None)
+    adapt = [AdaptNorms(cache_root(config.data))] if t.adapt_norms else []
     probe = [HeadFromProbe(cache_root(config.data), probe_only=t.probe)] if t.probe or t.head_from_probe else []
-    return [*probe, RunFiles(steps, seconds), EpochLog(), EarlyStopping(t.early_stop)]
+    return [*adapt, *probe, RunFiles(steps, seconds), EpochLog(), EarlyStopping(t.early_stop)]
 
 
 def _per_process(plan: RunPlan, world: distributed.World) -> Config:

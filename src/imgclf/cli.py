@@ -37,7 +37,7 @@ AUGMENT_FLAGS = {
     "crop_padding": (int, "pixels of zero padding for random crops (default: about 1/10 of the side)"),
     "hflip": (bool, "random horizontal flips (default: on, off for digit sets)"),
     "resized_crop": (float, "random resized crops keeping at least this share of the area, resampled to the image size "
-                            "(default: 0, off; 0.25 when starting from pretrained weights)"),
+                            "(default: 0, off; 0.08 when starting from pretrained weights)"),
     "translate": (float, "further random shift as a fraction of the side (default: 0)"),
     "erasing": (float, "probability of random erasing (default: 0)"),
     "alternate_flips": (bool, "mirror each image in every other epoch instead of at random (airbench's flips)"),
@@ -54,6 +54,8 @@ TRAIN_FLAGS = {
                            "pretrained weights (default: 4 with pretrained weights, 0 otherwise)"),
     "frozen_norms": (bool, "BatchNorm layers keep their pretrained statistics while fine-tuning (default: on with pretrained "
                            "weights, off otherwise)"),
+    "adapt_norms": (bool, "BatchNorm statistics measured on your training images before the head is fitted, instead of the "
+                          "pretrained ones (default: on with pretrained weights)"),
     "probe": ("store_true", "no fine-tuning: a linear head fitted in seconds on the pretrained network's features (computed once "
                             "and cached); needs --pretrained or --weights"),
     "head_from_probe": (bool, "fine-tuning starts from that fitted head (default: on with --pretrained or --weights)"),
@@ -84,6 +86,8 @@ TRAIN_FLAGS = {
     "precision": (str, "auto, 32, 16 or bf16 (default: auto: bf16 or 16 on CUDA, 32 elsewhere)"),
     "channels_last": (bool, "channels-last memory format (default: on for CPU and CUDA)"),
     "compile": ("store_true", "torch.compile the model"),
+    "keep": (str, "the weights the run ends with: best (the epoch of the highest validation accuracy) or last (default: last "
+                   "with pretrained weights, best otherwise)"),
     "early_stop": (int, "stop after N epochs without a better validation accuracy (default: never)"),
     "out": (str, "folder of run directories (default: runs)"),
     "name": (str, "run directory name (default: <data>-<model>, numbered when taken)"),

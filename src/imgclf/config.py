@@ -13,6 +13,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "linear", "step", "constant")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "balanced")
+KEEP = ("best", "last")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "16", "bf16")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -30,7 +31,7 @@ class AugmentConfig:
     """Batched, on-device training augmentation; None means 'decide from the dataset'."""
 
     crop_padding: int | None = None  # pixels of zero padding for random crops; None: about 1/10 of the side
-    resized_crop: float | None = None  # smallest share of the area a random resized crop keeps; None: 0 (off), 0.25 from pretrained weights
+    resized_crop: float | None = None  # smallest share of the area a random resized crop keeps; None: 0 (off), 0.08 from pretrained weights
     hflip: bool | None = None  # None: on, except for digit sets where a flip changes the meaning
     translate: float = 0.0  # extra random shift, as a fraction of the side
     erasing: float = 0.0  # probability of random erasing per image
@@ -99,6 +100,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0  # backbone learning rate as a fraction of lr
     freeze_stride: int | None = None  # layers whose output is 1/N of the image's side or finer keep their weights; None: 4 from pretrained weights, else 0 (none)
     frozen_norms: bool | None = None  # BatchNorm keeps its pretrained statistics while fine-tuning (its scale and shift still learn); None: on from pretrained weights
+    adapt_norms: bool | None = None  # BatchNorm statistics measured on the training images before the head is fitted; None: on from pretrained weights
     probe: bool = False  # no fine-tuning: a linear head fitted on the pretrained network's features, computed once and cached
     head_from_probe: bool | None = None  # start the head from that linear fit; None: on when starting from pretrained weights
     epochs: int | None = None  # None: 12, more for small sets so that the run has about 1,200 steps (at most 30)
@@ -126,6 +128,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None  # None: on where it measurably helps (CUDA)
     compile: bool = False
+    keep: str | None = None  # the weights a run ends with: "best" (highest validation accuracy) or "last"; None: last from pretrained weights, else best
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy; 0: never
     out: str = "runs"
     name: str | None = None
@@ -162,6 +165,9 @@ class TrainConfig:
         if self.save_every is not None:
             self.save_every = str(self.save_every)
             parse_save_every(self.save_every)
+        if self.keep is not None and self.keep not in KEEP:
+            raise ImgclfError(f"keep={self.keep!r} is not one of {', '.join(KEEP)} (the weights of the best validation epoch, or "
+                              "of the last).")
         if self.dist_timeout <= 0:
             raise ImgclfError(f"dist_timeout={self.dist_timeout} must be a positive number of seconds (default 300).")
         if self.pretrained and self.weights:
@@ -170,6 +176,9 @@ class TrainConfig:
             flag = "--probe" if self.probe else "--head-from-probe"
             raise ImgclfError(f"{flag} fits a head on a pretrained network's features; add --pretrained or --weights FILE "
                               "(with --model), or leave it out to train from scratch.")
+        if self.adapt_norms and not (self.pretrained or self.weights or self.init_from):
+            raise ImgclfError("--adapt-norms measures a trained network's BatchNorm statistics on your images; add --pretrained "
+                              "or --weights FILE (with --model), or leave it out to train from scratch.")
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else {"sgd": 0.1, "adam": 1e-3, "adamw": 2e-3}[self.optimizer]

@@ -43,9 +43,9 @@ class Callback:
 
 
 class RunFiles(Callback):
-    """The run directory (made at the first checkpoint, with the files waiting for it), best.pt when
-    validation improved, last.pt after every epoch and, with save_every, within epochs too; then the
-    epoch's row of metrics.csv. Rank 0 only.
+    """The run directory (made at the first checkpoint, with the files waiting for it), best.pt with the
+    weights the run keeps (when validation improved; every epoch with keep="last"), last.pt after every
+    epoch and, with save_every, within epochs too; then the epoch's row of metrics.csv. Rank 0 only.
 
     save_every: a number of steps, or seconds (from a duration such as "10m"), between checkpoints inside
     an epoch; None: at the end of each epoch only.
@@ -78,7 +78,7 @@ class RunFiles(Callback):
             return
         with deferred_interrupts():
             trainer.make_run_dir()
-            if row.get("improved"):
+            if row.get("kept"):
                 save_checkpoint(trainer.run_dir / "checkpoints" / "best.pt", trainer.best_state())
             save_checkpoint(trainer.last_path, trainer.state())
             append_row(trainer.run_dir / "metrics.csv", row)

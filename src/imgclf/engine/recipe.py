@@ -125,7 +125,7 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
                                 warmup=t.resolved_warmup(), augment=augment,
                                 tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta,
                                 head_from_probe=bool(t.head_from_probe), freeze_stride=t.freeze_stride or 0,
-                                frozen_norms=bool(t.frozen_norms))
+                                frozen_norms=bool(t.frozen_norms), adapt_norms=bool(t.adapt_norms), keep=t.keep or "best")
     if (line := transfer_recipe.suggestion(config, data)) is not None:
         notes.append(line)
     data_config = dataclasses.replace(config.data, image_size=tuple(data.image_size), channels=data.channels, augment=aug_cfg)

@@ -339,7 +339,8 @@ class Trainer:
             row.update(val_loss=round(val["loss"], 5), val_acc=round(val["acc"], 5))
         metric = row.get("val_acc", row["train_acc"])
         row["improved"] = metric > self.best["val_acc"]
-        if row["improved"]:
+        row["kept"] = row["improved"] or self.config.train.keep == "last"  # what best.pt holds and the run ends with
+        if row["kept"]:
             self.best = {"val_acc": metric, "epoch": row["epoch"]}
         return row
 
