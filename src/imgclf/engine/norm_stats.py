@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine.bundle import unwrap
 from imgclf.engine.callbacks import Callback
-from imgclf.models.features import BATCH, cache_key
+from imgclf.models.features import BATCH, cache_key, read_arrays, write_arrays
 
 log = logging.getLogger("imgclf")
 CALIBRATION_IMAGES = 2048  # training images the statistics are measured on: a few forward passes an epoch
@@ -121,23 +119,18 @@ def _adapted(model: nn.Module, images, mean, std, device: torch.device, cache_di
     cache_dir/norms/<key>.npz; whether they came from the cache."""
     norms = batch_norms(model)
     path = Path(cache_dir) / "norms" / f"{cache_key(model, {'train': images}, mean, std)}.npz"
-    if path.is_file():
+    stored = read_arrays(path, [f"{what}{i}" for i in range(len(norms)) for what in ("mean", "var")])
+    if stored is not None:
         try:
-            with np.load(path) as stored:
-                values = [(stored[f"mean{i}"], stored[f"var{i}"]) for i in range(len(norms))]
             with torch.no_grad():
-                for norm, (m, v) in zip(norms, values):
-                    norm.running_mean.copy_(torch.from_numpy(m)), norm.running_var.copy_(torch.from_numpy(v))
+                for i, norm in enumerate(norms):
+                    norm.running_mean.copy_(torch.from_numpy(stored[f"mean{i}"]))
+                    norm.running_var.copy_(torch.from_numpy(stored[f"var{i}"]))
             return True
-        except (OSError, KeyError, ValueError, RuntimeError):  # damaged, partial or of other shapes: measured again
+        except RuntimeError:  # of other shapes: measured again
             pass
     loader = DeviceLoader(images, BATCH, mean=mean, std=std, device=device, channels_last=channels_last)
     recalibrate(model, (x for x, _ in loader if len(x) > 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    arrays = {}
-    for i, norm in enumerate(norms):
-        arrays[f"mean{i}"], arrays[f"var{i}"] = norm.running_mean.cpu().numpy(), norm.running_var.cpu().numpy()
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_arrays(path, {f"{what}{i}": getattr(norm, f"running_{what}").cpu().numpy()
+                        for i, norm in enumerate(norms) for what in ("mean", "var")})
     return False

@@ -95,21 +95,34 @@ class Features:
     path: Path
 
 
+def read_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray] | None:
+    """The named arrays of a cache file, or None when it is missing, damaged or lacks one of them."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            return {name: stored[name] for name in names}
+    except (OSError, KeyError, ValueError):  # damaged or partial: the caller computes them again
+        return None
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Whole or not at all: written under a temporary name and renamed, so that a run killed mid-write
+    leaves no partial file under the key (and two runs writing one key each write a whole file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def features(model: nn.Module, parts: dict[str, ImageSet], mean, std, device: torch.device, cache_dir: Path,
              channels_last: bool = False) -> Features:
     """The features of every split in `parts`, from the cache in cache_dir/features when they are there."""
     start = time.perf_counter()
     path = Path(cache_dir) / "features" / f"{cache_key(model, parts, mean, std)}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as stored:
-                out = {name: stored[name] for name in parts}
-            return Features(out, True, time.perf_counter() - start, path)
-        except (OSError, KeyError, ValueError):  # damaged or partial: computed again below
-            pass
+    out = read_arrays(path, list(parts))
+    if out is not None:
+        return Features(out, True, time.perf_counter() - start, path)
     out = {name: embed(model, part, mean, std, device, channels_last=channels_last) for name, part in parts.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)  # whole or not at all: a run killed mid-write leaves no partial file under the key
+    write_arrays(path, out)
     return Features(out, False, time.perf_counter() - start, path)
