@@ -127,7 +127,7 @@ class EarlyStopping(Callback):
         self.bad_epochs = 0 if row.get("improved") else self.bad_epochs + 1
         if self.patience and self.bad_epochs >= self.patience:
             log.info("early stop: no better validation accuracy for %d epochs (best %.2f%% at epoch %d)",
-                     self.bad_epochs, 100 * trainer.best["val_acc"], trainer.best["epoch"])
+                     self.bad_epochs, 100 * trainer.top["val_acc"], trainer.top["epoch"])
             trainer.should_stop = True
 
     def state_dict(self) -> dict:

@@ -126,7 +126,8 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.batch_in_epoch, self.batches_in_epoch = 0, len(self.train_loader)
         self._partial: dict | None = None  # the sums of an epoch resumed from within
-        self.best = {"val_acc": -1.0, "epoch": 0}
+        self.best = {"val_acc": -1.0, "epoch": 0}  # the kept epoch: best.pt, the bundle, results.json's best_epoch
+        self.top = {"val_acc": -1.0, "epoch": 0}  # the highest validation accuracy (the kept one, unless keep=last)
         self.history: list[dict] = []
         self.should_stop = False
 
@@ -170,7 +171,7 @@ class Trainer:
         middle of an epoch, with how far the epoch had got and its sums so far."""
         state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
-                 "history": list(self.history), "rng": rng_state(), "world_size": self.world.world_size,
+                 "top": dict(self.top), "history": list(self.history), "rng": rng_state(), "world_size": self.world.world_size,
                  "batch_size": self.config.train.batch_size,
                  "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks if cb.key}}
         if self.ema is not None:
@@ -195,6 +196,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
+        self.top = dict(state.get("top", state["best"]))  # checkpoints made before keep=last kept the top epoch
         self.history = [dict(r) for r in state["history"]]
         saved_callbacks = dict(state.get("callbacks", {}))
         if "early_stop" in state and "early_stop" not in saved_callbacks:  # checkpoints made before callbacks
@@ -338,7 +340,9 @@ class Trainer:
             val = evaluate_loader(self.scored_model, self.val_loader, self.device, self.dtype, self.world)
             row.update(val_loss=round(val["loss"], 5), val_acc=round(val["acc"], 5))
         metric = row.get("val_acc", row["train_acc"])
-        row["improved"] = metric > self.best["val_acc"]
+        row["improved"] = metric > self.top["val_acc"]
+        if row["improved"]:
+            self.top = {"val_acc": metric, "epoch": row["epoch"]}
         row["kept"] = row["improved"] or self.config.train.keep == "last"  # what best.pt holds and the run ends with
         if row["kept"]:
             self.best = {"val_acc": metric, "epoch": row["epoch"]}
