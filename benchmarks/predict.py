@@ -78,12 +78,11 @@ def main() -> None:
             labels["imgclf"] = clf.predict_proba(paths).argmax(1)
 
         def decode_in_workers_predict_here():
-            from imgclf.data import decode
             from imgclf.data.parallel import chunks, iter_chunks, worker_count
 
             workers = worker_count(None)
-            jobs = [(paths[a:b], clf.channels_, clf.size_, clf.resize_) for a, b in chunks(len(paths), workers, size=clf.batch_size)]
-            probs = [clf.predict_decoded(out)[1] for out, _ in iter_chunks(decode.decode_many, jobs, workers, "decoding")]
+            jobs = [(paths[a:b],) for a, b in chunks(len(paths), workers, size=clf.batch_size)]
+            probs = [clf.predict_decoded(out)[1] for out, _ in iter_chunks(clf.pre_.read_files, jobs, workers, "decoding")]
             labels["split"] = np.concatenate(probs).argmax(1)
 
         def tutorial():

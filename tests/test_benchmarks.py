@@ -36,9 +36,9 @@ def test_unknown_section_is_one_line(tmp_path):
     assert proc.returncode != 0 and "unknown section" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _quick(name: str, tmp_path) -> dict:
+def _quick(name: str, tmp_path, *flags: str) -> dict:
     """benchmarks/<name>.py --quick into tmp_path; its results JSON."""
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / f"{name}.py"), "--quick", "--results", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / f"{name}.py"), "--quick", *flags, "--results", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((tmp_path / f"{name}.json").read_text())
@@ -79,6 +79,14 @@ def test_transfer_quick_runs_every_contender_but_fastai(tmp_path):
     assert all(0 <= r["test acc %"] <= 100 for r in rows) and rows[2]["epochs"] == 0
 
 
-def test_photo_speed_quick_measures_each_setting(tmp_path):
-    rows = _quick("photo_speed", tmp_path)["rows"]
-    assert rows[0]["model"] == "efficientnet_lite0" and rows[0]["train img/s, channels-last, stem fixed"] > 0
+def test_photo_speed_quick_measures_each_setting_and_profiles_a_step(tmp_path):
+    report = _quick("photo_speed", tmp_path, "--profile")
+    row = report["rows"][0]
+    assert row["model"] == "efficientnet_lite0" and row["train img/s, channels-last, stem fixed"] > 0
+    assert row["train img/s, imgclf's step (stem fixed, norms frozen)"] > 0 and row["train img/s, no BatchNorm (bound of folding it)"] > 0
+    spent = next(rows for title, rows in report["tables"].items() if title.startswith("Where a training step"))
+    kinds = {r["kind of operation"] for r in spent}
+    assert {"depthwise convolution, backward", "1x1 convolution, forward"} <= kinds
+    assert abs(sum(r["share %"] for r in spent) - 100) < 0.1
+    bound = next(rows for title, rows in report["tables"].items() if "matmul" in title)
+    assert bound[0]["GFLOP/s"] > 0 and 0 < bound[1]["share of peak %"] < 100

@@ -49,6 +49,20 @@ def test_size_and_channels_are_part_of_the_key(tmp_path, fmnist_small):
     assert load_data(root).cache_hit and load_data(root, image_size=16, channels=3).cache_hit
 
 
+def test_resampling_and_centre_crop_are_part_of_the_key(tmp_path, fmnist_small):
+    root = write_class_tree(tmp_path / "t", fmnist_small[0][:20], fmnist_small[1][:20])
+    plain = load_data(root, image_size=20, val_fraction=0)
+    bicubic = load_data(root, image_size=20, interpolation="bicubic", val_fraction=0)
+    cropped = load_data(root, image_size=20, crop_fraction=0.5, val_fraction=0)
+    assert len({plain.cache_dir, bicubic.cache_dir, cropped.cache_dir}) == 3
+    assert not np.array_equal(plain.train.array(), bicubic.train.array())
+    # Half the side of a 28 px garment, enlarged to 20 px: the border of the picture is gone, its middle fills the frame.
+    assert plain.train.array()[:, :, 0].mean() < cropped.train.array()[:, :, 0].mean()
+    assert load_data(root, image_size=20, crop_fraction=0.5, val_fraction=0).cache_hit
+    # The default framing keeps the key it had before the framing could be set: existing caches stay valid.
+    assert load_data(root, image_size=20, interpolation="bilinear", crop_fraction=1.0, val_fraction=0).cache_dir == plain.cache_dir
+
+
 def test_damaged_cache_is_rebuilt(tmp_path, fmnist_small):
     root = write_class_tree(tmp_path / "t", fmnist_small[0][:20], fmnist_small[1][:20])
     data = load_data(root)

@@ -16,7 +16,9 @@ def test_yaml_round_trip():
 
 
 @pytest.mark.parametrize("bad, word", [({"resize": "stretch"}, "resize"), ({"channels": 2}, "channels"),
-                                       ({"image_size": 4}, "too small"), ({"val_fraction": -0.1}, "val_fraction")])
+                                       ({"image_size": 4}, "too small"), ({"val_fraction": -0.1}, "val_fraction"),
+                                       ({"interpolation": "nearest"}, "interpolation"), ({"crop_fraction": 1.2}, "crop_fraction"),
+                                       ({"resize": "pad", "crop_fraction": 0.875}, "use one of them")])
 def test_invalid_values_are_refused(bad, word):
     with pytest.raises(ImgclfError, match=word):
         DataConfig(**bad)

@@ -141,6 +141,18 @@ def test_resize_keeps_aspect_ratio(tmp_path, resize):
         assert got[:4].max() == 0 and got[12:].max() == 0 and got[6:10, 6:10].mean() > 200
 
 
+def test_crop_fraction_keeps_the_centre_and_interpolation_resamples(tmp_path):
+    framed = np.zeros((64, 96), np.uint8)
+    framed[8:56, 24:72] = 255  # a white 48 px square in a black frame: 3/4 of the height
+    Image.fromarray(framed, "L").save(tmp_path / "f.png")
+    whole = decode(str(tmp_path / "f.png"), 1, (32, 32))[0]
+    centre = decode(str(tmp_path / "f.png"), 1, (32, 32), crop_fraction=0.75)[0]
+    assert whole[0].max() == 0 and whole[:, 0].max() == 0  # the frame is kept at the full square
+    assert centre[1:-1, 1:-1].min() == 255  # resized to cover 32 / 0.75 px: the crop is the white square alone
+    bicubic = decode(str(tmp_path / "f.png"), 1, (32, 32), interpolation="bicubic")[0]
+    assert bicubic.shape == whole.shape and not np.array_equal(bicubic, whole)  # another filter at the square's edges
+
+
 def test_mixed_gray_and_color_dataset_becomes_rgb(tmp_path, fmnist_small):
     images, labels = fmnist_small
     for i in range(20):

@@ -40,7 +40,8 @@ def test_api_three_lines_reach_well_above_chance(fmnist, tmp_path):
     for name in ("config.yaml", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt", "model.safetensors", "model.json", "results.json"):
         assert (run.run_dir / name).is_file(), name
     spec = json.loads((run.run_dir / "model.json").read_text())
-    assert spec["architecture"]["name"] == "small_resnet" and spec["input"] == {"channels": 1, "size": [28, 28], "resize": "crop"}
+    assert spec["architecture"]["name"] == "small_resnet" and spec["input"] == {"channels": 1, "size": [28, 28], "resize": "crop",
+                                                                          "interpolation": "bilinear", "crop_fraction": 1.0}
     assert spec["classes"] == [str(i) for i in range(10)] and len(spec["normalization"]["mean"]) == 1
     # The bundle alone rebuilds the same model.
     model, _ = imgclf.load_bundle(run.run_dir)

@@ -22,6 +22,7 @@ from imgclf.errors import ImgclfError
 
 ARCH = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+FRAMING = {"interpolation": "bicubic", "crop_fraction": 0.875}  # efficientnet_lite0.ra_in1k's own, asked for by the probe run
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +115,7 @@ def test_probe_without_weights_is_one_line(photo_tree, tmp_path):
 def probe_run(photo_tree, lite0_weights, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     return imgclf.train(str(photo_tree / "train"), test=str(photo_tree / "test"), model=ARCH, weights=lite0_weights, probe=True,
-                        device="cpu", out=str(out), name="probe")
+                        device="cpu", out=str(out), name="probe", **FRAMING)
 
 
 def test_probe_bundle_uses_the_weights_preprocessing(probe_run):
@@ -122,6 +123,8 @@ def test_probe_bundle_uses_the_weights_preprocessing(probe_run):
     assert spec["input"]["size"] == [224, 224] and spec["input"]["channels"] == 3  # the weights' size, not the images'
     assert tuple(round(v, 3) for v in spec["normalization"]["mean"]) == IMAGENET_MEAN
     assert spec["pretrained"]["preprocessing_of"] == "efficientnet_lite0.ra_in1k"
+    assert {k: spec["input"][k] for k in FRAMING} == FRAMING  # the framing asked for, as every way in will decode
+    assert (spec["pretrained"]["interpolation"], spec["pretrained"]["crop_pct"]) == ("bicubic", 0.875)  # the weights' own, recorded
     results = json.loads((probe_run.run_dir / "results.json").read_text())
     assert results["epochs"] == 0 and results["probe"]["val_acc"] is not None
     assert probe_run.test["acc"] >= 0.9  # ImageNet features tell a temple from a flower
@@ -148,15 +151,22 @@ def test_served_prediction_uses_the_weights_preprocessing(probe_run, photo_tree)
 
     from serving import running_server
 
+    from imgclf.data.decode import decode
+
     photo = sorted((photo_tree / "test" / "flower").iterdir())[0]
-    expected = imgclf.load(probe_run.run_dir, device="cpu").predict_proba([str(photo)])[0]
+    clf = imgclf.load(probe_run.run_dir, device="cpu")
+    # The run's framing, decoded here by hand: bicubic, the centre crop. The whole square, bilinear, gives other odds.
+    framed = clf.predict_pixels(decode(str(photo), 3, (224, 224), **FRAMING)[None])[0]
+    plain = clf.predict_pixels(decode(str(photo), 3, (224, 224))[None])[0]
+    assert abs(float(framed.max()) - float(plain.max())) > 1e-4
     with running_server(probe_run.run_dir) as server:
         info = httpx.get(f"{server.url}/info").json()
         assert tuple(round(v, 3) for v in info["input"]["mean"]) == IMAGENET_MEAN and info["input"]["size"] == [224, 224]
+        assert {k: info["input"][k] for k in FRAMING} == FRAMING
         answer = httpx.post(f"{server.url}/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}, timeout=60)
     top = answer.json()["predictions"][0]
-    assert top["label"] == probe_run.data.classes[int(expected.argmax())]
-    assert top["top_k"][0]["probability"] == pytest.approx(float(expected.max()), abs=1e-4)
+    assert top["label"] == probe_run.data.classes[int(framed.argmax())]
+    assert top["top_k"][0]["probability"] == pytest.approx(float(framed.max()), abs=1e-4)
 
 
 def test_feature_cache_is_keyed_by_weights_and_data(probe_run, tmp_path):
@@ -300,6 +310,9 @@ def test_published_and_local_weights_get_the_same_recipe(fmnist_small):
         decided.append((config.data, train, notes + more))
     assert decided[0] == decided[1]
     assert decided[0][0].image_size == (224, 224) and decided[0][0].channels == 3
+    # Bilinear on the whole square, not the weights' bicubic 0.875 centre crop (measured lower), said in one line.
+    assert (decided[0][0].interpolation, decided[0][0].crop_fraction) == ("bilinear", 1.0)
+    assert any("--interpolation bicubic --crop-fraction 0.875 follow them" in n for n in decided[0][2])
     assert decided[0][1]["head_from_probe"] and decided[0][1]["adapt_norms"] and decided[0][1]["freeze_stride"] == 4
 
 

@@ -248,7 +248,8 @@ def _inference_spec(trainer: Trainer) -> dict:
     d = trainer.data
     integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
     return {"classes": d.classes, "class_type": "int" if integers else "str",
-            "input": {"channels": d.channels, "size": list(d.image_size), "resize": trainer.config.data.resize},
+            "input": {"channels": d.channels, "size": list(d.image_size), "resize": trainer.config.data.resize,
+                      **trainer.config.data.framing()},
             "normalization": {"mean": list(d.mean), "std": list(d.std)}, "training": {"hflip": trainer.hflip, "tta": trainer.tta}}
 
 
@@ -260,8 +261,9 @@ def _bundle_spec(trainer: Trainer, metrics: dict, source_text: str | None) -> di
     weights = {"from": t.weights or "published weights (hub)", "preprocessing_of": pre.tag, "interpolation": pre.interpolation,
                "crop_pct": pre.crop_pct} if pre is not None else None
     return {"architecture": trainer.arch, **_inference_spec(trainer), **({"pretrained": weights} if weights else {}),
-            "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize keeping the aspect "
-                             "ratio then centre-crop or pad to size, scale to [0,1], subtract mean, divide by std; NCHW float32",
+            "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize (input.interpolation) keeping "
+                             "the aspect ratio to cover size / input.crop_fraction, then centre-crop to size (or pad to it), "
+                             "scale to [0,1], subtract mean, divide by std; NCHW float32",
             "metrics": metrics, "source": source_text}
 
 
@@ -310,8 +312,10 @@ def _load(plan: RunPlan) -> ImageData:
 
     # A separate validation source replaces the share of training images that would be held out.
     separate_val = "val" in plan.extra or plan.config.train.val
-    decided, notes = transfer_recipe.before_loading(plan.config)
-    config = dataclasses.replace(decided.data, val_fraction=0.0) if separate_val else decided.data
+    # The weights' size and framing are the plan's from here on: the test and validation sources are decoded
+    # with them, and config.yaml and model.json record them.
+    plan.config, notes = transfer_recipe.before_loading(plan.config)
+    config = dataclasses.replace(plan.config.data, val_fraction=0.0) if separate_val else plan.config.data
     data = plan.source if isinstance(plan.source, ImageData) else load_data(plan.source, config)
     data = recipe.enlarged(plan.config, data)
     data, more = transfer_recipe.normalised(plan.config, data)

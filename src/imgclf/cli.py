@@ -22,6 +22,10 @@ log = logging.getLogger("imgclf")
 DATA_FLAGS = {
     "image_size": (int, "side of the square the images are brought to (default: the dataset's own size)"),
     "resize": (str, "keep the aspect ratio and 'crop' the centre or 'pad' to the size (default: crop)"),
+    "interpolation": (str, "bilinear or bicubic resampling to the size (default: bilinear; pretrained weights often name bicubic, "
+                           "which scored lower on users' pictures)"),
+    "crop_fraction": (float, "share of the side the centre crop keeps, as ImageNet weights are evaluated (0.875: 224 px out of "
+                             "256) (default: 1, the whole centred square)"),
     "channels": (int, "1 (gray) or 3 (RGB); default: 1 for all-gray data, else 3"),
     "val_fraction": (float, "share of training images kept for validation when there is no val split (default: 0.1)"),
     "seed": (int, "seed of the validation split and shuffling (default: 0)"),

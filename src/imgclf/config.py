@@ -9,6 +9,7 @@ from typing import Any
 from imgclf.errors import ImgclfError
 
 RESIZE_MODES = ("crop", "pad")
+INTERPOLATIONS = ("bilinear", "bicubic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "linear", "step", "constant")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -44,6 +45,8 @@ class DataConfig:
 
     image_size: int | tuple[int, int] | None = None  # None: the dataset's own size, or one chosen from its sizes
     resize: str = "crop"  # keep aspect ratio, then centre-crop or pad to the target size
+    interpolation: str | None = None  # how images are resampled to the size; None: bilinear (the transfer recipe writes it down)
+    crop_fraction: float | None = None  # share of the side the centre crop keeps (0.875: 224 px out of 256); None: 1, the whole square
     channels: int | None = None  # None: 1 for all-gray data, 3 as soon as one image has colour
     val_fraction: float = 0.1
     seed: int = 0
@@ -65,6 +68,13 @@ class DataConfig:
     def validate(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ImgclfError(f"resize={self.resize!r} is not one of {', '.join(RESIZE_MODES)}.")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ImgclfError(f"interpolation={self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}.")
+        if self.crop_fraction is not None and not 0.25 <= self.crop_fraction <= 1.0:
+            raise ImgclfError(f"crop_fraction={self.crop_fraction} must be between 0.25 and 1 (0.875 keeps the centre 224 px of 256).")
+        if self.resize == "pad" and self.crop_fraction not in (None, 1.0):
+            raise ImgclfError(f"crop_fraction={self.crop_fraction} crops the centre, and resize='pad' keeps the whole image; "
+                              "use one of them.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ImgclfError(f"val_fraction={self.val_fraction} must be at least 0 and below 1 (0.1 keeps 10% aside).")
         if self.channels not in (None, 1, 3):
@@ -75,6 +85,11 @@ class DataConfig:
         size = self.target_size()
         if size is not None and min(size) < 8:
             raise ImgclfError(f"image_size={self.image_size} is too small; use at least 8 pixels.")
+
+    def framing(self) -> dict:
+        """How decoding resamples and crops besides the size, as decode's keyword arguments."""
+        return {"interpolation": self.interpolation or "bilinear",
+                "crop_fraction": 1.0 if self.crop_fraction is None else float(self.crop_fraction)}
 
     def target_size(self) -> tuple[int, int] | None:
         """The requested (height, width), or None when the size is to be detected."""

@@ -171,6 +171,7 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
     from imgclf.engine.bundle import bundle_dir, load_bundle
     from imgclf.engine.hardware import pick_device
     from imgclf.predict import ImageClassifier
+    from imgclf.preprocessing import Preprocessing
 
     if hasattr(model_or_run, "run_dir"):
         model_or_run = model_or_run.run_dir
@@ -184,13 +185,11 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
         held_out = data.val_from is not None
     elif own:
         source = info.get("source") or spec.get("source")
-        data = load_data(source, **(data_settings or {"image_size": tuple(spec["input"]["size"]), "channels": spec["input"]["channels"],
-                                                     "resize": spec["input"]["resize"]}))
+        data = load_data(source, **(data_settings or Preprocessing.from_spec(spec).data_settings()))
         held_out = True
         _warn_if_changed(data, info)
     else:
-        size = tuple(spec["input"]["size"])
-        data = load_data(data, image_size=size, channels=spec["input"]["channels"], resize=spec["input"]["resize"], val_fraction=0.0)
+        data = load_data(data, **Preprocessing.from_spec(spec).data_settings(), val_fraction=0.0)
         held_out = False
     choice, part = _labeled_split(data, split, held_out)
     part = part.relabel(data.classes, spec["classes"], "model's classes")

@@ -47,8 +47,7 @@ def _check_pixels(spec: dict, source: str | None) -> np.ndarray:
     source = source or spec.get("source")
     if not source:
         raise ImgclfError("the parity check needs real images: pass --check SOURCE (a folder, CSV or dataset of such images).")
-    inp = spec["input"]
-    data = load_data(source, image_size=tuple(inp["size"]), channels=inp["channels"], resize=inp["resize"], val_fraction=0.0)
+    data = load_data(source, **Preprocessing.from_spec(spec).data_settings(), val_fraction=0.0)
     part = data.test if data.test is not None else data.train
     return part.take(np.arange(min(CHECK_IMAGES, len(part)))).astype(np.float32)
 

@@ -95,7 +95,7 @@ class ImageClassifier:
         # Integer labels stay integers (scikit-learn's manners: classes_ are the labels as given).
         self.classes_ = [int(c) for c in self.spec_["classes"]] if self.spec_.get("class_type") == "int" else list(self.spec_["classes"])
         self.pre_ = Preprocessing.from_spec(self.spec_)
-        self.channels_, self.size_, self.resize_ = self.pre_.channels, self.pre_.size, self.pre_.resize
+        self.channels_ = self.pre_.channels
         # Test-time views (mirror and 1-pixel shifts) only for a model that saw mirrored images in training.
         self.tta = tta and bool(self.spec_.get("training", {}).get("hflip"))
         if tta and not self.tta:
@@ -186,9 +186,7 @@ class ImageClassifier:
         return errors, self.probabilities(items)
 
     def _array_items(self, x) -> list[Item]:
-        from imgclf.config import DataConfig
         from imgclf.data.arrays import to_nchw_uint8
-        from imgclf.data.sources import conform_arrays
 
         a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         # 3-D: N x H x W gray images, unless the axes say one colour image (H x W x 3|4, or 3|4 x H x W for
@@ -197,7 +195,7 @@ class ImageClassifier:
         if a.ndim == 2 or one_color:
             a = a[None]
         batch, _ = to_nchw_uint8(a)
-        batch, _ = conform_arrays(batch, DataConfig(image_size=self.size_, channels=self.channels_, resize=self.resize_))
+        batch = self.pre_.conform(batch)
         return [Item(f"array:{i}", im) for i, im in enumerate(batch)]
 
     # -- the model ---------------------------------------------------------------------------------

@@ -23,12 +23,22 @@ class Preprocessing:
     resize: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    crop_fraction: float = 1.0
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Preprocessing":
+        """From model.json's input and normalization; bundles written before interpolation and crop_fraction
+        could change decoded bilinearly and kept the whole square, which the defaults say."""
         inp, norm = spec["input"], spec["normalization"]
         return cls(int(inp["channels"]), tuple(int(v) for v in inp["size"]), inp["resize"],
-                   tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))
+                   tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]),
+                   inp.get("interpolation", "bilinear"), float(inp.get("crop_fraction", 1.0)))
+
+    def data_settings(self) -> dict:
+        """load_data's keyword arguments that decode a source exactly as the training images were."""
+        return {"image_size": self.size, "channels": self.channels, "resize": self.resize,
+                "interpolation": self.interpolation, "crop_fraction": self.crop_fraction}
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -38,21 +48,21 @@ class Preprocessing:
     # -- images to pixels --------------------------------------------------------------------------
     def read(self, source: decode.Source, max_pixels: int | None = None) -> np.ndarray | decode.BadImage:
         """One image (a path or its bytes) as uint8 C x H x W, or the reason it cannot be used."""
-        return decode.read(source, self.channels, self.size, self.resize, max_pixels)
+        return decode.read(source, self.channels, self.size, self.resize, max_pixels, self.interpolation, self.crop_fraction)
 
     def read_files(self, paths: list[str]) -> tuple[list[np.ndarray | str], dict[str, str]]:
         """A chunk of files (in a worker process): pixels or a reason each, and what the libraries said."""
-        return decode.decode_many(paths, self.channels, self.size, self.resize)
+        return decode.decode_many(paths, self.channels, self.size, self.resize, self.interpolation, self.crop_fraction)
 
     def from_pil(self, image) -> np.ndarray:
-        return decode.prepare(image.copy(), self.channels, self.size, self.resize)
+        return decode.prepare(image.copy(), self.channels, self.size, self.resize, self.interpolation, self.crop_fraction)
 
     def conform(self, batch: np.ndarray) -> np.ndarray:
         """uint8 N x C x H x W arrays of any size and 1, 3 or 4 channels, in the model's channels and size."""
         from imgclf.config import DataConfig
         from imgclf.data.sources import conform_arrays
 
-        out, _ = conform_arrays(batch, DataConfig(image_size=self.size, channels=self.channels, resize=self.resize))
+        out, _ = conform_arrays(batch, DataConfig(**self.data_settings()))
         return out
 
     # -- pixels to the network's input ---------------------------------------------------------------
@@ -71,9 +81,18 @@ class Preprocessing:
     def describe(self) -> dict:
         """The contract in words and numbers, for a service's /info and an export's sidecar."""
         return {"channels": self.channels, "size": list(self.size), "resize": self.resize,
+                "interpolation": self.interpolation, "crop_fraction": self.crop_fraction,
                 "mean": list(self.mean), "std": list(self.std),
                 "values": "raw pixels 0..255; gray (1 channel) or RGB (3), alpha composited on white",
-                "resize_rule": f"keep the aspect ratio, then {self.resize} to {list(self.size)} (H, W)"}
+                "resize_rule": self.resize_rule()}
+
+    def resize_rule(self) -> str:
+        h, w = self.size
+        if self.resize == "crop" and self.crop_fraction < 1.0:
+            big = [round(h / self.crop_fraction), round(w / self.crop_fraction)]
+            return (f"keep the aspect ratio, resize ({self.interpolation}) to cover {big} (H, W), then crop the centre "
+                    f"{[h, w]} ({self.crop_fraction:g} of the side)")
+        return f"keep the aspect ratio, resize ({self.interpolation}), then {self.resize} to {[h, w]} (H, W)"
 
 
 class WithNormalisation(nn.Module):

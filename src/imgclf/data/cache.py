@@ -63,6 +63,8 @@ def cache_root(config: DataConfig) -> Path:
 
 def _key_dir(listing: FileListing, config: DataConfig) -> Path:
     request = [CACHE_VERSION, str(listing.root.resolve()), listing.layout, config.target_size(), config.channels, config.resize]
+    if config.framing() != DataConfig().framing():  # keys of the default framing stay as they were before it could change
+        request.append(config.framing())
     digest = hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in listing.root.resolve().name)[:40] or "data"
     return cache_root(config) / "decoded" / f"{slug}-{digest}"
@@ -173,7 +175,7 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
         channels = config.channels or (3 if any(info[2] for _, info in good) else 1)
         size, size_note = choose_size([info[:2] for _, info in good], config.target_size())
         good_paths = [e[0] for e, _ in good]
-        failed = _decode_into_file(good_paths, out_file, channels, size, config.resize, workers, noise)
+        failed = _decode_into_file(good_paths, out_file, channels, size, config, workers, noise)
         for row, reason in sorted(failed.items()):
             skips.add(good_paths[row], reason)
             decode_skips.append(Skipped(good_paths[row], reason))
@@ -222,12 +224,14 @@ def _probe_all(paths: list[str], workers: int) -> tuple[list, dict[str, str]]:
     return probes, noise
 
 
-def _decode_into_file(paths: list[str], out_file: str, channels: int, size: tuple[int, int], resize: str, workers: int,
+def _decode_into_file(paths: list[str], out_file: str, channels: int, size: tuple[int, int], config: DataConfig, workers: int,
                       noise: dict[str, str]) -> dict[int, str]:
     """Decode paths in parallel into a new .npy of their number of rows; returns row -> reason of each failure
     and adds what the libraries said to noise."""
     np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), channels, *size)).flush()
-    jobs = [(paths[a:b], a, out_file, channels, size, resize) for a, b in chunks(len(paths), workers)]
+    framing = config.framing()
+    jobs = [(paths[a:b], a, out_file, channels, size, config.resize, framing["interpolation"], framing["crop_fraction"])
+            for a, b in chunks(len(paths), workers)]
     failed = {}
     for part, said in run_chunks(decode.decode_into, jobs, workers, "decoding images"):
         failed.update(part)

@@ -167,18 +167,25 @@ def _to_uint8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def fit(img: Image.Image, size: tuple[int, int] | None, resize: str) -> Image.Image:
-    """Resize keeping the aspect ratio, then centre-crop (resize='crop') or pad with black ('pad')."""
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # Pillow's filters, antialiased when shrinking
+
+
+def fit(img: Image.Image, size: tuple[int, int] | None, resize: str, interpolation: str = "bilinear",
+        crop_fraction: float = 1.0) -> Image.Image:
+    """Resize keeping the aspect ratio, then centre-crop (resize='crop') or pad with black ('pad').
+
+    crop_fraction < 1 (crop only) resizes to size / crop_fraction first, so the crop keeps that share of
+    the side: timm's crop_pct (224 out of 256 for 0.875), how most ImageNet weights were evaluated."""
     if size is None:
         return img
     th, tw = size
     w, h = img.size
-    if (h, w) == (th, tw):
+    if (h, w) == (th, tw) and crop_fraction == 1.0:
         return img
     grow = max if resize == "crop" else min
-    scale = grow(tw / w, th / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    img = img.resize((nw, nh), Image.BILINEAR)
+    scale = grow(tw / w, th / h) / (crop_fraction if resize == "crop" else 1.0)
+    nw, nh = max(tw if resize == "crop" else 1, round(w * scale)), max(th if resize == "crop" else 1, round(h * scale))
+    img = img.resize((nw, nh), INTERPOLATIONS[interpolation])
     if resize == "crop":
         left, top = (nw - tw) // 2, (nh - th) // 2
         return img.crop((left, top, left + tw, top + th))
@@ -188,26 +195,27 @@ def fit(img: Image.Image, size: tuple[int, int] | None, resize: str) -> Image.Im
 
 
 def decode(source: Source, channels: int, size: tuple[int, int] | None, resize: str = "crop",
-           max_pixels: int | None = None) -> np.ndarray:
+           max_pixels: int | None = None, interpolation: str = "bilinear", crop_fraction: float = 1.0) -> np.ndarray:
     """One image (a path or its bytes) as a uint8 C x H x W array; raises BadImage with the reason when
     it cannot be used. max_pixels bounds width x height below Pillow's own bomb limit."""
-    return prepare(_open(source, max_pixels), channels, size, resize)
+    return prepare(_open(source, max_pixels), channels, size, resize, interpolation, crop_fraction)
 
 
 def read(source: Source, channels: int, size: tuple[int, int] | None, resize: str = "crop",
-         max_pixels: int | None = None) -> np.ndarray | BadImage:
+         max_pixels: int | None = None, interpolation: str = "bilinear", crop_fraction: float = 1.0) -> np.ndarray | BadImage:
     """decode() that never raises: the pixels, or the BadImage saying why not. Hostile bytes can make
     Pillow raise anything; whatever it is becomes a "corrupt" reason, so one input never ends a run or
     a server."""
     try:
-        return decode(source, channels, size, resize, max_pixels)
+        return decode(source, channels, size, resize, max_pixels, interpolation, crop_fraction)
     except BadImage as bad:
         return bad
     except Exception as err:
         return BadImage(f"corrupt image: {type(err).__name__}: {err}"[:300])
 
 
-def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
+def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, resize: str = "crop",
+            interpolation: str = "bilinear", crop_fraction: float = 1.0) -> np.ndarray:
     """An opened image (closed afterwards) as uint8 C x H x W: orientation, mode, channels, size."""
     try:
         with warnings.catch_warnings():
@@ -221,7 +229,7 @@ def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, 
             oriented = ImageOps.exif_transpose(original) if _has_orientation(original) else original
             img = _to_uint8(oriented)
             target = "L" if channels == 1 else "RGB"
-            img = fit(img if img.mode == target else img.convert(target), size, resize)
+            img = fit(img if img.mode == target else img.convert(target), size, resize, interpolation, crop_fraction)
             a = np.asarray(img, dtype=np.uint8)
     except BadImage:
         raise
@@ -236,13 +244,15 @@ def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, 
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def fit_array(image: np.ndarray, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
+def fit_array(image: np.ndarray, size: tuple[int, int] | None, resize: str = "crop", interpolation: str = "bilinear",
+              crop_fraction: float = 1.0) -> np.ndarray:
     """fit() for a uint8 C x H x W array with any number of channels."""
-    if size is None or image.shape[1:] == tuple(size):
+    if size is None or (image.shape[1:] == tuple(size) and crop_fraction == 1.0):
         return image
+    how = (size, resize, interpolation, crop_fraction)
     if image.shape[0] == 3:
-        return np.asarray(fit(Image.fromarray(image.transpose(1, 2, 0)), size, resize)).transpose(2, 0, 1)
-    return np.stack([np.asarray(fit(Image.fromarray(plane), size, resize)) for plane in image])
+        return np.asarray(fit(Image.fromarray(image.transpose(1, 2, 0)), *how)).transpose(2, 0, 1)
+    return np.stack([np.asarray(fit(Image.fromarray(plane), *how)) for plane in image])
 
 
 def _over_chunk(paths: list[str], one) -> tuple[list, dict[str, str]]:
@@ -272,13 +282,13 @@ def probe_many(paths: list[str]) -> tuple[list[tuple[int, int, bool, str] | str]
 
 
 def decode_into(paths: list[str], start: int, out_file: str, channels: int, size: tuple[int, int],
-                resize: str) -> tuple[list[tuple[int, str]], dict[str, str]]:
+                resize: str, interpolation: str = "bilinear", crop_fraction: float = 1.0) -> tuple[list[tuple[int, str]], dict[str, str]]:
     """decode() a chunk straight into rows start.. of the cache's .npy, so no pixels cross processes;
     returns the (row, reason) of each file that failed, and what the libraries said."""
     out = np.load(out_file, mmap_mode="r+")
 
     def write(i: int, path: str) -> None:
-        out[start + i] = decode(path, channels, size, resize)
+        out[start + i] = decode(path, channels, size, resize, None, interpolation, crop_fraction)
 
     results, noise = _over_chunk(paths, write)
     out.flush()
@@ -286,6 +296,7 @@ def decode_into(paths: list[str], start: int, out_file: str, channels: int, size
     return [(start + i, r) for i, r in enumerate(results) if isinstance(r, str)], noise
 
 
-def decode_many(paths: list[str], channels: int, size: tuple[int, int], resize: str) -> tuple[list[np.ndarray | str], dict[str, str]]:
+def decode_many(paths: list[str], channels: int, size: tuple[int, int], resize: str, interpolation: str = "bilinear",
+                crop_fraction: float = 1.0) -> tuple[list[np.ndarray | str], dict[str, str]]:
     """decode() over a chunk in a worker, returning arrays (prediction has no cache to write into)."""
-    return _over_chunk(paths, lambda _, path: decode(path, channels, size, resize))
+    return _over_chunk(paths, lambda _, path: decode(path, channels, size, resize, None, interpolation, crop_fraction))

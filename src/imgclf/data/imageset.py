@@ -123,7 +123,8 @@ class ImageData:
     def splits(self) -> dict[str, ImageSet]:
         return {name: s for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
 
-    def resized(self, size: tuple[int, int], resize: str, note: str) -> "ImageData":
+    def resized(self, size: tuple[int, int], resize: str, note: str, interpolation: str = "bilinear",
+                crop_fraction: float = 1.0) -> "ImageData":
         """Every split brought to `size` in memory (as decoding would with that size asked for), the
         normalisation measured again; `note` replaces the one that said the size. For small images only:
         the result is an in-memory copy of all of them."""
@@ -137,7 +138,7 @@ class ImageData:
             if part is None:
                 return None
             if id(part.images) not in done:
-                done[id(part.images)] = np.stack([fit_array(im, size, resize) for im in part.images])
+                done[id(part.images)] = np.stack([fit_array(im, size, resize, interpolation, crop_fraction) for im in part.images])
             return ImageSet(done[id(part.images)], part.index, part.labels, part.all_origins)
 
         train = one(self.train)

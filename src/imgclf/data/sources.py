@@ -130,8 +130,8 @@ def conform_arrays(images: np.ndarray, config: DataConfig) -> tuple[np.ndarray, 
             raise DataError(f"cannot convert {c}-channel images to channels={config.channels}; leave channels unset.")
     size = config.target_size()
     h, w = images.shape[2:]
-    if size and size != (h, w):
-        images = np.stack([fit_array(im, size, config.resize) for im in images])
+    if size and (size != (h, w) or config.framing()["crop_fraction"] != 1.0):
+        images = np.stack([fit_array(im, size, config.resize, **config.framing()) for im in images])
         return images, f"image size {size[0]}x{size[1]} (requested; resized from {h}x{w})"
     return images, f"image size {h}x{w} (the images' own)" if not size else f"image size {h}x{w} (requested)"
 

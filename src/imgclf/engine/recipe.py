@@ -72,7 +72,8 @@ def enlarged(config: Config, data: ImageData) -> ImageData:
     scale = MIN_SIDE / min(h, w)
     size = (round(h * scale), round(w * scale))
     return data.resized(size, config.data.resize, f"image size {size[0]}x{size[1]} (enlarged from the images' {h}x{w}: "
-                                                  f"the default network needs {MIN_SIDE} px or more; --image-size sets it)")
+                                                  f"the default network needs {MIN_SIDE} px or more; --image-size sets it)",
+                        **config.data.framing())
 
 
 def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool = True) -> tuple[Config, list[str]]:
