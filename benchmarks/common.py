@@ -115,6 +115,28 @@ def train_step_rate(model, batches, steps: int, warmup: int = 5) -> float:
     return images / (time.perf_counter() - start)
 
 
+def matmul_gflops(side: int = 2048, repeats: int = 10) -> float:
+    """This CPU's fp32 matmul rate: the most a training step's FLOPs can run at here."""
+    import torch
+
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    torch.mm(a, b)
+    return 2 * side ** 3 / statistics.median(timed(lambda: torch.mm(a, b), repeats)) / 1e9
+
+
+def spent_by_kind(prof, kind_of) -> list[dict]:
+    """A torch.profiler run's self CPU time by kind of operation, kind_of(key, input_shapes) naming the
+    kind of each event (None: not counted), largest first."""
+    totals: dict[str, float] = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        kind = kind_of(event.key, event.input_shapes)
+        if kind is not None:
+            totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values())
+    return [{"kind of operation": k, "self CPU ms": v / 1000, "share %": 100 * v / whole}
+            for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -278,10 +278,7 @@ def peak(quick: bool) -> list[dict]:
     from imgclf.models.summary import summarize
 
     side = 1024 if quick else 2048
-    a, b = torch.randn(side, side), torch.randn(side, side)
-    torch.mm(a, b)
-    times = common.timed(lambda: torch.mm(a, b), 3 if quick else 10)
-    mm_flops = 2 * side ** 3 / statistics.median(times)
+    mm_flops = common.matmul_gflops(side, 3 if quick else 10) * 1e9
     model = create_model("small_resnet", 1, 10, (28, 28)).to(memory_format=torch.channels_last)
     forward = summarize(model, (1, 28, 28)).flops
     counter = FlopCounterMode(display=False)
@@ -332,15 +329,11 @@ def profile(quick: bool) -> list[dict]:
                 with torch.profiler.record_function("data"):
                     x, y = next(batches)
                 trainer.train_step(x, y)
-    totals: dict[str, float] = {}
-    for event in prof.key_averages():
-        name = event.key.lower()
-        if name == "data":
-            continue
-        kind = next((k for k, words in CATEGORIES if any(w in name for w in words)), "other")
-        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
-    whole = sum(totals.values())
-    return [{"kind of operation": k, "self CPU ms": v / 1000, "share %": 100 * v / whole} for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+    def kind_of(key: str, _shapes) -> str | None:
+        name = key.lower()
+        return None if name == "data" else next((k for k, words in CATEGORIES if any(w in name for w in words)), "other")
+
+    return common.spent_by_kind(prof, kind_of)
 
 
 def plot(curves: dict, path: Path) -> Path:
