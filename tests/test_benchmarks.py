@@ -71,12 +71,14 @@ def test_transfer_quick_runs_every_contender_but_fastai(tmp_path):
             for i in range(count):
                 Image.fromarray(photo[20 * i:20 * i + 200, 30 * i:30 * i + 200]).resize((96, 96)).save(folder / f"{i}.jpg")
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "transfer.py"), "--quick", "--root", str(tmp_path / "sets"), "--sets",
-                           "photos", "--only", "tutorial,imgclf,probe,scratch", "--work", str(tmp_path / "work"), "--results",
-                           str(tmp_path)], capture_output=True, text=True, timeout=900)
+                           "photos", "--only", "tutorial,imgclf,probe,scratch", "--switch", 'bicubic={"interpolation": "bicubic"}',
+                           "--work", str(tmp_path / "work"), "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "transfer.json").read_text())["rows"]
-    assert [r["contender"] for r in rows] == ["tutorial", "imgclf", "probe", "scratch"]
+    report = json.loads((tmp_path / "transfer.json").read_text())
+    rows = report["rows"]
+    assert [r["contender"] for r in rows] == ["tutorial", "imgclf", "probe", "scratch", "imgclf bicubic"]
     assert all(0 <= r["test acc %"] <= 100 for r in rows) and rows[2]["epochs"] == 0
+    assert report["info"]["switches"] == {"imgclf bicubic": {"interpolation": "bicubic"}}
 
 
 def test_photo_speed_quick_measures_each_setting_and_profiles_a_step(tmp_path):
