@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def write(name: str, rows: list[dict], summary: list[str], extra: dict, tables: 
     """<folder>/<name>.md (a table a person reads, then any further titled tables) and .json (the raw
     figures), with command and machine; folder is benchmarks/results unless a smoke test says otherwise."""
     folder.mkdir(parents=True, exist_ok=True)
-    info = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    info = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": machine(), "git": _git(), **extra}
     (folder / f"{name}.json").write_text(json.dumps({"info": info, "rows": rows, "summary": summary, "tables": tables or {}}, indent=2))
     lines = [f"# {name}", "", f"Command: `{info['command']}`  ", f"Date: {info['date']}  ", f"Commit: {info['git']}  ",
