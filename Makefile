@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data browser test demo bench clean
+.PHONY: install data browser test test-fast demo bench clean
 
 install: $(BIN)/imgclf
 
@@ -30,6 +30,11 @@ browser:
 
 test: install data browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The lane a developer runs while working: every test but those marked slow (they train for more than a
+# few seconds or start processes); `make test` (CI) runs them all.
+test-fast: install data browser
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: install data
 	$(BIN)/imgclf train fashion-mnist --name fashion-mnist-demo --force

@@ -77,6 +77,7 @@ def test_planted_duplicates_are_all_found_and_nothing_else(planted):
     assert counts["label_conflicts"] == 2 and counts["near_across"] == {"train-val": 0, "train-test": 4, "val-test": 3}
 
 
+@pytest.mark.slow
 def test_audit_cli_writes_csv_and_json_and_exits_zero(planted, tmp_path):
     root, plants = planted
     out, js = tmp_path / "a" / "audit.csv", tmp_path / "audit.json"
@@ -95,6 +96,7 @@ def test_audit_cli_writes_csv_and_json_and_exits_zero(planted, tmp_path):
     assert proc.returncode == 0 and "audit (" in proc.stdout and "label conflicts (identical pixels, different labels): 2" in proc.stdout
 
 
+@pytest.mark.slow
 def test_training_warns_of_a_leak_and_dedupe_drops_the_copies(planted, tmp_path, caplog):
     root, _ = planted
     caplog.set_level(logging.INFO, logger="imgclf")

@@ -97,6 +97,7 @@ def test_cli_error_is_one_line_without_traceback(messy_tree):
     assert lines[-1].startswith("imgclf: error:") and "Traceback" not in proc.stderr and len(lines) == 1
 
 
+@pytest.mark.slow
 def test_cli_inspect_lists_skips(messy_tree):
     root, expected = messy_tree
     proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root)], capture_output=True, text=True)
@@ -134,6 +135,7 @@ def corpus(tmp_path_factory, fmnist_small):
 OWN_LINES = ("cache built:", "cache hit:", "skipped ", "the image libraries warned about ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_every_file_pillow_decodes_is_loaded_and_the_terminal_stays_quiet(corpus, tmp_path, workers):
     root, odd = corpus

@@ -81,6 +81,7 @@ def test_transfer_quick_runs_every_contender_but_fastai(tmp_path):
     assert report["info"]["switches"] == {"imgclf bicubic": {"interpolation": "bicubic"}}
 
 
+@pytest.mark.slow
 def test_photo_speed_quick_measures_each_setting_and_profiles_a_step(tmp_path):
     report = _quick("photo_speed", tmp_path, "--profile")
     row = report["rows"][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 
@@ -12,6 +13,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_inspect_folder_with_grid(class_tree, tmp_path):
     grid = tmp_path / "grid.png"
     first = run("data", "inspect", str(class_tree), "--grid", str(grid))
@@ -25,6 +27,7 @@ def test_inspect_folder_with_grid(class_tree, tmp_path):
     assert "hit: nothing decoded" in second.stdout
 
 
+@pytest.mark.slow
 def test_inspect_builtin_and_csv(csv_layout):
     out = run("data", "inspect", "digits").stdout
     assert "off (they change what the images mean)" in out and "1 channel(s) x 8x8" in out

@@ -214,6 +214,7 @@ def test_bytes_decode_as_the_file_does_with_the_same_checks(tmp_path, fmnist_sma
     assert read(path.read_bytes(), 1, (28, 28), max_pixels=2_000_000).shape == (1, 28, 28)
 
 
+@pytest.mark.slow
 def test_predict_takes_encoded_bytes_and_uint8_arrays(tiny_bundle, fmnist_small, tmp_path):
     import imgclf
 

@@ -91,6 +91,7 @@ def test_the_ranks_share_out_every_epoch_exactly_once(fmnist):
     assert not served[left].any() and int(served.sum()) + len(left) == 1001
 
 
+@pytest.mark.slow
 def test_two_processes_make_one_run_as_one_process_would(tree, tmp_path):
     """2 x 32 per process against 1 x 64: the same images in every global batch, so the same run up to
     each rank's BatchNorm statistics; the figures are summed over both ranks exactly."""
@@ -113,6 +114,7 @@ def test_two_processes_make_one_run_as_one_process_would(tree, tmp_path):
     assert len(rows) == 4 and json.loads((run_dir / "run.json").read_text())["processes"] == 2
 
 
+@pytest.mark.slow
 def test_resume_from_two_processes_in_one_and_back(tree, tmp_path):
     out = tmp_path / "runs"
     first = torchrun(2, str(tree), *COMMON, "--epochs", "1", "--batch-size", "32", "--out", str(out), "--name", "a")
@@ -141,6 +143,7 @@ def _kill_rank_after(proc, job: str, run_dir_of, epoch: int, rank: int = 1) -> N
     os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job_in_bounded_time_and_its_checkpoint_loads(tree, tmp_path):
     out, job = tmp_path / "runs", uuid.uuid4().hex
     proc = torchrun(2, str(tree), *COMMON, "--epochs", "4", "--batch-size", "16", "--save-every", "10", "--dist-timeout", "30",
@@ -153,6 +156,7 @@ def test_a_killed_rank_ends_the_job_in_bounded_time_and_its_checkpoint_loads(tre
     assert state["epoch"] >= 1 and state["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_lost_worker_and_the_job_finishes_its_run(tree, tmp_path):
     """No --name: the restarted workers find the run by torchrun's job id, and continue it."""
     out, job = tmp_path / "runs", uuid.uuid4().hex
@@ -167,6 +171,7 @@ def test_torchrun_restarts_a_lost_worker_and_the_job_finishes_its_run(tree, tmp_
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_a_checkpoint_within_an_epoch_resumes_to_the_same_weights(tmp_path):
     """One process: killed after a checkpoint inside epoch 2, resumed, it ends where an uncut run ends."""
     args = ["digits", "--device", "cpu", "--batch-size", "16", "--epochs", "3", "--save-every", "7", "--out", str(tmp_path)]
@@ -199,6 +204,7 @@ def test_a_checkpoint_within_an_epoch_resumes_to_the_same_weights(tmp_path):
     assert figures("cut") == figures("straight") and len(figures("cut")) == 4
 
 
+@pytest.mark.slow
 def test_resume_if_exists_starts_then_continues(tmp_path):
     args = ["digits", "--device", "cpu", "--out", str(tmp_path), "--name", "job", "--resume-if-exists"]
     first = single(*args, "--epochs", "1")
@@ -209,6 +215,7 @@ def test_resume_if_exists_starts_then_continues(tmp_path):
     assert np.array_equal(sorted(p.name for p in tmp_path.iterdir()), ["job"])
 
 
+@pytest.mark.slow
 def test_sync_bn_on_cpus_is_refused_in_one_line(tmp_path):
     """PyTorch's SyncBatchNorm runs on CUDA only: on CPUs the flag is a clear error, before any file is written."""
     job = torchrun(2, "digits", "--device", "cpu", "--epochs", "1", "--sync-bn", "--out", str(tmp_path / "runs"))

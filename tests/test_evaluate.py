@@ -65,6 +65,7 @@ def trained(tmp_path_factory, fmnist):
     return run, root / "data", images[58000:58600], labels[58000:58600]
 
 
+@pytest.mark.slow
 def test_evaluate_agrees_with_an_independent_computation(trained):
     run, data_dir, images, labels = trained
     ev = imgclf.evaluate(run.run_dir, str(data_dir), tta=False)  # plain forward passes, as computed below
@@ -103,6 +104,7 @@ def test_every_plot_is_a_real_png(trained):
     assert (run.run_dir / "evaluation.json").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_cli_evaluate_and_report(trained, tmp_path):
     run, data_dir = trained[0], trained[1]
     out = tmp_path / "e.json"

@@ -19,6 +19,7 @@ def run(tmp_path_factory):
     return imgclf.train("fashion-mnist", epochs=1, device="cpu", val_fraction=0.02, out=str(tmp_path_factory.mktemp("export-runs")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, dynamic", [("onnx", True), ("onnx", False), ("torchscript", False)])
 def test_parity_on_real_images(run, tmp_path, fmt, dynamic):
     result = export(run.run_dir, fmt, tmp_path / f"m.{fmt}", dynamic_batch=dynamic)
@@ -27,6 +28,7 @@ def test_parity_on_real_images(run, tmp_path, fmt, dynamic):
     assert sidecar["classes"] == run.data.classes and sidecar["input"]["shape"][1:] == [1, 28, 28]
 
 
+@pytest.mark.slow
 def test_onnx_runs_in_onnxruntime_without_imgclf(run, tmp_path):
     path = tmp_path / "model.onnx"
     proc = subprocess.run([sys.executable, "-m", "imgclf", "export", str(run.run_dir), "--format", "onnx", "--dynamic-batch",

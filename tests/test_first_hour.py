@@ -32,6 +32,7 @@ def _messages(caplog) -> list[str]:
 
 
 # 1. The default learns on small data, and says so when a run is failing.
+@pytest.mark.slow
 def test_the_default_learns_from_a_thousand_images_in_two_epochs(fmnist, tmp_path, caplog):
     """Batches of 256 at SGD lr 0.1 diverged here (10.7% test accuracy); the tutorial's Adam recipe gets
     about 69% on the same images (benchmarks/small_data.py)."""
@@ -57,6 +58,7 @@ def test_a_small_set_gets_enough_steps_unless_the_epochs_are_given(fmnist):
     assert recipe.resolve(imgclf.Config(), imgclf.load_data((images[:30000], labels[:30000])))[0].train.epochs == 12
 
 
+@pytest.mark.slow
 def test_the_default_learns_from_a_folder_of_64px_colour_photos(colour_tree_64, tmp_path):
     """The CLI on 800 colour JPEGs, 3 epochs: the old default ended at chance here (8.6% on 2,000 such
     images); now the test split scores well above it."""
@@ -67,6 +69,7 @@ def test_the_default_learns_from_a_folder_of_64px_colour_photos(colour_tree_64, 
     assert "batch size 32" in proc.stderr and "above chance" not in proc.stderr and "exploded" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_tutorials_batch_on_a_small_set_validates_as_it_trains(fmnist, tmp_path):
     """2,000 images at batch 128 make 16 steps an epoch: the norms' running averages had not caught up, and
     validation sat at 10% after epoch 1 (42% and 19% test after 2) while training was at 51%. Their
@@ -92,6 +95,7 @@ def test_norm_statistics_are_those_of_the_batches_and_untouched_without_any():
     assert torch.allclose(model[1].running_mean, want_mean, atol=1e-5) and torch.allclose(model[1].running_var, want_var, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_images_under_16px_are_enlarged_for_the_default_network_only(tmp_path, caplog):
     """digits (8 px): 99.3% enlarged to 16 against 98.2% as they are (engine/recipe.py)."""
     caplog.set_level(logging.INFO, logger="imgclf")
@@ -108,6 +112,7 @@ def test_images_under_16px_are_enlarged_for_the_default_network_only(tmp_path, c
     assert imgclf.train("digits", epochs=1, model="sequential_convnet", device="cpu", out=str(tmp_path)).data.image_size == (8, 8)
 
 
+@pytest.mark.slow
 def test_a_failing_run_says_so_with_the_likely_fix(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     imgclf.train("digits", epochs=1, optimizer="sgd", lr=3.0, device="cpu", out=str(tmp_path))
@@ -117,6 +122,7 @@ def test_a_failing_run_says_so_with_the_likely_fix(tmp_path, caplog):
 
 
 # 2. Evaluating a run on its own source scores what it held out, and says which images.
+@pytest.mark.slow
 def test_evaluate_on_the_runs_own_source_scores_what_it_held_out(csv_layout, tmp_path):
     run = imgclf.train(str(csv_layout), epochs=1, device="cpu", out=str(tmp_path))
     proc = run_cli("evaluate", str(run.run_dir), str(csv_layout))
@@ -136,6 +142,7 @@ def test_evaluate_on_the_runs_own_source_scores_what_it_held_out(csv_layout, tmp
     assert proc.returncode == 0 and f"{len(run.data.train)} training images" in first and "optimistic" in first
 
 
+@pytest.mark.slow
 def test_a_source_spelt_another_way_is_not_decoded_again(csv_layout, tmp_path):
     """Trained on a relative path, evaluated and exported from elsewhere: one cache, no second decode."""
     proc = run_cli("train", csv_layout.name, "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "runs"), cwd=csv_layout.parent)
@@ -145,6 +152,7 @@ def test_a_source_spelt_another_way_is_not_decoded_again(csv_layout, tmp_path):
     assert proc.returncode == 0 and "cache hit" in proc.stderr and "cache built" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_split_folder_of_the_runs_source_says_it_may_be_optimistic(split_tree, tmp_path):
     run = imgclf.train(str(split_tree), epochs=1, device="cpu", out=str(tmp_path))
     ev = imgclf.evaluate(run.run_dir, str(split_tree / "train"))
@@ -163,6 +171,7 @@ def resnet18_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture_are_refused_before_any_work(class_tree, resnet18_weights, tmp_path):
     out = tmp_path / "runs"
     proc = run_cli("train", str(class_tree), "--model", "resnet34", "--weights", str(resnet18_weights), "--out", str(out))
@@ -181,6 +190,7 @@ def test_loading_weights_says_what_was_loaded(resnet18_weights, caplog):
                for m in _messages(caplog))  # the 1000-class head of the file
 
 
+@pytest.mark.slow
 def test_freezing_and_unfreezing_are_logged(tiny_bundle, fmnist_small, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     images, labels = fmnist_small
@@ -195,6 +205,7 @@ def _weights_of(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_a_run_records_the_settings_it_used_and_repeats_from_them(tmp_path):
     out = tmp_path / "runs"
     assert run_cli("train", "digits", "--epochs", "2", "--device", "cpu", "--out", str(out), "--name", "a").returncode == 0
@@ -210,6 +221,7 @@ def test_a_run_records_the_settings_it_used_and_repeats_from_them(tmp_path):
 
 
 # 5. Resuming refuses what cannot change, and records what may.
+@pytest.mark.slow
 def test_resume_refuses_what_cannot_change_and_records_what_may(tmp_path):
     out = tmp_path / "runs"
     assert run_cli("train", "digits", "--epochs", "2", "--device", "cpu", "--out", str(out), "--name", "r").returncode == 0
@@ -227,6 +239,7 @@ def test_resume_refuses_what_cannot_change_and_records_what_may(tmp_path):
 
 
 # 6. Arrays are valid validation and test sources.
+@pytest.mark.slow
 def test_arrays_as_validation_and_test_sources(fmnist, tmp_path):
     images, labels = fmnist
     run = imgclf.train((images[:600], labels[:600]), val=(images[600:700], labels[600:700]),
@@ -239,6 +252,7 @@ def test_arrays_as_validation_and_test_sources(fmnist, tmp_path):
 
 
 # 7. A run that fails leaves no folder behind, so its name stays free.
+@pytest.mark.slow
 def test_a_failed_run_leaves_no_folder_and_its_name_stays_free(class_tree, tmp_path):
     out = tmp_path / "runs"
     offline = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -256,6 +270,7 @@ def test_a_failed_run_leaves_no_folder_and_its_name_stays_free(class_tree, tmp_p
 
 
 # 8. Output folders are made; export's parity check reuses the run's decoded images.
+@pytest.mark.slow
 def test_export_makes_the_folder_of_out_and_decodes_nothing_again(class_tree, tmp_path):
     run = imgclf.train(str(class_tree), epochs=1, device="cpu", out=str(tmp_path / "runs"))
     caches = sorted(p.name for p in (Path(os.environ["IMGCLF_CACHE"]) / "decoded").iterdir())
@@ -277,6 +292,7 @@ def test_reprs_are_short(tiny_bundle, fmnist_small):
 
 
 # The smaller edges.
+@pytest.mark.slow
 def test_predict_writes_a_clean_submission_and_reports_problems_beside_it(csv_layout, tmp_path):
     run = imgclf.train(str(csv_layout), epochs=1, device="cpu", out=str(tmp_path / "runs"))
     data = tmp_path / "apparel"
@@ -308,6 +324,7 @@ def test_python_predict_reports_bad_files_per_row_and_keeps_integer_labels(tiny_
     assert len(labels) == 2 and all(isinstance(v, int) for v in labels)
 
 
+@pytest.mark.slow
 def test_did_you_mean(tmp_path):
     for args, words in ((["train", "digits", "--epohcs", "3"], "did you mean --epochs?"),
                         (["train", "fashion_mnist", "--out", str(tmp_path)], "did you mean the built-in dataset 'fashion-mnist'?"),

@@ -99,6 +99,7 @@ def test_new_networks_pool_before_the_norm_and_old_bundles_load_in_their_own_ord
             assert torch.equal(loaded(x), old.eval()(x))
 
 
+@pytest.mark.slow
 def test_a_run_on_larger_images_records_the_stem_and_its_bundle_loads(fmnist_small, tmp_path):
     import numpy as np
 
@@ -235,6 +236,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_models_and_summary():
     out = run("models").stdout
     assert all(name in out for name in builtin_models()) and "timm architectures" in out
@@ -246,6 +248,7 @@ def test_cli_models_and_summary():
     assert bad.returncode == 2 and "C x H x W" in bad.stderr
 
 
+@pytest.mark.slow
 def test_pretrained_hub_unreachable_gives_one_line_with_the_way_out():
     code = ("from imgclf import create_model, ImgclfError\n"
             "try:\n    create_model('resnet18', 1, 10, 32, pretrained=True)\n"

@@ -31,6 +31,7 @@ def held_out(fmnist):
     return images[55000:55040], labels[55000:55040]
 
 
+@pytest.mark.slow
 def test_round_trip_equals_the_in_memory_model(run, held_out):
     images, _ = held_out
     clf = imgclf.load(run.run_dir)
@@ -98,6 +99,7 @@ def test_folder_with_bad_files_reports_them_in_place(run, held_out, tmp_path):
         imgclf.load(run.run_dir).predict(str(folder))
 
 
+@pytest.mark.slow
 def test_csv_of_ids_and_a_submission_template(run, csv_layout, tmp_path):
     out = tmp_path / "sub.csv"
     proc = run_cli("predict", str(run.run_dir), str(csv_layout / "test.csv"), "--template", str(csv_layout / "sample_submission.csv"),

@@ -46,6 +46,7 @@ def _post_files(url: str, blobs: list[tuple[str, bytes]], **kw) -> httpx.Respons
     return httpx.post(f"{url}/predict", files=[("file", (name, blob, "image/png")) for name, blob in blobs], timeout=30, **kw)
 
 
+@pytest.mark.slow
 def test_predictions_equal_the_library_under_concurrency(server, library, held_out, tmp_path):
     images, _ = held_out
     paths = []
@@ -196,6 +197,7 @@ def test_v2_protocol_with_the_official_client(server, library, held_out):
     assert lying.status_code == 400 and "0 to 255" in lying.json()["error"]
 
 
+@pytest.mark.slow
 def test_a_token_guards_every_route_but_health(tiny_bundle):
     with running_server(tiny_bundle, "--token-env", "IMGCLF_TEST_TOKEN", env={"IMGCLF_TEST_TOKEN": "s3cret-token"}) as s:
         image = png_bytes(np.zeros((28, 28), np.uint8))
@@ -213,6 +215,7 @@ def test_a_token_guards_every_route_but_health(tiny_bundle):
     assert proc.returncode == 2 and "IMGCLF_UNSET_VAR" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_and_an_expired_deadline_504(tiny_bundle):
     many = [(f"{i}.png", png_bytes(np.full((28, 28), i, np.uint8))) for i in range(64)]
     with running_server(tiny_bundle, "--max-queue", "1", "--max-batch", "1", "--max-wait-ms", "0") as s:
@@ -228,6 +231,7 @@ def test_a_full_queue_answers_503_and_an_expired_deadline_504(tiny_bundle):
         assert late.status_code == 504 and "deadline" in late.json()["error"]
 
 
+@pytest.mark.slow
 def test_sigterm_drains_queued_requests_then_exits(tiny_bundle):
     many = [(f"{i}.png", png_bytes(np.full((28, 28), i, np.uint8))) for i in range(64)]
     with running_server(tiny_bundle, "--max-batch", "8", "--max-images", "64") as s:
@@ -254,11 +258,13 @@ def test_serve_refuses_a_missing_bundle_in_one_line(tmp_path):
     assert proc.returncode == 2 and "no model bundle" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_listening_beyond_this_machine_without_a_token_warns(tiny_bundle):
     with running_server(tiny_bundle, "--host", "0.0.0.0") as s:
         assert "without a token" in s.output()
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_path):
     """Property-based requests generated from the OpenAPI schema, bounded in examples and time."""
     proc = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
@@ -306,6 +312,7 @@ def test_the_web_page_classifies_an_upload_and_shows_an_error_for_a_text_file(se
     assert (tmp_path / "page.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_two_worker_processes_serve_the_same_answers_and_stop_on_sigterm(tiny_bundle, library, held_out):
     images, _ = held_out
     with running_server(tiny_bundle, "--workers", "2") as s:

@@ -32,6 +32,7 @@ def _weights(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_ema_is_scored_saved_and_resumed(fmnist, tmp_path):
     data = _subset(fmnist, 40)
     run = imgclf.train(data, epochs=2, ema=True, ema_decay=0.9, out=str(tmp_path), name="ema", **FAST)
@@ -45,6 +46,7 @@ def test_ema_is_scored_saved_and_resumed(fmnist, tmp_path):
         assert torch.equal(best["model"][key], averaged[key])
 
 
+@pytest.mark.slow
 def test_ema_resumes_exactly_after_a_kill(tmp_path):
     import signal
     import subprocess
@@ -77,6 +79,7 @@ def test_tta_views_are_the_image_its_mirror_and_shifts():
     assert [w for _, w in tta_views(x, shift=0)] == [0.5, 0.5]
 
 
+@pytest.mark.slow
 def test_tta_in_the_final_score_only_when_training_flipped(fmnist, tmp_path):
     images, labels = _subset(fmnist, 40)
     test = _subset(fmnist, 10, start=100)
@@ -182,6 +185,7 @@ def _macro_f1(run, test) -> float:
     return imgclf.evaluate(run.run_dir, test).metrics["macro_avg"]["f1"]
 
 
+@pytest.mark.slow
 def test_class_weights_and_balanced_sampler_help_a_rare_class(fmnist, tmp_path):
     """Trouser at 5% of the other classes' count: without help the network hardly predicts it."""
     images, labels = fmnist
@@ -204,6 +208,7 @@ def test_balanced_sampler_draws_classes_equally(fmnist):
     assert counts.sum() == len(data.train) and counts.min() > 0.8 * counts.max()
 
 
+@pytest.mark.slow
 def test_time_budget_plans_the_epochs_and_records_them(fmnist, tmp_path):
     images, labels = _subset(fmnist, 60)
     run = imgclf.train((images, labels), time="12s", out=str(tmp_path), name="budget", device="cpu")
@@ -235,6 +240,7 @@ def test_time_budget_shrinks_the_run_when_the_clock_runs_out(fmnist, tmp_path):
     assert budget.epochs_left(trainer, 1) == 0
 
 
+@pytest.mark.slow
 def test_preset_best_sits_under_the_users_own_settings(fmnist, tmp_path):
     """The preset's wider network, augmentation, average and views are what the run records, the user's
     flags win over it, and a run that starts from other weights keeps its own network."""

@@ -32,6 +32,7 @@ def _accuracy(model, images, labels, data) -> float:
     return right / len(labels)
 
 
+@pytest.mark.slow
 def test_api_three_lines_reach_well_above_chance(fmnist, tmp_path):
     images, labels = fmnist
     run = imgclf.train((images[:4000], labels[:4000]), out=str(tmp_path), **QUICK)
@@ -57,6 +58,7 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_train_folder_scores_its_test_split(tmp_path, fmnist):
     images, labels = fmnist
     root = tmp_path / "data"
@@ -106,12 +108,14 @@ def straight(tmp_path_factory):
     return out / "ref"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(straight, tmp_path):
     proc = run_cli("train", *DIGITS, "--epochs", "6", "--out", str(tmp_path), "--name", "again")
     assert proc.returncode == 0, proc.stderr
     assert _same(_weights(straight / "checkpoints/last.pt"), _weights(tmp_path / "again/checkpoints/last.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_interrupted_then_resumed_equals_straight(straight, tmp_path, how):
     args = [sys.executable, "-m", "imgclf", "train", *DIGITS, "--epochs", "6", "--out", str(tmp_path), "--name", "cut"]
@@ -130,6 +134,7 @@ def test_interrupted_then_resumed_equals_straight(straight, tmp_path, how):
     assert (run_dir / "metrics.csv").read_text().count("\n") == 7  # header + 6 epochs, none doubled
 
 
+@pytest.mark.slow
 def test_extend_a_finished_run(straight, tmp_path):
     import shutil
 
@@ -141,6 +146,7 @@ def test_extend_a_finished_run(straight, tmp_path):
     assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["epoch"] == 8
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(straight, tmp_path):
     import shutil
 
@@ -157,11 +163,13 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(straig
     assert hashlib.sha256(last.read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.slow
 def test_non_finite_from_the_start(tmp_path):
     proc = run_cli("train", *DIGITS, "--epochs", "2", "--lr", "1e12", "--out", str(tmp_path))
     assert proc.returncode == 2 and "nothing was saved" in proc.stderr
 
 
+@pytest.mark.slow
 def test_config_round_trip_and_flag_override(straight, tmp_path):
     proc = run_cli("train", "digits", "--config", str(straight / "config.yaml"), "--epochs", "1", "--lr", "0.05",
                    "--out", str(tmp_path), "--name", "copy")
@@ -174,6 +182,7 @@ def test_config_round_trip_and_flag_override(straight, tmp_path):
         {k: v for k, v in old["train"].items() if k not in ("epochs", "lr", "name", "out")}
 
 
+@pytest.mark.slow
 def test_run_directories_are_never_overwritten(tmp_path):
     first = imgclf.train("digits", epochs=1, out=str(tmp_path), device="cpu")
     second = imgclf.train("digits", epochs=1, out=str(tmp_path), device="cpu")
@@ -184,6 +193,7 @@ def test_run_directories_are_never_overwritten(tmp_path):
     assert forced.run_dir == first.run_dir
 
 
+@pytest.mark.slow
 def test_init_from_with_new_classes_and_frozen_backbone(straight, tmp_path, digits):
     images, labels = digits
     keep = labels < 4  # four of the ten classes: the head must be new
@@ -196,6 +206,7 @@ def test_init_from_with_new_classes_and_frozen_backbone(straight, tmp_path, digi
     assert convs and all(torch.equal(state[k].cpu(), bundle_state[k]) for k in convs)  # frozen all along
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     for args, words in ((["train", "digits", "--optimizer", "rmsprop", "--out", str(tmp_path)], "optimizer='rmsprop'"),
                         (["train", "--resume", str(tmp_path / "nothing")], "not a run directory"),

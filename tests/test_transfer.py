@@ -118,6 +118,7 @@ def probe_run(photo_tree, lite0_weights, tmp_path_factory):
                         device="cpu", out=str(out), name="probe", **FRAMING)
 
 
+@pytest.mark.slow
 def test_probe_bundle_uses_the_weights_preprocessing(probe_run):
     spec = json.loads((probe_run.run_dir / "model.json").read_text())
     assert spec["input"]["size"] == [224, 224] and spec["input"]["channels"] == 3  # the weights' size, not the images'
@@ -130,6 +131,7 @@ def test_probe_bundle_uses_the_weights_preprocessing(probe_run):
     assert probe_run.test["acc"] >= 0.9  # ImageNet features tell a temple from a flower
 
 
+@pytest.mark.slow
 def test_probe_bundle_predicts_evaluates_and_exports(probe_run, photo_tree, tmp_path):
     from imgclf.evaluation import evaluate
 
@@ -146,6 +148,7 @@ def test_probe_bundle_predicts_evaluates_and_exports(probe_run, photo_tree, tmp_
     assert exported.ok and exported.images > 0  # the same logits as PyTorch on real images
 
 
+@pytest.mark.slow
 def test_served_prediction_uses_the_weights_preprocessing(probe_run, photo_tree):
     import httpx
 
@@ -169,6 +172,7 @@ def test_served_prediction_uses_the_weights_preprocessing(probe_run, photo_tree)
     assert top["top_k"][0]["probability"] == pytest.approx(float(framed.max()), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_feature_cache_is_keyed_by_weights_and_data(probe_run, tmp_path):
     from imgclf.models.features import features
 
@@ -189,6 +193,7 @@ def test_feature_cache_is_keyed_by_weights_and_data(probe_run, tmp_path):
     assert len(list((tmp_path / "features").glob("*.npz"))) == 3
 
 
+@pytest.mark.slow
 def test_norms_are_measured_on_the_users_images(probe_run, lite0_weights, tmp_path):
     """The first BatchNorm's mean is the mean of its input over the training images (one batch here), not
     ImageNet's; measured once and read back from the cache, measured again for other weights."""
@@ -247,6 +252,7 @@ def test_fine_tuning_starts_from_the_probe_head(photo_tree, lite0_weights, tmp_p
     assert not torch.equal(trained.bn2.weight, start.bn2.weight)  # their scale still learns
 
 
+@pytest.mark.slow
 def test_gray_data_meets_rgb_weights_as_three_channels(fmnist_small, lite0_weights, tmp_path, caplog):
     images, labels = fmnist_small
     with caplog.at_level(logging.INFO, logger="imgclf"):
@@ -257,6 +263,7 @@ def test_gray_data_meets_rgb_weights_as_three_channels(fmnist_small, lite0_weigh
     assert spec["input"]["channels"] == 3 and spec["input"]["size"] == [32, 32]
 
 
+@pytest.mark.slow
 def test_colour_folder_from_scratch_suggests_weights(colour_tree_64, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="imgclf"):
         imgclf.train(str(colour_tree_64 / "train"), epochs=1, device="cpu", out=str(tmp_path))

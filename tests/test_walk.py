@@ -105,6 +105,7 @@ def test_a_link_from_train_into_test_is_refused(tmp_path, fmnist_small):
     assert "another class or split" in _skipped(data.cache_dir / "skipped.csv")[str(root / "train" / "cat" / "test-cats")]
 
 
+@pytest.mark.slow
 def test_inspect_counts_the_same(jupyter_tree, loop_tree):
     for root in (jupyter_tree, loop_tree):
         proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root), "--val-fraction", "0"],
@@ -163,6 +164,7 @@ def test_predict_on_several_folders_keeps_ids_apart(jupyter_tree, loop_tree, tin
     assert len(ids) == len(set(ids)) == 24 and os.path.join(str(loop_tree), "cat", "cat0.png") in ids
 
 
+@pytest.mark.slow
 def test_paths_that_cannot_work_are_one_line_errors(jupyter_tree, tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True)
