@@ -119,7 +119,10 @@ def test_same_seed_same_weights(straight, tmp_path):
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_interrupted_then_resumed_equals_straight(straight, tmp_path, how):
     args = [sys.executable, "-m", "imgclf", "train", *DIGITS, "--epochs", "6", "--out", str(tmp_path), "--name", "cut"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a user's shell delivers it: a test worker may ignore SIGINT, and a child would inherit that
+    # (a full `make test` ran the 6 epochs to the end through the signal).
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_dir = tmp_path / "cut"
     wait_for_checkpoint(run_dir, 2, proc)
     proc.send_signal(how)
