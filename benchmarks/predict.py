@@ -71,7 +71,7 @@ def main() -> None:
         clf = imgclf.load(run.run_dir, device=args.device)
         model, spec = imgclf.load_bundle(run.run_dir)
         model.to(args.device)
-        mean, std = spec["normalization"]["mean"][0], spec["normalization"]["std"][0]
+        mean, std = spec.preprocessing.mean[0], spec.preprocessing.std[0]
         labels = {}
 
         def imgclf_predict():

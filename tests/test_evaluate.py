@@ -74,10 +74,10 @@ def test_evaluate_agrees_with_an_independent_computation(trained):
     import torch
 
     model, spec = imgclf.load_bundle(run.run_dir)
-    x = (torch.tensor(images, dtype=torch.float32)[:, None] / 255 - spec["normalization"]["mean"][0]) / spec["normalization"]["std"][0]
+    x = (torch.tensor(images, dtype=torch.float32)[:, None] / 255 - spec.preprocessing.mean[0]) / spec.preprocessing.std[0]
     with torch.no_grad():
         pred = model(x).argmax(1).numpy()
-    classes = spec["classes"]
+    classes = list(spec.classes)
     from conftest import FOLDER_NAMES
 
     truth = np.array([classes.index(FOLDER_NAMES[l]) for l in labels])

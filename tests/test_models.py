@@ -73,7 +73,9 @@ def test_new_networks_pool_before_the_norm_and_old_bundles_load_in_their_own_ord
     norm on its first conv; a bundle made before records no pool_first (its kwargs are {} or {"patch": 1})
     or no min_pooled_side, and must rebuild the order it was trained in, or its weights would load into the
     wrong layers."""
-    from imgclf.engine.bundle import load_bundle, save_bundle
+    from imgclf.engine.bundle import BundleSpec, load_bundle, save_bundle
+    from imgclf.models.registry import Architecture
+    from imgclf.preprocessing import Preprocessing
 
     def pools_first(model) -> list[bool]:
         stages = [m for m in model.features if isinstance(m, nn.Sequential) and isinstance(m[0], nn.Conv2d)][1:]
@@ -92,7 +94,8 @@ def test_new_networks_pool_before_the_norm_and_old_bundles_load_in_their_own_ord
         assert pools_first(old) == [bool(kwargs.get("pool_first"))] * 3
         old.train()
         old(torch.randn(8, 1, 28, 28))  # running statistics that are not the identity
-        spec = {"architecture": {"name": "small_resnet", "in_channels": 1, "num_classes": 10, "image_size": [28, 28], "kwargs": kwargs}}
+        spec = BundleSpec(Architecture("small_resnet", 1, 10, (28, 28), kwargs), tuple("0123456789"),
+                          Preprocessing(1, (28, 28), "crop", (0.5,), (0.25,)))
         loaded, _ = load_bundle(save_bundle(tmp_path / f"old{i}", old, spec))
         x = torch.randn(4, 1, 28, 28)
         with torch.no_grad():
@@ -111,8 +114,8 @@ def test_a_run_on_larger_images_records_the_stem_and_its_bundle_loads(fmnist_sma
     from imgclf.engine.bundle import bundle_dir, read_spec
 
     spec = read_spec(bundle_dir(run.run_dir))
-    assert spec["architecture"]["name"] == "small_resnet" and spec["architecture"]["kwargs"] == {"patch": 2, "pool_first": True,
-                                                                                                        "min_pooled_side": 7}
+    assert spec.architecture.name == "small_resnet" and spec.architecture.kwargs == {"patch": 2, "pool_first": True,
+                                                                                    "min_pooled_side": 7}
     assert imgclf.evaluate(run.run_dir, (big[:50], labels[:50])).metrics["accuracy"] > 0
     from conftest import write_class_tree
     from imgclf.export import export

@@ -20,6 +20,8 @@ _EXPORTS = {
     "Config": "imgclf.config",
     "TrainConfig": "imgclf.config",
     "load_bundle": "imgclf.engine.bundle",
+    "read_spec": "imgclf.engine.bundle",
+    "BundleSpec": "imgclf.engine.bundle",
     "evaluate": "imgclf.evaluation",
     "load": "imgclf.predict",
     "ImageClassifier": "imgclf.predict",

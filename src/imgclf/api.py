@@ -21,7 +21,8 @@ from imgclf.data.imageset import ImageData, ImageSet
 from imgclf.data.sources import source_id
 from imgclf.engine import distributed, recipe, transfer_recipe
 from imgclf.engine.budget import TimeBudget
-from imgclf.engine.trainer import EVAL_BATCH, Trainer
+from imgclf.engine.bundle import BundleSpec
+from imgclf.engine.trainer import Trainer
 from imgclf.errors import ImgclfError
 from imgclf.preflight import RunPlan, plan_run
 
@@ -94,7 +95,7 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     for note in notes:
         log.info(note)
     if config.train.model is None:  # started from a run or bundle: its architecture
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, model=trainer.arch["name"]))
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, model=trainer.arch.name))
         trainer.config = config
     info = {**plan.info, "requested": _plain(plan.requested) if not plan.resuming else plan.info.get("requested", {}),
             "splits": _splits(data_obj, config, plan), "processes": world.world_size,
@@ -202,7 +203,7 @@ def _finish(trainer: Trainer, source_text: str | None) -> dict | None:
                "processes": trainer.world.world_size,
                **({"compile_seconds": round(trainer.compile_seconds, 2)} if trainer.config.train.compile else {}),
                **({"probe": probe} if (probe := _probe_result(trainer)) else {})}
-    save_bundle(trainer.run_dir, trainer.model, _bundle_spec(trainer, metrics, source_text))
+    save_bundle(trainer.run_dir, trainer.model, _spec(trainer, metrics, source_text))
     (trainer.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
     if evaluation is not None:
         log.info("report: %s", write_report(trainer.run_dir, evaluation, data.summary(), _audit(trainer)))
@@ -236,38 +237,28 @@ def _score(trainer: Trainer):
     split, part = ("test", d.test) if trainer.test_loader is not None else ("val", d.val)
     if part is None or not len(part):
         return None
-    clf = ImageClassifier.from_model(unwrap(trainer.model), _inference_spec(trainer), device=trainer.device, batch_size=EVAL_BATCH,
+    clf = ImageClassifier.from_model(unwrap(trainer.model), _spec(trainer), device=trainer.device, batch_size=trainer.eval_batch,
                                      tta=trainer.tta)
     probs = clf.predict_split(part)
     metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": trainer.tta}
     return Evaluation(d.classes, split, part, probs, metrics)
 
 
-def _inference_spec(trainer: Trainer) -> dict:
-    """What prediction needs of model.json: the classes, the input contract, whether flips were learnt."""
-    d = trainer.data
-    integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
-    return {"classes": d.classes, "class_type": "int" if integers else "str",
-            "input": {"channels": d.channels, "size": list(d.image_size), "resize": trainer.config.data.resize,
-                      **trainer.config.data.framing()},
-            "normalization": {"mean": list(d.mean), "std": list(d.std)}, "training": {"hflip": trainer.hflip, "tta": trainer.tta}}
-
-
-def _bundle_spec(trainer: Trainer, metrics: dict, source_text: str | None) -> dict:
+def _spec(trainer: Trainer, metrics: dict | None = None, source_text: str | None = None) -> BundleSpec:
+    """The bundle's spec of this run: what the run's own final score predicts with, and what model.json holds."""
     from imgclf.engine.transfer_recipe import weights_preprocessing
 
-    t = trainer.config.train
+    d = trainer.data
+    integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
     pre = weights_preprocessing(trainer.config)
-    weights = {"from": t.weights or "published weights (hub)", "preprocessing_of": pre.tag, "interpolation": pre.interpolation,
-               "crop_pct": pre.crop_pct} if pre is not None else None
-    return {"architecture": trainer.arch, **_inference_spec(trainer), **({"pretrained": weights} if weights else {}),
-            "preprocessing": "decode, convert to the channels (gray or RGB, alpha on white), resize (input.interpolation) keeping "
-                             "the aspect ratio to cover size / input.crop_fraction, then centre-crop to size (or pad to it), "
-                             "scale to [0,1], subtract mean, divide by std; NCHW float32",
-            "metrics": metrics, "source": source_text}
+    weights = {"from": trainer.config.train.weights or "published weights (hub)", "preprocessing_of": pre.tag,
+               "interpolation": pre.interpolation, "crop_pct": pre.crop_pct} if pre is not None else None
+    return BundleSpec(trainer.arch, tuple(d.classes), trainer.preprocessing, class_type="int" if integers else "str",
+                      hflip=trainer.hflip, tta=trainer.tta, pretrained=weights, metrics=metrics or {}, source=source_text)
 
 
-def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int = 512, device: str = "auto") -> Path:
+def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int | None = None,
+           device: str = "auto") -> Path:
     """Score a finished run again and rewrite its report: on `source`, or on the run's own data loaded
     with the run's own settings (so its validation split comes back the same)."""
     from imgclf.data.audit import audit
@@ -390,7 +381,7 @@ def _log_start(trainer: Trainer, config: Config) -> None:
              if world.distributed else f"device {trainer.device}")
     log.info("%s, precision %s, channels-last %s; model %s, %s parameters; run directory %s", where,
              {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype], "on" if trainer.channels_last else "off",
-             trainer.arch["name"], f"{params:,}", trainer.run_dir)
+             trainer.arch.name, f"{params:,}", trainer.run_dir)
     t = config.train
     aug = trainer.train_loader.augment
     aug_text = "off" if aug is None else ", ".join(([f"crop/shift up to {aug.max_dy}px"] if aug.max_dy or aug.max_dx else [])

@@ -178,7 +178,9 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2):]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "imgclf", *rest]
     log.info("launching: %s", " ".join(cmd[1:]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from imgclf.data.parallel import usable_cpus
+
+    cores = usable_cpus()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // nproc)))}  # torchrun warns without it
     return subprocess.call(cmd, env=env)
 
@@ -468,8 +470,9 @@ def _train_command(sub) -> None:
         _add_flags(trial, TRAIN_FLAGS)
 
 
-def _bundle_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default: {batch_size})")
+def _bundle_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: by the input's size, 1024 gray 28 px images down to 32 RGB ones at 224 px)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
 
 
@@ -483,13 +486,13 @@ def _scoring_commands(sub) -> None:
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="average each image with its mirror and 1-pixel shifts (default: as the run's final score did)")
     ev.add_argument("--json", metavar="FILE", help="where the metrics go (default: <model>/evaluations/<source>-<split>.json)")
-    _bundle_args(ev, 512)
+    _bundle_args(ev)
     ev.set_defaults(run=_cmd_evaluate)
     rep = sub.add_parser("report", help="(re)write a run's report.html and plots")
     rep.add_argument("run_dir", metavar="RUN", help="a run directory")
     rep.add_argument("--source", help="data to score (default: the run's own training source)")
     rep.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: test, else val)")
-    _bundle_args(rep, 512)
+    _bundle_args(rep)
     rep.set_defaults(run=_cmd_report)
 
 
@@ -503,7 +506,7 @@ def _deploy_commands(sub) -> None:
     pr.add_argument("--proba", action="store_true", help="also write one probability column per class")
     pr.add_argument("--workers", type=int, help="processes that decode the files (and on a CPU run the model); default: all cores")
     pr.add_argument("--tta", action="store_true", help="average each image with its mirror and 1-pixel shifts (when training used flips)")
-    _bundle_args(pr, 256)
+    _bundle_args(pr)
     pr.set_defaults(run=_cmd_predict)
     ex = sub.add_parser("export", help="export a bundle to ONNX or TorchScript, checked against PyTorch on real images")
     ex.add_argument("model", help="a run directory or a bundle folder")

@@ -158,7 +158,7 @@ def _run_record(folder: Path) -> tuple[dict | None, dict]:
     return to_dict(Config.from_yaml(folder / "config.yaml").data), info
 
 
-def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: int = 512, tta: bool | None = None,
+def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: int | None = None, tta: bool | None = None,
              device: str = "auto") -> Evaluation:
     """Score a run directory, a bundle, or a Run on data: a source (folder, CSV, built-in name) or ImageData.
 
@@ -171,42 +171,39 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
     from imgclf.engine.bundle import bundle_dir, load_bundle
     from imgclf.engine.hardware import pick_device
     from imgclf.predict import ImageClassifier
-    from imgclf.preprocessing import Preprocessing
 
     if hasattr(model_or_run, "run_dir"):
         model_or_run = model_or_run.run_dir
     model, spec = load_bundle(model_or_run)
     data_settings, info = _run_record(bundle_dir(model_or_run))
-    relation = None if isinstance(data, ImageData) else _relation(data, info.get("source", spec.get("source")))
+    relation = None if isinstance(data, ImageData) else _relation(data, info.get("source", spec.source))
     own = data is None or relation == "same"
-    if data is None and not (info.get("source") or spec.get("source")):
+    if data is None and not (info.get("source") or spec.source):
         raise ImgclfError(f"{model_or_run}: its training data was in memory; pass the data to score.")
     if isinstance(data, ImageData):
         held_out = data.val_from is not None
     elif own:
-        source = info.get("source") or spec.get("source")
-        data = load_data(source, **(data_settings or Preprocessing.from_spec(spec).data_settings()))
+        source = info.get("source") or spec.source
+        data = load_data(source, **(data_settings or spec.preprocessing.data_settings()))
         held_out = True
         _warn_if_changed(data, info)
     else:
-        data = load_data(data, **Preprocessing.from_spec(spec).data_settings(), val_fraction=0.0)
+        data = load_data(data, **spec.preprocessing.data_settings(), val_fraction=0.0)
         held_out = False
     choice, part = _labeled_split(data, split, held_out)
-    part = part.relabel(data.classes, spec["classes"], "model's classes")
-    if tta is None:  # as the run's own final score was made, so that the figures agree with results.json
-        tta = bool(spec.get("training", {}).get("tta", False))
-    if tta and not spec.get("training", {}).get("hflip", False):
-        log.warning("test-time flips skipped: the model was trained without horizontal flips, so mirrored images are new to it")
-        tta = False
-    clf = ImageClassifier.from_model(model, spec, device=pick_device(device), batch_size=batch_size, tta=tta, name=str(model_or_run))
+    classes = list(spec.classes)
+    part = part.relabel(data.classes, classes, "model's classes")
+    # tta unset: as the run's own final score was made, so that the figures agree with results.json
+    clf = ImageClassifier.from_model(model, spec, device=pick_device(device), batch_size=batch_size,
+                                     tta=spec.tta if tta is None else tta, name=str(model_or_run))
     probs = clf.predict_split(part)
-    metrics = compute_metrics(part.labels, probs, spec["classes"], part.origins)
+    metrics = compute_metrics(part.labels, probs, classes, part.origins)
     scored = _what_is_scored(choice, len(part), data.source, held_out, info)
     if relation == "part":
-        scored += (f" (part of the run's own source {info.get('source', spec.get('source'))}: images it trained on may be among "
+        scored += (f" (part of the run's own source {info.get('source', spec.source)}: images it trained on may be among "
                    "them, so the figures may be optimistic; evaluate without a source to score what it held out)")
-    metrics.update(split=choice, tta=tta, model=str(model_or_run), scored=scored)
-    return Evaluation(spec["classes"], choice, part, probs, metrics)
+    metrics.update(split=choice, tta=clf.tta, model=str(model_or_run), scored=scored)
+    return Evaluation(classes, choice, part, probs, metrics)
 
 
 def _warn_if_changed(data: ImageData, info: dict) -> None:

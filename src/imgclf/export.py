@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from imgclf.errors import ImgclfError
-from imgclf.preprocessing import Preprocessing
+from imgclf.engine.bundle import BundleSpec
 
 log = logging.getLogger("imgclf")
 FORMATS = ("onnx", "torchscript")
@@ -40,14 +40,14 @@ class ExportResult:
         return self.max_abs_diff < PARITY_ATOL and self.top1_agree == 1.0
 
 
-def _check_pixels(spec: dict, source: str | None) -> np.ndarray:
+def _check_pixels(spec: BundleSpec, source: str | None) -> np.ndarray:
     """Real images for the parity check, in the model's input format: the given source, else the run's."""
     from imgclf.data.sources import load_data
 
-    source = source or spec.get("source")
+    source = source or spec.source
     if not source:
         raise ImgclfError("the parity check needs real images: pass --check SOURCE (a folder, CSV or dataset of such images).")
-    data = load_data(source, **Preprocessing.from_spec(spec).data_settings(), val_fraction=0.0)
+    data = load_data(source, **spec.preprocessing.data_settings(), val_fraction=0.0)
     part = data.test if data.test is not None else data.train
     return part.take(np.arange(min(CHECK_IMAGES, len(part)))).astype(np.float32)
 
@@ -60,7 +60,7 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, d
     if fmt not in FORMATS:
         raise ImgclfError(f"--format {fmt} is not one of {', '.join(FORMATS)}.")
     model, spec = load_bundle(model_path)
-    pre = Preprocessing.from_spec(spec)
+    pre = spec.preprocessing
     wrapped = pre.module(model.float().eval()).eval()
     pixels = _check_pixels(spec, check)
     out = Path(out) if out else bundle_dir(model_path) / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
@@ -81,8 +81,7 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, d
     batch = len(pixels) if dynamic_batch else 1
     got = np.concatenate([run(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
     result = ExportResult(out, float(np.abs(got - reference).max()), float((got.argmax(1) == reference.argmax(1)).mean()), len(pixels))
-    classes = [int(c) for c in spec["classes"]] if spec.get("class_type") == "int" else spec["classes"]  # as prediction gives them
-    sidecar = {"format": fmt, "classes": classes, "architecture": spec["architecture"]["name"],
+    sidecar = {"format": fmt, "classes": spec.labels, "architecture": spec.architecture.name,
                "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW", "shape": [None if dynamic_batch else 1, *pre.shape],
                          "values": pre.describe()["values"], "resize": pre.describe()["resize_rule"]},
                "output": {"name": "logits", "softmax": "not applied"}, "normalization": "included in the graph",

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from imgclf.data import decode
-from imgclf.data.augment import tta_views
+from imgclf.data.augment import test_time_views, tta_views
 from imgclf.data.parallel import chunks, iter_chunks, pool_context, worker_count
 from imgclf.data.skips import SkipLog
 from imgclf.data.walk import image_files
+from imgclf.engine.bundle import BundleSpec
 from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf")
@@ -64,7 +65,7 @@ class ImageClassifier:
     """A trained classifier loaded from its bundle, with scikit-learn's manners (classes_, predict,
     predict_proba) and top_k. Build it with imgclf.load(path)."""
 
-    def __init__(self, path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None,
+    def __init__(self, path: str | Path, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
                  tta: bool = False):
         from imgclf.engine.bundle import load_bundle
 
@@ -72,38 +73,33 @@ class ImageClassifier:
         self._setup(model, spec, Path(path), device, batch_size, workers, tta)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, spec: dict, device: str | torch.device = "auto", batch_size: int = 256,
-                   tta: bool = False, name: str = "the model in training") -> "ImageClassifier":
+    def from_model(cls, model: torch.nn.Module, spec: BundleSpec, device: str | torch.device = "auto",
+                   batch_size: int | None = None, tta: bool = False, name: str = "the model in training") -> "ImageClassifier":
         """A model still in memory (the end of a run) predicting exactly as its bundle will: the run's own
-        final score goes through the same code as evaluate, predict and the service. spec needs the
-        bundle's classes, input, normalization and training.hflip."""
+        final score goes through the same code as evaluate, predict and the service."""
         self = cls.__new__(cls)
         self._setup(model, spec, Path(name), device, batch_size, None, tta)
         return self
 
-    def _setup(self, model, spec: dict, path: Path, device, batch_size: int, workers: int | None, tta: bool) -> None:
-        from imgclf.engine.hardware import pick_device, use_channels_last
+    def _setup(self, model, spec: BundleSpec, path: Path, device, batch_size: int | None, workers: int | None, tta: bool) -> None:
+        from imgclf.engine.hardware import eval_batch_size, pick_device, use_channels_last
         from imgclf.models.inference import for_inference
-        from imgclf.preprocessing import Preprocessing
 
-        self.path, self.batch_size, self.workers = path, batch_size, workers
+        self.path, self.workers = path, workers
         self.device_ = pick_device(device) if not isinstance(device, torch.device) else device
         self.spec_ = spec
         self.model_ = for_inference(model, self.device_)
         self.channels_last_ = use_channels_last(None, self.device_)
         self.model_.to(self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format)
-        # Integer labels stay integers (scikit-learn's manners: classes_ are the labels as given).
-        self.classes_ = [int(c) for c in self.spec_["classes"]] if self.spec_.get("class_type") == "int" else list(self.spec_["classes"])
-        self.pre_ = Preprocessing.from_spec(self.spec_)
+        self.classes_ = spec.labels
+        self.pre_ = spec.preprocessing
         self.channels_ = self.pre_.channels
-        # Test-time views (mirror and 1-pixel shifts) only for a model that saw mirrored images in training.
-        self.tta = tta and bool(self.spec_.get("training", {}).get("hflip"))
-        if tta and not self.tta:
-            log.warning("test-time flips skipped: %s was trained without horizontal flips, so mirrored images are new to it", path)
+        self.batch_size = eval_batch_size(self.pre_.shape, batch_size)
+        self.tta = test_time_views(tta, spec.hflip, str(path))
         self._scale, self._shift = self.pre_.scale_shift(self.device_)
 
     def __repr__(self) -> str:
-        return f"ImageClassifier({self.path}, {self.spec_['architecture']['name']}, {len(self.classes_)} classes)"
+        return f"ImageClassifier({self.path}, {self.spec_.architecture.name}, {len(self.classes_)} classes)"
 
     # -- inputs to items ---------------------------------------------------------------------------
     def items(self, x) -> list[Item]:
@@ -275,12 +271,16 @@ class ImageClassifier:
     def top_k(self, x, k: int = 5) -> list[list[tuple[str, float]]]:
         """The k most likely classes of each image with their probabilities, best first."""
         probs = self.predict_proba(x)
-        k = min(k, len(self.classes_))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [[(self.classes_[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+        return [[(self.classes_[j], float(p[j])) for j in ranked(p, k)] for p in probs]
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int = 256, workers: int | None = None,
+def ranked(probs: np.ndarray, k: int) -> np.ndarray:
+    """The indices of one image's k most likely classes, best first, ties in class order: the one top-k
+    rule of predict, its CSV columns and the service."""
+    return np.argsort(-probs, kind="stable")[:max(0, min(k, len(probs)))]
+
+
+def load(path: str | Path, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
          tta: bool = False) -> ImageClassifier:
     """A run directory or bundle, ready to predict; workers: processes for files (default: all cores);
     tta: average each image's probabilities over its mirror and 1-pixel shifts (6x the compute)."""
@@ -329,7 +329,7 @@ def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_
     for item, path, p in zip(items, paths, probs):
         row = {"id": item.id, "label": None, "error": item.error, "warning": item.warning, "path": path}
         if item.error is None:
-            order = np.argsort(-p, kind="stable")
+            order = ranked(p, max(k, 1))
             row["label"] = clf.classes_[order[0]]
             for i, j in enumerate(order[:k], start=1):
                 row[f"top{i}_label"], row[f"top{i}_prob"] = clf.classes_[j], f"{p[j]:.6f}"

@@ -67,12 +67,10 @@ class Preprocessing:
 
     # -- pixels to the network's input ---------------------------------------------------------------
     def scale_shift(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """x_normalised = pixels * scale + shift, i.e. (pixels / 255 - mean) / std in one multiply-add."""
-        c = self.channels
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, c, 1, 1)
-        scale = 1 / (255 * std)
-        shift = -torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1) / std
-        return scale.to(device), shift.to(device)
+        """x_normalised = pixels * scale + shift, as training's loaders normalise."""
+        from imgclf.data.loader import scale_shift
+
+        return scale_shift(self.mean, self.std, device)
 
     def module(self, model: nn.Module) -> nn.Module:
         """The model behind this normalisation, as one module: raw 0..255 pixels in, logits out (export)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.config import AugmentConfig
+
+log = logging.getLogger("imgclf")
 
 
 def shift_and_flip(x: torch.Tensor, max_dy: int, max_dx: int, flip: bool, gen: torch.Generator,
@@ -146,6 +149,15 @@ def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, cutmix
         x = x.mul(lam).add_(other, alpha=1 - lam)
     target = F.one_hot(y, num_classes).float()
     return x, lam * target + (1 - lam) * target.flip(0)
+
+
+def test_time_views(asked: bool | None, trained_with_flips: bool, model: str | None = None) -> bool:
+    """Whether to average test-time views: only for a model that saw mirrored images in training, since to
+    any other a mirrored image is new. model names it in the warning when the views were asked for in vain
+    (training's own decision passes none: the recipe already said it)."""
+    if asked and not trained_with_flips and model is not None:
+        log.warning("test-time flips skipped: %s was trained without horizontal flips, so mirrored images are new to it", model)
+    return bool(asked and trained_with_flips)
 
 
 def tta_views(x: torch.Tensor, shift: int = 1):

@@ -39,6 +39,15 @@ def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     return (epoch_seed(seed, epoch, rank) * 1_000_033 + batch * 7_919 + 1) % (2 ** 63)
 
 
+def scale_shift(mean, std, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation as one multiply-add on 0..255 pixels: x * scale + shift == (x / 255 - mean) / std.
+    The one place it is written: training's loaders and every way into a trained model use it."""
+    std_t = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+    scale = 1.0 / (255.0 * std_t)
+    shift = -torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1) / std_t
+    return scale.to(device), shift.to(device)
+
+
 class DeviceLoader:
     """Iterates (images float N x C x H x W normalised, labels int64) batches of one split on `device`.
 
@@ -61,10 +70,7 @@ class DeviceLoader:
         self.channels_last, self.epoch = channels_last, 0
         self._resume: dict | None = None  # where the next epoch's iteration starts (resume_within_epoch)
         self._current: dict | None = None  # how the epoch being iterated was resumed
-        c = images.images.shape[1]
-        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
-        self._scale = (1.0 / (255.0 * std_t)).to(self.device)  # x/255 - mean, / std, as one multiply-add
-        self._shift = (-torch.tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1) / std_t).to(self.device)
+        self._scale, self._shift = scale_shift(mean, std, self.device)
         self.augment = Augment.resolve(augment, images.images.shape[2:], hflip_default) if train and augment else None
         nbytes = len(images) * int(np.prod(images.images.shape[1:]))
         self.resident = nbytes <= RESIDENT_SHARE * _free_bytes(self.device) if resident is None else resident

@@ -8,8 +8,14 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's share), not the machine's
+    count: the one count every thread and worker decision uses."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def worker_count(requested: int | None) -> int:
-    return max(1, requested or os.cpu_count() or 1)
+    return max(1, requested or usable_cpus())
 
 
 def pool_context():

@@ -71,7 +71,7 @@ def largest_batch(trainer) -> BatchFit:
     while not _fits(trainer, saved, x, y, batch, fit.tried) and batch > 1:
         batch //= 2
     if fit.tried[batch] is None:
-        raise ImgclfError(f"even a batch of 1 ran out of GPU memory ({trainer.arch['name']}); try a smaller --image-size "
+        raise ImgclfError(f"even a batch of 1 ran out of GPU memory ({trainer.arch.name}); try a smaller --image-size "
                           "or --model.")
     fit.largest = batch
     while fit.largest < fit.cap and _fits(trainer, saved, x, y, min(2 * fit.largest, fit.cap), fit.tried):

@@ -112,7 +112,9 @@ def join(device_setting: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
                               "start at most one process per GPU (torchrun --nproc-per-node).")
         torch.cuda.set_device(world.local_rank)
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from imgclf.data.parallel import usable_cpus
+
+        cores = usable_cpus()
         threads = max(1, cores // world.local_world_size)
         torch.set_num_threads(threads)
     if not dist.is_initialized():

@@ -118,7 +118,7 @@ class HeadFromProbe(Callback):
             return
         model, data = unwrap(trainer.model), trainer.data
         if not can_embed(model):
-            raise ImgclfError(f"{trainer.arch['name']} cannot give its features to a linear head; leave out --probe and "
+            raise ImgclfError(f"{trainer.arch.name} cannot give its features to a linear head; leave out --probe and "
                               "--head-from-probe, or choose a timm architecture with --model.")
         parts = {"train": data.train}
         if data.val is not None and len(data.val) and data.val.labeled:
@@ -138,7 +138,7 @@ class HeadFromProbe(Callback):
         score = (f"validation accuracy {100 * head.val_acc:.2f}% ({len(data.val)} images)" if head.val_acc is not None
                  else f"training accuracy {100 * head.train_acc:.2f}% (no validation images)")
         after = "" if self.probe_only else "; fine-tuning starts from this head"
-        log.info("linear probe on %s's features: %s; features of %d images %s, head fitted in %.1f s%s", trainer.arch["name"],
+        log.info("linear probe on %s's features: %s; features of %d images %s, head fitted in %.1f s%s", trainer.arch.name,
                  score, sum(len(p) for p in parts.values()), where, time.perf_counter() - fit_start, after)
         if self.probe_only:
             trainer.best = {"val_acc": head.val_acc if head.val_acc is not None else head.train_acc, "epoch": 0}

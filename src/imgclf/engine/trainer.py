@@ -8,6 +8,7 @@ come after training, in imgclf.api. This module imports nothing above the engine
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 
 from imgclf.config import Config
 from imgclf.data.imageset import ImageData
-from imgclf.data.augment import mix
+from imgclf.data.augment import mix, test_time_views
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine import hardware
 from imgclf.engine.bundle import unwrap
@@ -29,14 +30,15 @@ from imgclf.engine.ema import WeightAverage
 from imgclf.engine.norm_stats import CALIBRATION_IMAGES, batch_norms, recalibrate
 from imgclf.engine.schedule import lr_factor
 from imgclf.errors import ImgclfError
+from imgclf.models.registry import Architecture
+from imgclf.preprocessing import Preprocessing
 
 log = logging.getLogger("imgclf")
-EVAL_BATCH = 1024
 FINITE_CHECK_EVERY = {"cpu": 1}  # steps between non-finite checks; a check costs a sync on a GPU
 DEFAULT_FINITE_CHECK = 20
 
 
-def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
+def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, Architecture]:
     from imgclf.models.registry import create_model, default_model_name, fitted_kwargs
 
     t = config.train
@@ -44,22 +46,19 @@ def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, dict]:
         from imgclf.engine.bundle import load_bundle
 
         model, spec = load_bundle(t.init_from)
-        arch = spec["architecture"]
-        if arch["in_channels"] != data.channels:
-            raise ImgclfError(f"--init-from {t.init_from}: that model takes {arch['in_channels']}-channel images, this data has "
-                              f"{data.channels}; pass --channels {arch['in_channels']}.")
-        if spec["classes"] != data.classes:
+        arch = spec.architecture
+        if arch.in_channels != data.channels:
+            raise ImgclfError(f"--init-from {t.init_from}: that model takes {arch.in_channels}-channel images, this data has "
+                              f"{data.channels}; pass --channels {arch.in_channels}.")
+        if list(spec.classes) != data.classes:
             model.reset_classifier(data.num_classes)
-            log.info("init-from %s: new head for %d classes (the bundle had %d)", t.init_from, data.num_classes, len(spec["classes"]))
-        arch = {**arch, "num_classes": data.num_classes, "image_size": list(data.image_size)}
-        return model.train(), arch
+            log.info("init-from %s: new head for %d classes (the bundle had %d)", t.init_from, data.num_classes, len(spec.classes))
+        return model.train(), dataclasses.replace(arch, num_classes=data.num_classes, image_size=tuple(data.image_size))
     name = t.model or default_model_name(data.image_size, t.pretrained)
     kwargs = fitted_kwargs(name, data.image_size)
     model = create_model(name, data.channels, data.num_classes, data.image_size, pretrained=t.pretrained, weights=t.weights,
                          partial_weights=t.partial_weights, **kwargs)
-    arch = {"name": name, "in_channels": data.channels, "num_classes": data.num_classes, "image_size": list(data.image_size),
-            "kwargs": kwargs}
-    return model, arch
+    return model, Architecture(name, data.channels, data.num_classes, tuple(data.image_size), kwargs)
 
 
 class Trainer:
@@ -112,7 +111,10 @@ class Trainer:
         self.optimizer = self._optimizer(groups)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         shard = dict(rank=world.rank, world_size=world.world_size)
-        loader_args = dict(mean=data.mean, std=data.std, device=self.device, channels_last=self.channels_last)
+        self.preprocessing = Preprocessing(data.channels, tuple(data.image_size), config.data.resize, tuple(data.mean),
+                                           tuple(data.std), **config.data.framing())
+        loader_args = dict(mean=self.preprocessing.mean, std=self.preprocessing.std, device=self.device,
+                           channels_last=self.channels_last)
         self.train_loader = DeviceLoader(data.train, t.batch_size, train=True, augment=config.data.augment if t.augment else None,
                                          hflip_default=data.hflip, seed=config.data.seed, sampler=t.sampler,
                                          drop_last=len(data.train) > t.batch_size * world.world_size, **shard, **loader_args)
@@ -121,8 +123,9 @@ class Trainer:
         self.compile_seconds = 0.0
         # Validation is shared out between the ranks, each image scored once; the test split is scored after
         # training, whole, by rank 0 (imgclf.api).
-        self.val_loader = DeviceLoader(data.val, EVAL_BATCH, **shard, **loader_args) if data.val is not None else None
-        self.test_loader = DeviceLoader(data.test, EVAL_BATCH, **loader_args) if data.test is not None and data.test.labeled else None
+        self.eval_batch = hardware.eval_batch_size(self.preprocessing.shape)
+        self.val_loader = DeviceLoader(data.val, self.eval_batch, **shard, **loader_args) if data.val is not None else None
+        self.test_loader = DeviceLoader(data.test, self.eval_batch, **loader_args) if data.test is not None and data.test.labeled else None
         self.epoch, self.step = 0, 0
         self.batch_in_epoch, self.batches_in_epoch = 0, len(self.train_loader)
         self._partial: dict | None = None  # the sums of an epoch resumed from within
@@ -239,7 +242,7 @@ class Trainer:
             raise
         except torch.OutOfMemoryError:
             h, w = self.data.image_size
-            raise ImgclfError(f"the {self.device.type} ran out of memory at batch size {t.batch_size} ({self.arch['name']}, "
+            raise ImgclfError(f"the {self.device.type} ran out of memory at batch size {t.batch_size} ({self.arch.name}, "
                               f"{self.data.channels}x{h}x{w} images); try --batch-size {max(1, t.batch_size // 2)}"
                               + (", --precision 16" if self.dtype is None and self.device.type == "cuda" else "")
                               + " or a smaller --image-size.") from None
@@ -396,8 +399,7 @@ class Trainer:
 
     @property
     def tta(self) -> bool:
-        """Test-time flips and shifts only for a model that saw mirrored images in training."""
-        return bool(self.config.train.tta and self.hflip)
+        return test_time_views(self.config.train.tta, self.hflip)
 
     @property
     def hflip(self) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
@@ -30,6 +30,29 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A network as the bundle names it: enough to build it again with no data at hand."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+    kwargs: dict = field(default_factory=dict)  # the arguments fitted to the image size when it was trained
+
+    def build(self) -> nn.Module:
+        """The network, untrained, exactly as recorded (no argument fitted again to the size)."""
+        return create_model(self.name, self.in_channels, self.num_classes, self.image_size, fit=False, **self.kwargs)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "in_channels": self.in_channels, "num_classes": self.num_classes,
+                "image_size": list(self.image_size), "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Architecture":
+        return cls(str(d["name"]), int(d["in_channels"]), int(d["num_classes"]), _size(d["image_size"]), dict(d.get("kwargs", {})))
 
 
 def register_model(name: str, factory: Callable[..., nn.Module], description: str, origin: str,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from imgclf.engine.bundle import read_spec
 from imgclf.report import plots
 
 STYLE = """
@@ -81,19 +81,18 @@ def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Pa
     evaluation.save_json(run_dir / "evaluation.json")
     m = evaluation.metrics
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else "(not recorded)"
-    spec = json.loads((run_dir / "model.json").read_text()) if (run_dir / "model.json").exists() else {}
+    arch = read_spec(run_dir).architecture.name if (run_dir / "model.json").exists() else "?"
     figures = [("accuracy", f"{100 * m['accuracy']:.2f}%"), ("loss", f"{m['loss']:.4f}"), ("images", f"{m['images']:,}")]
     if "top5_accuracy" in m:
         figures.insert(1, ("top-5 accuracy", f"{100 * m['top5_accuracy']:.2f}%"))
     figure_html = "".join(f'<div class="figure">{k}<b>{v}</b></div>' for k, v in figures)
     confused = "".join(f"<li>{html.escape(p['true'])} &rarr; {html.escape(p['predicted'])}: {p['count']}</li>" for p in m["most_confused"])
     section = lambda key, title: f"<h2>{title}</h2>{_img(made[key], title)}" if key in made else ""
-    arch = spec.get("architecture", {})
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>imgclf report: {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(run_dir.name)}</h1>
-<p class="muted">imgclf report, written {time.strftime('%Y-%m-%d %H:%M')}; model {html.escape(str(arch.get('name', '?')))},
+<p class="muted">imgclf report, written {time.strftime('%Y-%m-%d %H:%M')}; model {html.escape(arch)},
 {len(evaluation.classes)} classes; scored on the {html.escape(evaluation.split)} split{' with test-time views (mirror and 1-pixel shifts)' if m.get('tta') else ''}.</p>
 <h2>Figures</h2><div class="figures">{figure_html}</div>
 {section('curves', 'Training curves')}

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgclf.data.decode import BadImage
+from imgclf.predict import ranked
 from imgclf.serve import v2
 from imgclf.serve.batcher import Expired, MicroBatcher, QueueFull
 from imgclf.serve.metrics import Metrics
@@ -112,7 +113,7 @@ class Service:
         try:
             self.model = ServedModel(self.settings)
             self._start_batcher()
-            log.debug("loaded: %s (%s, %d classes), warmed up in %.2f s", self.model.name, self.model.spec["architecture"]["name"],
+            log.debug("loaded: %s (%s, %d classes), warmed up in %.2f s", self.model.name, self.model.spec.architecture.name,
                      len(self.model.classes), self.model.warm_s)
         except Exception as err:  # shown by /readyz and the log; the process stays up to say so
             self.failed = f"{type(err).__name__}: {err}"
@@ -389,11 +390,11 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
             service.check_count(len(blobs))
             pixels = await run_in_threadpool(service.decode, blobs)
             probs = await service.infer(pixels, started, arrival)
-        k = min(top_k or settings.top_k, len(service.model.classes))
+        k = top_k or settings.top_k
         classes = service.model.classes
         predictions = []
         for (name, _), p in zip(blobs, probs):
-            order = np.argsort(-p, kind="stable")[:k]
+            order = ranked(p, k)
             predictions.append({"file": name, "label": classes[order[0]],
                                 "top_k": [{"label": classes[j], "probability": round(float(p[j]), 6)} for j in order]})
         return {"model": service.model.name, "sha256": service.model.sha256, "predictions": predictions,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.data.parallel import usable_cpus
 from imgclf.engine.bundle import bundle_dir, read_spec
 
 
@@ -33,8 +33,7 @@ def model_name(path: str | Path) -> str:
 
 def torch_threads(workers: int) -> int:
     """Threads per worker process so that workers x threads never exceed the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, workers))
+    return max(1, usable_cpus() // max(1, workers))
 
 
 class ServedModel:
@@ -64,9 +63,9 @@ class ServedModel:
     def info(self) -> dict:
         import imgclf
 
-        metrics = self.spec.get("metrics") or {}
-        return {"name": self.name, "sha256": self.sha256, "architecture": self.spec["architecture"]["name"],
+        metrics = self.spec.metrics
+        return {"name": self.name, "sha256": self.sha256, "architecture": self.spec.architecture.name,
                 "classes": self.classes, "input": self.pre.describe(),
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None},
                 "tta": self.clf.tta, "device": str(self.clf.device_),
-                "versions": {"imgclf": imgclf.__version__, "torch": torch.__version__, **self.spec.get("versions", {})}}
+                "versions": {"imgclf": imgclf.__version__, "torch": torch.__version__, **self.spec.versions}}
