@@ -102,7 +102,7 @@ def test_images_under_16px_are_enlarged_for_the_default_network_only(tmp_path, c
     run = imgclf.train("digits", epochs=1, device="cpu", out=str(tmp_path))
     assert run.data.image_size == (16, 16) and any("enlarged from the images' 8x8" in m for m in _messages(caplog))
     clf = imgclf.load(run.run_dir)
-    assert clf.spec_["input"]["size"] == [16, 16]
+    assert clf.pre_.size == (16, 16)
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -7,9 +7,10 @@ import dataclasses
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
-from imgclf.config import PRESET_HELP, DataConfig
+from imgclf.config import AugmentConfig, DataConfig, TrainConfig
 from imgclf.errors import ImgclfError, one_line
 from imgclf.serve.settings import FLAG_HELP as SERVE_FLAGS
 from imgclf.serve.settings import ServeSettings
@@ -18,112 +19,37 @@ SERVE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
 
 log = logging.getLogger("imgclf")
 
-# Flags for DataConfig fields: the flag is the field's name with dashes; (type, help).
-DATA_FLAGS = {
-    "image_size": (int, "side of the square the images are brought to (default: the dataset's own size)"),
-    "resize": (str, "keep the aspect ratio and 'crop' the centre or 'pad' to the size (default: crop)"),
-    "interpolation": (str, "bilinear or bicubic resampling to the size (default: bilinear; pretrained weights often name bicubic, "
-                           "which scored lower on users' pictures)"),
-    "crop_fraction": (float, "share of the side the centre crop keeps, as ImageNet weights are evaluated (0.875: 224 px out of "
-                             "256) (default: 1, the whole centred square)"),
-    "channels": (int, "1 (gray) or 3 (RGB); default: 1 for all-gray data, else 3"),
-    "val_fraction": (float, "share of training images kept for validation when there is no val split (default: 0.1)"),
-    "seed": (int, "seed of the validation split and shuffling (default: 0)"),
-    "data_root": (str, "folder searched first for built-in datasets (also IMGCLF_DATA)"),
-    "cache_dir": (str, "where decoded-image caches live (also IMGCLF_CACHE)"),
-    "workers": (int, "decoding processes (default: all cores)"),
-    "id_column": (str, "CSV column holding image ids (default: id, filename, file, image or path)"),
-    "label_column": (str, "CSV column holding labels (default: label, class or target)"),
-}
+def flags_of(section: type) -> dict[str, tuple[object, str]]:
+    """A config section's flags, (type, help) by field name, from its fields: the field's type, and the help
+    config.setting() gave it, with "(default: X)" added when the default is a value. Every flag defaults
+    to None, so that an unset flag leaves the field to the config file, the preset or the recipe."""
+    hints = typing.get_type_hints(section)
+    flags = {}
+    for f in dataclasses.fields(section):
+        if "help" not in f.metadata:
+            continue
+        kinds = set(typing.get_args(hints[f.name])) - {type(None)} or {hints[f.name]}
+        kind = next(k for k in (bool, int, float, str) if k in kinds)
+        text = f.metadata["help"]
+        if f.default is not None and not isinstance(f.default, bool):
+            text += f" (default: {f.default:g})" if isinstance(f.default, float) else f" (default: {f.default})"
+        flags[f.name] = (kind, text)
+    return flags
 
 
-AUGMENT_FLAGS = {
-    "crop_padding": (int, "pixels of zero padding for random crops (default: about 1/10 of the side)"),
-    "hflip": (bool, "random horizontal flips (default: on, off for digit sets)"),
-    "resized_crop": (float, "random resized crops keeping at least this share of the area, resampled to the image size "
-                            "(default: 0, off; 0.08 when starting from pretrained weights)"),
-    "translate": (float, "further random shift as a fraction of the side (default: 0)"),
-    "erasing": (float, "probability of random erasing (default: 0)"),
-    "alternate_flips": (bool, "mirror each image in every other epoch instead of at random (airbench's flips)"),
-}
-TRAIN_FLAGS = {
-    "model": (str, "network name: see 'imgclf models' (default: small_resnet, fitted to the image size; resnet18 with --pretrained)"),
-    "pretrained": ("store_true", "start from published weights (timm models; needs a network)"),
-    "weights": (str, "start from a local state dict (.safetensors, or .pth of tensors); the log says how much of the network it filled"),
-    "partial_weights": ("store_true", "accept --weights that fill under 90%% of the backbone (the rest stays random)"),
-    "init_from": (str, "start from the weights of an earlier run or bundle (new head when the classes differ)"),
-    "freeze_epochs": (int, "epochs training only the head before unfreezing the backbone (default: 0)"),
-    "backbone_lr_scale": (float, "backbone learning rate as a fraction of --lr (default: 1)"),
-    "freeze_stride": (int, "layers whose output is 1/N of the image's side or finer (the stem and first stages) keep their "
-                           "pretrained weights (default: 4 with pretrained weights, 0 otherwise)"),
-    "frozen_norms": (bool, "BatchNorm layers keep their pretrained statistics while fine-tuning (default: on with pretrained "
-                           "weights, off otherwise)"),
-    "adapt_norms": (bool, "BatchNorm statistics measured on your training images before the head is fitted, instead of the "
-                          "pretrained ones (default: on with pretrained weights)"),
-    "probe": ("store_true", "no fine-tuning: a linear head fitted in seconds on the pretrained network's features (computed once "
-                            "and cached); needs --pretrained or --weights"),
-    "head_from_probe": (bool, "fine-tuning starts from that fitted head (default: on with --pretrained or --weights)"),
-    "epochs": (int, "epochs to train (default: 12, up to 30 for small sets so that the run has about 1,200 steps)"),
-    "batch_size": (int, "images per step (default: 256, smaller for small training sets: about 100 steps an epoch, at least 32)"),
-    "lr": (float, "peak learning rate (default: 0.002 for adamw, 0.001 for adam, 0.1 for sgd)"),
-    "optimizer": (str, "adamw, adam or sgd (Nesterov) (default: adamw)"),
-    "momentum": (float, "SGD momentum, Nesterov (default: 0.9)"),
-    "weight_decay": (float, "weight decay (default: 0.05 for adamw, 5e-4 for sgd, 0 for adam)"),
-    "schedule": (str, "cosine, onecycle, linear, step or constant (default: cosine)"),
-    "warmup": (float, "fraction of the steps warming up (default: 0.02 for cosine, 0.25 for onecycle, else 0)"),
-    "label_smoothing": (float, "label smoothing of the training loss (default: 0.1)"),
-    "augment": (bool, "training augmentation on or off (default: on for runs of 15+ epochs and 1,000+ steps)"),
-    "time": (str, "a wall-clock budget such as 90s, 3m or 1h instead of --epochs: the epochs are planned from the measured "
-                  "speed so that the whole schedule and the final scoring fit in it"),
-    "preset": (str, "a named set of settings: " + ", ".join(f"'{k}' ({v})" for k, v in PRESET_HELP.items())
-                    + "; other flags override it"),
-    "ema": (bool, "evaluate and save an exponential moving average of the weights (default: off)"),
-    "ema_decay": (float, "the average's decay per step (default: 0.998)"),
-    "tta": (bool, "score the final model on each image, its mirror and 1-pixel shifts (when training used flips)"),
-    "mixup": (float, "mixup with Beta(a, a) (default: 0, off)"),
-    "cutmix": (float, "cutmix with Beta(a, a) (default: 0, off)"),
-    "decay_norms": (bool, "weight decay on normalisation weights and biases too (default: off)"),
-    "clip_grad": (float, "clip the gradient norm to this value (default: no clipping)"),
-    "class_weights": (str, "'balanced' weighs each class in the loss by the inverse of its frequency (default: none)"),
-    "sampler": (str, "'balanced' draws every class equally often each epoch (default: shuffle)"),
-    "device": (str, "auto, cpu, cuda or mps (default: auto: cuda, then mps, then cpu)"),
-    "precision": (str, "auto, 32, 16 or bf16 (default: auto: bf16 or 16 on CUDA, 32 elsewhere)"),
-    "channels_last": (bool, "channels-last memory format (default: on for CPU and CUDA)"),
-    "compile": ("store_true", "torch.compile the model"),
-    "keep": (str, "the weights the run ends with: best (the epoch of the highest validation accuracy) or last (default: last "
-                   "with pretrained weights, best otherwise)"),
-    "early_stop": (int, "stop after N epochs without a better validation accuracy (default: never)"),
-    "out": (str, "folder of run directories (default: runs)"),
-    "name": (str, "run directory name (default: <data>-<model>, numbered when taken)"),
-    "force": ("store_true", "replace an existing run directory of that --name"),
-    "dedupe": ("store_true", "drop exact repeats inside training (every copy when their labels differ) and training copies of "
-                             "validation/test images; each listed in dedupe.csv"),
-    "val": (str, "a separate validation source"),
-    "test": (str, "a separate test source"),
-    "save_every": (str, "checkpoints within epochs too: every N steps (500) or a duration (10m); a resume continues exactly there"),
-    "resume_if_exists": ("store_true", "with --name: continue that run if it exists and is unfinished, else start it "
-                                       "(for jobs a scheduler restarts; under torchrun restarts this is automatic)"),
-    "sync_bn": ("store_true", "several processes: BatchNorm statistics over the global batch (SyncBatchNorm)"),
-    "lr_scaling": (str, "several processes with --batch-size per process: none, linear or sqrt in the number of processes "
-                        "(default: none, the lr is the one for the global batch)"),
-    "dist_timeout": (float, "seconds a process waits for the others before the job ends with an error (default: 300)"),
-}
+DATA_FLAGS = flags_of(DataConfig)
+AUGMENT_FLAGS = flags_of(AugmentConfig)
+TRAIN_FLAGS = flags_of(TrainConfig)
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict) -> None:
     for name, (kind, text) in flags.items():
         flag = "--" + name.replace("_", "-")
-        if kind == "store_true":
-            parser.add_argument(flag, dest=name, action="store_true", default=None, help=text)
-        elif kind is bool:
+        text = text.replace("%", "%%")  # argparse formats help with %
+        if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
-
-
-def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    _add_flags(parser, DATA_FLAGS)
-    parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad file instead of skipping it")
 
 
 def _output_path(text: str, flag: str, example: str) -> Path:
@@ -153,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None:
         return _launch_torchrun(args.nproc, args.argv)
-    settings = _given(args, [*DATA_FLAGS, "strict", *AUGMENT_FLAGS, *TRAIN_FLAGS])
+    settings = _given(args, [*DATA_FLAGS, *AUGMENT_FLAGS, *TRAIN_FLAGS])
     if args.resume:
         run = train(args.source, resume=args.resume, **settings)
     else:
@@ -192,7 +118,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if args.plot:
         _output_path(args.plot, "--plot", "lr_find.png")  # a folder, or a file in the way, fails before any work
     base = Config.from_yaml(args.config) if args.config else None
-    result = lr_find(args.source, base, **_given(args, ["plot", "start", "end", "steps", *DATA_FLAGS, "strict", *AUGMENT_FLAGS,
+    result = lr_find(args.source, base, **_given(args, ["plot", "start", "end", "steps", *DATA_FLAGS, *AUGMENT_FLAGS,
                                                         *TRAIN_FLAGS]))
     print(result.summary())
     return 0
@@ -203,7 +129,7 @@ def _cmd_batch_find(args: argparse.Namespace) -> int:
     from imgclf.config import Config
 
     base = Config.from_yaml(args.config) if args.config else None
-    print(batch_find(args.source, base, **_given(args, [*DATA_FLAGS, "strict", *AUGMENT_FLAGS, *TRAIN_FLAGS])).summary())
+    print(batch_find(args.source, base, **_given(args, [*DATA_FLAGS, *AUGMENT_FLAGS, *TRAIN_FLAGS])).summary())
     return 0
 
 
@@ -425,7 +351,7 @@ def _data_commands(sub) -> None:
     inspect = data_sub.add_parser("inspect", help="show what a source holds: layout, classes, sizes, skipped files")
     inspect.add_argument("source", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, mnist, cifar10, cifar100, digits)")
     inspect.add_argument("--grid", metavar="FILE.png", help="also write a picture of a few images per class")
-    _add_data_flags(inspect)
+    _add_flags(inspect, DATA_FLAGS)
     inspect.set_defaults(run=_cmd_data_inspect)
     audit = data_sub.add_parser("audit", help="check a source before trusting a score: duplicates and leaks between splits, "
                                               "label conflicts, class balance, tiny and oddly shaped images")
@@ -433,11 +359,11 @@ def _data_commands(sub) -> None:
     audit.add_argument("--out", metavar="FILE.csv", help="where the findings go (default: audit.csv beside skipped.csv in the cache)")
     audit.add_argument("--json", metavar="FILE", help="also write the findings as JSON; '-' prints only the JSON")
     audit.add_argument("--exact-only", action="store_true", help="skip the near-duplicate search (a few seconds per 70,000 images)")
-    _add_data_flags(audit)
+    _add_flags(audit, DATA_FLAGS)
     audit.set_defaults(run=_cmd_data_audit)
     fetch = data_sub.add_parser("fetch", help="download a built-in dataset into the cache (or find it on this machine)")
     fetch.add_argument("name")
-    _add_data_flags(fetch)
+    _add_flags(fetch, DATA_FLAGS)
     fetch.set_defaults(run=_cmd_data_fetch)
 
 
@@ -448,7 +374,7 @@ def _train_command(sub) -> None:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (with --epochs, extend it)")
     train.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (torchrun, "
                                                              "DistributedDataParallel): one per GPU, or CPU processes sharing the cores")
-    _add_data_flags(train)
+    _add_flags(train, DATA_FLAGS)
     _add_flags(train, AUGMENT_FLAGS)
     _add_flags(train, TRAIN_FLAGS)
     train.set_defaults(run=_cmd_train)
@@ -465,7 +391,7 @@ def _train_command(sub) -> None:
     for trial in (lr, batch):
         trial.add_argument("source", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, ...)")
         trial.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. from an earlier run); flags override it")
-        _add_data_flags(trial)
+        _add_flags(trial, DATA_FLAGS)
         _add_flags(trial, AUGMENT_FLAGS)
         _add_flags(trial, TRAIN_FLAGS)
 

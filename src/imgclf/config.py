@@ -1,4 +1,5 @@
-"""The one home of every default. A CLI flag, a config field and a keyword argument share one name."""
+"""The one home of every default and its help. A CLI flag, a config field and a keyword argument share one
+name; cli.py builds the flags from these fields."""
 
 from __future__ import annotations
 
@@ -27,35 +28,49 @@ PRESET_HELP = {"best": "a wider network trained longer, with augmentation, a wei
                        "accuracy in about 4x the default's time"}
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field and the one text that documents it: the CLI's flag is built from the field (name,
+    type, default) and this help, with "(default: X)" added when the default is a value; a None default's
+    help says what is decided in its place."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class AugmentConfig:
     """Batched, on-device training augmentation; None means 'decide from the dataset'."""
 
-    crop_padding: int | None = None  # pixels of zero padding for random crops; None: about 1/10 of the side
-    resized_crop: float | None = None  # smallest share of the area a random resized crop keeps; None: 0 (off), 0.08 from pretrained weights
-    hflip: bool | None = None  # None: on, except for digit sets where a flip changes the meaning
-    translate: float = 0.0  # extra random shift, as a fraction of the side
-    erasing: float = 0.0  # probability of random erasing per image
-    alternate_flips: bool = False  # airbench's flips: each image mirrored in every other epoch, not at random
+    crop_padding: int | None = setting(None, "pixels of zero padding for random crops (default: about 1/10 of the side)")
+    resized_crop: float | None = setting(None,
+        "random resized crops keeping at least this share of the area, resampled to the image size (default: 0, off; 0.08"
+        " when starting from pretrained weights)")
+    hflip: bool | None = setting(None, "random horizontal flips (default: on, off for digit sets)")
+    translate: float = setting(0.0, "further random shift as a fraction of the side")
+    erasing: float = setting(0.0, "probability of random erasing per image")
+    alternate_flips: bool = setting(False, "mirror each image in every other epoch instead of at random (airbench's flips)")
 
 
 @dataclass
 class DataConfig:
     """How a source becomes arrays: size, channels, split, bad-file policy, where caches live."""
 
-    image_size: int | tuple[int, int] | None = None  # None: the dataset's own size, or one chosen from its sizes
-    resize: str = "crop"  # keep aspect ratio, then centre-crop or pad to the target size
-    interpolation: str | None = None  # how images are resampled to the size; None: bilinear (the transfer recipe writes it down)
-    crop_fraction: float | None = None  # share of the side the centre crop keeps (0.875: 224 px out of 256); None: 1, the whole square
-    channels: int | None = None  # None: 1 for all-gray data, 3 as soon as one image has colour
-    val_fraction: float = 0.1
-    seed: int = 0
-    strict: bool = False  # first bad file is an error instead of being skipped
-    data_root: str | None = None  # where built-in datasets are looked up first (also IMGCLF_DATA)
-    cache_dir: str | None = None  # decoded-image caches (also IMGCLF_CACHE); default: the user cache dir
-    workers: int | None = None  # decoding processes; None: all cores
-    id_column: str | None = None  # CSV layout; None: the first of id, filename, file, image, path
-    label_column: str | None = None  # CSV layout; None: the first of label, class, target
+    image_size: int | tuple[int, int] | None = setting(None,
+        "side of the square the images are brought to (default: the dataset's own size)")
+    resize: str = setting("crop", "keep the aspect ratio and 'crop' the centre or 'pad' to the size")
+    interpolation: str | None = setting(None,
+        "bilinear or bicubic resampling to the size (default: bilinear; pretrained weights often name bicubic, which "
+        "scored lower on users' pictures)")
+    crop_fraction: float | None = setting(None,
+        "share of the side the centre crop keeps, as ImageNet weights are evaluated (0.875: 224 px out of 256) (default: "
+        "1, the whole centred square)")
+    channels: int | None = setting(None, "1 (gray) or 3 (RGB); default: 1 for all-gray data, else 3")
+    val_fraction: float = setting(0.1, "share of training images kept for validation when there is no val split")
+    seed: int = setting(0, "seed of the validation split and shuffling")
+    strict: bool = setting(False, "stop at the first bad file instead of skipping it")
+    data_root: str | None = setting(None, "folder searched first for built-in datasets (also IMGCLF_DATA)")
+    cache_dir: str | None = setting(None, "where decoded-image caches live (also IMGCLF_CACHE)")
+    workers: int | None = setting(None, "decoding processes (default: all cores)")
+    id_column: str | None = setting(None, "CSV column holding image ids (default: id, filename, file, image or path)")
+    label_column: str | None = setting(None, "CSV column holding labels (default: label, class or target)")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -106,56 +121,89 @@ class TrainConfig:
     """The model and how it is trained; None means 'decide from the data, the budget and the hardware'
     (engine/recipe.py decides, and config.yaml records what it decided)."""
 
-    model: str | None = None  # None: small_resnet (a patch stem above 64 px); resnet18 when pretrained
-    pretrained: bool = False
-    weights: str | None = None  # a local state dict for the model
-    partial_weights: bool = False  # accept weights that fill under 90% of the backbone
-    init_from: str | None = None  # a run directory or bundle whose weights start this run
-    freeze_epochs: int = 0  # epochs training only the head (and norms) before unfreezing
-    backbone_lr_scale: float = 1.0  # backbone learning rate as a fraction of lr
-    freeze_stride: int | None = None  # layers whose output is 1/N of the image's side or finer keep their weights; None: 4 from pretrained weights, else 0 (none)
-    frozen_norms: bool | None = None  # BatchNorm keeps its pretrained statistics while fine-tuning (its scale and shift still learn); None: on from pretrained weights
-    adapt_norms: bool | None = None  # BatchNorm statistics measured on the training images before the head is fitted; None: on from pretrained weights
-    probe: bool = False  # no fine-tuning: a linear head fitted on the pretrained network's features, computed once and cached
-    head_from_probe: bool | None = None  # start the head from that linear fit; None: on when starting from pretrained weights
-    epochs: int | None = None  # None: 12, more for small sets so that the run has about 1,200 steps (at most 30)
-    batch_size: int | None = None  # None: 256, smaller for small training sets so that an epoch has enough steps
-    lr: float | None = None  # None: 2e-3 for adamw, 1e-3 for adam, 0.1 for sgd
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    weight_decay: float | None = None  # None: 0.05 for adamw (decoupled), 5e-4 for sgd, 0 for adam
-    schedule: str = "cosine"
-    warmup: float | None = None  # fraction of steps warming up; None: 0.25 for onecycle, 0.02 for cosine, else 0
-    label_smoothing: float = 0.1
-    decay_norms: bool = False  # weight decay on normalisation weights and biases too (off: only on weights of convs and linears)
-    clip_grad: float | None = None  # largest gradient norm; None: no clipping
-    ema: bool = False  # an exponential moving average of the weights is evaluated and saved instead of the raw weights
-    ema_decay: float = 0.998  # per step, ramped up over the first steps (timm's ModelEmaV2 habit)
-    tta: bool | None = None  # the final score averages the image, its mirror and 1-pixel shifts; None: when training flipped
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0: off
-    cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0: off (with mixup too, each batch picks one)
-    class_weights: str = "none"  # "balanced": the loss weighs each class by n / (classes x its count)
-    sampler: str = "shuffle"  # "balanced": each epoch draws classes equally often (with replacement)
-    time: str | None = None  # a wall-clock budget ("90s", "3m", "1h") instead of epochs: the epochs are planned to fit it
-    preset: str | None = None  # a named set of settings (see engine/recipe.py PRESETS); other settings override it
-    augment: bool | None = None  # None: on for long runs (15+ epochs and 1,000+ steps), off for short ones
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None  # None: on where it measurably helps (CUDA)
-    compile: bool = False
-    keep: str | None = None  # the weights a run ends with: "best" (highest validation accuracy) or "last"; None: last from pretrained weights, else best
-    early_stop: int = 0  # stop after this many epochs without a better validation accuracy; 0: never
-    out: str = "runs"
-    name: str | None = None
-    force: bool = False
-    dedupe: bool = False  # drop exact repeats inside training and training copies of val/test images
-    val: str | None = None  # a separate validation source
-    test: str | None = None  # a separate test source
-    save_every: str | None = None  # checkpoints within epochs too: every N steps ("500") or a duration ("10m")
-    resume_if_exists: bool = False  # a --name that holds an unfinished run continues it (a job restarted by a scheduler)
-    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (SyncBatchNorm)
-    lr_scaling: str = "none"  # several processes with --batch-size per process: none, linear or sqrt in the process count
-    dist_timeout: float = 300.0  # seconds a process waits for the others before the job ends (a lost or stuck rank)
+    model: str | None = setting(None,
+        "network name: see 'imgclf models' (default: small_resnet, fitted to the image size; resnet18 with --pretrained)")
+    pretrained: bool = setting(False, "start from published weights (timm models; needs a network)")
+    weights: str | None = setting(None,
+        "start from a local state dict (.safetensors, or .pth of tensors); the log says how much of the network it filled")
+    partial_weights: bool = setting(False, "accept --weights that fill under 90% of the backbone (the rest stays random)")
+    init_from: str | None = setting(None,
+        "start from the weights of an earlier run or bundle (new head when the classes differ)")
+    freeze_epochs: int = setting(0, "epochs training only the head before unfreezing the backbone")
+    backbone_lr_scale: float = setting(1.0, "backbone learning rate as a fraction of --lr")
+    freeze_stride: int | None = setting(None,
+        "layers whose output is 1/N of the image's side or finer (the stem and first stages) keep their pretrained "
+        "weights (default: 4 with pretrained weights, 0 otherwise)")
+    frozen_norms: bool | None = setting(None,
+        "BatchNorm layers keep their pretrained statistics while fine-tuning (default: on with pretrained weights, off "
+        "otherwise)")
+    adapt_norms: bool | None = setting(None,
+        "BatchNorm statistics measured on your training images before the head is fitted, instead of the pretrained ones "
+        "(default: on with pretrained weights)")
+    probe: bool = setting(False,
+        "no fine-tuning: a linear head fitted in seconds on the pretrained network's features (computed once and cached);"
+        " needs --pretrained or --weights")
+    head_from_probe: bool | None = setting(None,
+        "fine-tuning starts from that fitted head (default: on with --pretrained or --weights)")
+    epochs: int | None = setting(None,
+        "epochs to train (default: 12, up to 30 for small sets so that the run has about 1,200 steps)")
+    batch_size: int | None = setting(None,
+        "images per step (default: 256, smaller for small training sets: about 100 steps an epoch, at least 32)")
+    lr: float | None = setting(None, "peak learning rate (default: 0.002 for adamw, 0.001 for adam, 0.1 for sgd)")
+    optimizer: str = setting("adamw", "adamw, adam or sgd (Nesterov)")
+    momentum: float = setting(0.9, "SGD momentum, Nesterov")
+    weight_decay: float | None = setting(None, "weight decay (default: 0.05 for adamw, 5e-4 for sgd, 0 for adam)")
+    schedule: str = setting("cosine", "cosine, onecycle, linear, step or constant")
+    warmup: float | None = setting(None,
+        "fraction of the steps warming up (default: 0.02 for cosine, 0.25 for onecycle, else 0)")
+    label_smoothing: float = setting(0.1, "label smoothing of the training loss")
+    decay_norms: bool = setting(False,
+        "weight decay on normalisation weights and biases too (without it: only on the weights of convs and linears)")
+    clip_grad: float | None = setting(None, "clip the gradient norm to this value (default: no clipping)")
+    ema: bool = setting(False, "evaluate and save an exponential moving average of the weights")
+    ema_decay: float = setting(0.998, "the average's decay per step")
+    tta: bool | None = setting(None,
+        "score the final model on each image, its mirror and 1-pixel shifts (when training used flips)")
+    mixup: float = setting(0.0, "mixup with Beta(a, a); 0 is off")
+    cutmix: float = setting(0.0, "cutmix with Beta(a, a); 0 is off (with --mixup too, each batch picks one)")
+    class_weights: str = setting("none", "'balanced' weighs each class in the loss by the inverse of its frequency")
+    sampler: str = setting("shuffle", "'balanced' draws every class equally often each epoch")
+    time: str | None = setting(None,
+        "a wall-clock budget such as 90s, 3m or 1h instead of --epochs: the epochs are planned from the measured speed so"
+        " that the whole schedule and the final scoring fit in it")
+    preset: str | None = setting(None, "a named set of settings: " + ", ".join(f"'{k}' ({v})" for k, v in PRESET_HELP.items())
+                                 + "; other settings override it")
+    augment: bool | None = setting(None,
+        "training augmentation on or off (default: on for runs of 15+ epochs and 1,000+ steps)")
+    device: str = setting("auto", "auto, cpu, cuda or mps; auto takes cuda, then mps, then cpu")
+    precision: str = setting("auto",
+        "auto, 32, 16 or bf16; auto is bf16 or 16 on CUDA, 32 elsewhere (bf16 on a CPU only when asked and it has bf16 "
+        "units)")
+    channels_last: bool | None = setting(None, "channels-last memory format (default: on for CPU and CUDA)")
+    compile: bool = setting(False, "torch.compile the model")
+    keep: str | None = setting(None,
+        "the weights the run ends with: best (the epoch of the highest validation accuracy) or last (default: last with "
+        "pretrained weights, best otherwise)")
+    early_stop: int = setting(0, "stop after N epochs without a better validation accuracy; 0 never stops early")
+    out: str = setting("runs", "folder of run directories")
+    name: str | None = setting(None, "run directory name (default: <data>-<model>, numbered when taken)")
+    force: bool = setting(False, "replace an existing run directory of that --name")
+    dedupe: bool = setting(False,
+        "drop exact repeats inside training (every copy when their labels differ) and training copies of validation/test "
+        "images; each listed in dedupe.csv")
+    val: str | None = setting(None, "a separate validation source")
+    test: str | None = setting(None, "a separate test source")
+    save_every: str | None = setting(None,
+        "checkpoints within epochs too: every N steps (500) or a duration (10m); a resume continues exactly there")
+    resume_if_exists: bool = setting(False,
+        "with --name: continue that run if it exists and is unfinished, else start it (for jobs a scheduler restarts; "
+        "under torchrun restarts this is automatic)")
+    sync_bn: bool = setting(False, "several processes: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    lr_scaling: str = setting("none",
+        "several processes with --batch-size per process: none, linear or sqrt in the number of processes; none: the lr "
+        "is the one for the global batch")
+    dist_timeout: float = setting(300.0,
+        "seconds a process waits for the others before the job ends with an error (a lost or stuck rank)")
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("precision", PRECISIONS),
