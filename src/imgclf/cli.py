@@ -281,7 +281,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             default = " [default]" if e.is_default else ""
             print(f"  {e.name:<{width}}  {e.description}; from: {e.origin}{default}")
     archs, with_weights = timm_models.list_matching(pattern)
-    print(f"timm architectures matching '{pattern}': {len(archs)} ({len([a for a in archs if a in with_weights])} with pretrained weights, marked *)")
+    weighted = len([a for a in archs if a in with_weights])
+    print(f"timm architectures matching '{pattern}': {len(archs)} ({weighted} with pretrained weights, marked *)")
     if args.pattern:
         shown = archs if args.all else archs[:args.limit]
         for name in shown:

@@ -269,7 +269,7 @@ class Config:
         if isinstance(self.train, dict):
             self.train = from_dict(TrainConfig, self.train)
 
-    def override(self, **values) -> "Config":
+    def override(self, **values) -> Config:
         """A copy with flat settings (image_size=64, lr=0.05, erasing=0.2, ...) applied and validated."""
         sections = {"data": to_dict(self.data), "train": to_dict(self.train)}
         homes = {name: ("data",) for name in sections["data"] if name != "augment"}
@@ -295,16 +295,18 @@ class Config:
         return yaml.safe_dump({"data": to_dict(self.data), "train": to_dict(self.train)}, sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, path) -> "Config":
+    def from_yaml(cls, path) -> Config:
         import yaml
 
         try:
             with open(path) as f:
                 values = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ImgclfError(f"{path}: cannot read it as a YAML config ({str(err).splitlines()[0]}); pass a config.yaml written by imgclf.") from None
+            raise ImgclfError(f"{path}: cannot read it as a YAML config ({str(err).splitlines()[0]}); "
+                              "pass a config.yaml written by imgclf.") from None
         if not isinstance(values, dict) or set(values) - {"data", "train"}:
-            raise ImgclfError(f"{path}: a config has two sections, data: and train:; found {sorted(values) if isinstance(values, dict) else type(values).__name__}.")
+            found = sorted(values) if isinstance(values, dict) else type(values).__name__
+            raise ImgclfError(f"{path}: a config has two sections, data: and train:; found {found}.")
         return cls(data=dict(values.get("data") or {}), train=dict(values.get("train") or {}))
 
 

@@ -70,7 +70,8 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], o
     pairs = [{"true": classes[i], "predicted": classes[j], "count": n} for n, i, j in sorted(off, reverse=True)[:CONFUSED_PAIRS]]
     worst = np.argsort(-per_sample_loss, kind="stable")[:TOP_LOSSES]
     metrics = {
-        "images": int(len(labels)), **({"non_finite": int(broken.sum())} if broken.any() else {}), "loss": float(per_sample_loss.mean()), "accuracy": float(accuracy_score(labels, pred)),
+        "images": int(len(labels)), **({"non_finite": int(broken.sum())} if broken.any() else {}),
+        "loss": float(per_sample_loss.mean()), "accuracy": float(accuracy_score(labels, pred)),
         "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
                       for i, c in enumerate(classes)],
         "macro_avg": averages["macro"], "weighted_avg": averages["weighted"],

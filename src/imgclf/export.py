@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclf.errors import ImgclfError
 from imgclf.engine.bundle import BundleSpec
+from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf")
 FORMATS = ("onnx", "torchscript")

@@ -46,10 +46,10 @@ def _one_torch_thread() -> None:
 
 # The classifier of this worker process, set by its pool's initializer (never in the caller's process):
 # a forked worker inherits the caller's classifier, a spawned one (macOS) loads the bundle once.
-_WORKER: "ImageClassifier | None" = None
+_WORKER: ImageClassifier | None = None
 
 
-def _adopt(clf: "ImageClassifier | str", tta: bool) -> None:
+def _adopt(clf: ImageClassifier | str, tta: bool) -> None:
     global _WORKER
     _one_torch_thread()
     _WORKER = clf if isinstance(clf, ImageClassifier) else ImageClassifier(clf, device="cpu", tta=tta)
@@ -74,7 +74,7 @@ class ImageClassifier:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: BundleSpec, device: str | torch.device = "auto",
-                   batch_size: int | None = None, tta: bool = False, name: str = "the model in training") -> "ImageClassifier":
+                   batch_size: int | None = None, tta: bool = False, name: str = "the model in training") -> ImageClassifier:
         """A model still in memory (the end of a run) predicting exactly as its bundle will: the run's own
         final score goes through the same code as evaluate, predict and the service."""
         self = cls.__new__(cls)
@@ -131,7 +131,8 @@ class ImageClassifier:
         """Processes that decode files and (on a CPU) run this model, for the caller to own and reuse over
         many files_with_probabilities calls; close it with shutdown() or a with block."""
         return ProcessPoolExecutor(max_workers=worker_count(workers or self.workers), mp_context=pool_context(),
-                                   initializer=_adopt, initargs=(self if pool_context().get_start_method() == "fork" else str(self.path), self.tta))
+                                   initializer=_adopt,
+                                   initargs=(self if pool_context().get_start_method() == "fork" else str(self.path), self.tta))
 
     def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None,
                                  pool: ProcessPoolExecutor | None = None) -> tuple[list[Item], np.ndarray]:
@@ -316,7 +317,8 @@ def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[lis
     return ids, paths
 
 
-def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_k: int = 0, proba: bool = False) -> tuple[list[str], list[dict]]:
+def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_k: int = 0,
+                    proba: bool = False) -> tuple[list[str], list[dict]]:
     """The submission table's columns (id, label, optional top-k and probabilities) and one row per input;
     a row also carries its error (empty label) and the libraries' warning, which are not columns: a
     strict submission checker rejects an extra column, so they go to files of their own."""
@@ -359,7 +361,8 @@ def fill_template(template: Path, rows: list[dict]) -> tuple[list[str], list[dic
         by_id.setdefault(os.path.splitext(key)[0], by_id[key])
     missing = [r[id_col] for r in t_rows if str(r[id_col]).strip() not in by_id]
     if missing:
-        raise ImgclfError(f"{template}: {len(missing)} id(s) were not among the inputs (e.g. {missing[0]}); predict on the images the template lists.")
+        raise ImgclfError(f"{template}: {len(missing)} id(s) were not among the inputs (e.g. {missing[0]}); "
+                          "predict on the images the template lists.")
     out = []
     for r in t_rows:
         pred = by_id[str(r[id_col]).strip()]

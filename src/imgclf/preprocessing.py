@@ -27,7 +27,7 @@ class Preprocessing:
     crop_fraction: float = 1.0
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "Preprocessing":
+    def from_spec(cls, spec: dict) -> Preprocessing:
         """From model.json's input and normalization; bundles written before interpolation and crop_fraction
         could change decoded bilinearly and kept the whole square, which the defaults say."""
         inp, norm = spec["input"], spec["normalization"]

@@ -96,7 +96,8 @@ class Audit:
             lines.append("examples (an image = the earlier image it repeats):")
             for f in pairs[:EXAMPLES]:
                 dist = f" (distance {f.distance:g})" if f.distance is not None else ""
-                lines.append(f"  {f.kind}{dist}: {f.path_a} [{f.split_a}, {f.label_a or '?'}] = {f.path_b} [{f.split_b}, {f.label_b or '?'}]")
+                lines.append(f"  {f.kind}{dist}: {f.path_a} [{f.split_a}, {f.label_a or '?'}] = "
+                             f"{f.path_b} [{f.split_b}, {f.label_b or '?'}]")
             if len(pairs) > EXAMPLES:
                 lines.append(f"  ... and {len(pairs) - EXAMPLES} more")
         return "\n".join(lines)

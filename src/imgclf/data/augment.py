@@ -102,7 +102,7 @@ class Augment:
     min_area: float = 0.0  # random resized crops keep this share of the area or more; 0: none
 
     @classmethod
-    def resolve(cls, cfg: AugmentConfig, image_size: tuple[int, int], hflip_default: bool) -> "Augment":
+    def resolve(cls, cfg: AugmentConfig, image_size: tuple[int, int], hflip_default: bool) -> Augment:
         h, w = image_size
         cfg = decided(cfg, image_size, hflip_default)
         return cls(cfg.crop_padding + round(cfg.translate * h), cfg.crop_padding + round(cfg.translate * w), cfg.hflip, cfg.erasing,

@@ -34,7 +34,8 @@ class Builtin:
 
 BUILTINS = {
     "fashion-mnist": Builtin("fashion-mnist", True, ("fashion-mnist", "FashionMNIST/raw"), "dataset-fashion-mnist",
-                             "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"),
+                             "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+                             "t10k-labels-idx1-ubyte.gz"),
     "mnist": Builtin("mnist", False, ("mnist", "MNIST/raw"), None,
                      "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"),
     "cifar10": Builtin("cifar10", True, ("cifar10", "cifar-10-batches-bin"), None,

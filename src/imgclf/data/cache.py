@@ -22,10 +22,10 @@ import numpy as np
 
 from imgclf.config import DataConfig
 from imgclf.data import decode
-from imgclf.data.parallel import chunks, run_chunks, worker_count
 from imgclf.data.listing import FileListing
 from imgclf.data.noise import merged
-from imgclf.data.skips import Skipped, SkipLog, read_skipped, read_warnings, write_skipped, write_warnings
+from imgclf.data.parallel import chunks, run_chunks, worker_count
+from imgclf.data.skips import SkipLog, Skipped, read_skipped, read_warnings, write_skipped, write_warnings
 from imgclf.errors import DataError
 
 CACHE_VERSION = 2  # 2: per-file original sizes and the libraries' warnings
@@ -165,7 +165,8 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
         else:
             good.append((entry, info))
     if not good:
-        raise DataError(f"{listing.root}: none of its {len(entries)} image files could be read; see the reasons with 'imgclf data inspect {listing.root}'.")
+        raise DataError(f"{listing.root}: none of its {len(entries)} image files could be read; see the reasons with "
+                        f"'imgclf data inspect {listing.root}'.")
     key_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = key_dir.with_name(key_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,7 +182,8 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
             decode_skips.append(Skipped(good_paths[row], reason))
         keep = [i for i in range(len(good)) if i not in failed]
         if not keep:
-            raise DataError(f"{listing.root}: none of its {len(entries)} image files could be decoded; see the reasons with 'imgclf data inspect {listing.root}'.")
+            raise DataError(f"{listing.root}: none of its {len(entries)} image files could be decoded; see the reasons with "
+                            f"'imgclf data inspect {listing.root}'.")
         remaining = [good[i] for i in keep]
         # A file whose header reads but whose pixels do not (truncated, corrupt) must not choose the size or
         # the channels of the others: when it swayed the automatic choice, the rest is decoded again.

@@ -285,14 +285,13 @@ def decode_into(paths: list[str], start: int, out_file: str, channels: int, size
                 resize: str, interpolation: str = "bilinear", crop_fraction: float = 1.0) -> tuple[list[tuple[int, str]], dict[str, str]]:
     """decode() a chunk straight into rows start.. of the cache's .npy, so no pixels cross processes;
     returns the (row, reason) of each file that failed, and what the libraries said."""
-    out = np.load(out_file, mmap_mode="r+")
+    rows = np.load(out_file, mmap_mode="r+")
 
     def write(i: int, path: str) -> None:
-        out[start + i] = decode(path, channels, size, resize, None, interpolation, crop_fraction)
+        rows[start + i] = decode(path, channels, size, resize, None, interpolation, crop_fraction)
 
     results, noise = _over_chunk(paths, write)
-    out.flush()
-    del out
+    rows.flush()  # the map closes when the function returns, before the chunk's result goes back
     return [(start + i, r) for i, r in enumerate(results) if isinstance(r, str)], noise
 
 

@@ -55,11 +55,11 @@ class ImageSet:
         """The whole split as one in-memory array."""
         return self.take(np.arange(len(self.index)))
 
-    def subset(self, rows: np.ndarray) -> "ImageSet":
+    def subset(self, rows: np.ndarray) -> ImageSet:
         rows = np.asarray(rows, dtype=np.int64)
         return ImageSet(self.images, self.index[rows], self.labels[rows], self.all_origins)
 
-    def relabel(self, own_classes: list[str], target_classes: list[str], target: str) -> "ImageSet":
+    def relabel(self, own_classes: list[str], target_classes: list[str], target: str) -> ImageSet:
         """The split with labels renumbered from own_classes to target_classes (matched by name).
 
         A labeled image of a class the target lacks is an error naming those classes; unlabeled stay -1.
@@ -67,7 +67,7 @@ class ImageSet:
         if own_classes == target_classes:
             return self
         index = {c: i for i, c in enumerate(target_classes)}
-        present = {own_classes[l] for l in np.unique(self.labels[self.labels >= 0])}
+        present = {own_classes[k] for k in np.unique(self.labels[self.labels >= 0])}
         unknown = sorted(present - set(index))
         if unknown:
             raise DataError(f"classes {unknown[:5]} are not among the {target} ({len(target_classes)} classes); they cannot be scored.")
@@ -124,7 +124,7 @@ class ImageData:
         return {name: s for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
 
     def resized(self, size: tuple[int, int], resize: str, note: str, interpolation: str = "bilinear",
-                crop_fraction: float = 1.0) -> "ImageData":
+                crop_fraction: float = 1.0) -> ImageData:
         """Every split brought to `size` in memory (as decoding would with that size asked for), the
         normalisation measured again; `note` replaces the one that said the size. For small images only:
         the result is an in-memory copy of all of them."""
@@ -153,11 +153,13 @@ class ImageData:
         lines = [f"{self.source}: {self.layout}; {self.num_classes} classes; {sizes} images of {self.channels}x{h}x{w}"]
         lines += self.notes
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} file(s)" + (f"; reasons in {self.cache_dir / 'skipped.csv'}" if self.cache_dir else ""))
+            where = f"; reasons in {self.cache_dir / 'skipped.csv'}" if self.cache_dir else ""
+            lines.append(f"skipped {len(self.skipped)} file(s){where}")
         return "\n".join(lines)
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def stratified_split(labels: np.ndarray, fraction: float, seed: int,
+                     classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Train and validation positions with each class split in the same proportion, reproducibly.
 
     A class with a single image cannot be on both sides: it stays in training, and a note names it.

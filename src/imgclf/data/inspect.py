@@ -39,7 +39,8 @@ def describe(data: ImageData, audit=None) -> str:
         lines.append(f"cache:   {data.cache_dir} ({'hit: nothing decoded' if data.cache_hit else 'built now'})")
     if data.submission_template:
         lines.append(f"submission template: {data.submission_template}")
-    lines.append(f"skipped: {len(data.skipped)} file(s)" + (f", listed in {data.cache_dir / 'skipped.csv'}" if data.skipped and data.cache_dir else ""))
+    where = f", listed in {data.cache_dir / 'skipped.csv'}" if data.skipped and data.cache_dir else ""
+    lines.append(f"skipped: {len(data.skipped)} file(s){where}")
     for s in data.skipped[:SKIPS_SHOWN]:
         lines.append(f"  {s.path}: {s.reason}")
     if len(data.skipped) > SKIPS_SHOWN:

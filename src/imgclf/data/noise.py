@@ -19,7 +19,7 @@ MAX_TEXT = 500  # characters kept per file: a corrupt file can make a decoder re
 class NoiseCatcher:
     """Context manager for one chunk of files; `take()` after each file returns what it caused."""
 
-    def __enter__(self) -> "NoiseCatcher":
+    def __enter__(self) -> NoiseCatcher:
         sys.stderr.flush()
         self._saved = os.dup(2)
         self._sink = tempfile.TemporaryFile()

@@ -60,7 +60,7 @@ class BundleSpec:
                 "preprocessing": PREPROCESSING_TEXT, "metrics": self.metrics, "source": self.source, "versions": self.versions}
 
     @classmethod
-    def from_json(cls, d: dict, where: str | Path = "model.json") -> "BundleSpec":
+    def from_json(cls, d: dict, where: str | Path = "model.json") -> BundleSpec:
         """A spec from model.json's content; keys added after format 1 began (interpolation, crop_fraction,
         class_type, training, pretrained) take what bundles written before them meant."""
         version = d.get("format")
@@ -92,10 +92,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_bundle(folder: Path, model: nn.Module, spec: BundleSpec) -> Path:
     """Write model.safetensors and model.json into folder, the versions of this imgclf and its libraries
     added to the spec."""
+    import timm
     from safetensors.torch import save
 
     import imgclf
-    import timm
 
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     atomic_write(folder / "model.safetensors", lambda f: f.write(save(state)))

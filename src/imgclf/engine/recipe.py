@@ -102,7 +102,8 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
             batch = per
     else:
         if batch * world_size > n:
-            notes.append(f"batch size {batch} capped to the {n} training images" + (f" shared by {world_size} processes" if world_size > 1 else ""))
+            shared = f" shared by {world_size} processes" if world_size > 1 else ""
+            notes.append(f"batch size {batch} capped to the {n} training images{shared}")
             batch = max(1, n // world_size)
         if world_size > 1:
             how = t.lr_scaling if scale_lr else "none"

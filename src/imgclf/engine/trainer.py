@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.config import Config
-from imgclf.data.imageset import ImageData
 from imgclf.data.augment import mix, test_time_views
+from imgclf.data.imageset import ImageData
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine import hardware
 from imgclf.engine.bundle import unwrap

@@ -136,7 +136,8 @@ def decide(config: Config, data: ImageData) -> tuple[Config, list[str]]:
                      "features, and the costliest backward pass (--freeze-stride 0 trains them too)")
     if t.frozen_norms is None:
         changes["frozen_norms"] = True
-        which = "measured on your images before the first epoch" if changes.get("adapt_norms", t.adapt_norms) else "of the pretrained weights"
+        adapted = changes.get("adapt_norms", t.adapt_norms)
+        which = "measured on your images before the first epoch" if adapted else "of the pretrained weights"
         notes.append(f"BatchNorm keeps the statistics {which} while fine-tuning (its scale and shift still learn): batches of "
                      "a few dozen photos estimate them worse, and the fitted head was fitted on them (--no-frozen-norms)")
     if t.keep is None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -51,7 +51,7 @@ class Architecture:
                 "image_size": list(self.image_size), "kwargs": dict(self.kwargs)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Architecture":
+    def from_json(cls, d: dict) -> Architecture:
         return cls(str(d["name"]), int(d["in_channels"]), int(d["num_classes"]), _size(d["image_size"]), dict(d.get("kwargs", {})))
 
 
@@ -99,7 +99,8 @@ def create_model(name: str, in_channels: int, num_classes: int, image_size, *, p
     fit=False leaves out the arguments a built-in network would take from the image size (a bundle passes
     the ones it recorded; one made before an argument existed gets the network's default, as it was trained).
     """
-    from imgclf.models import timm_models, weights as weight_files
+    from imgclf.models import timm_models
+    from imgclf.models import weights as weight_files
 
     size = _size(image_size)
     check_model_name(name, pretrained)

@@ -26,7 +26,6 @@ from torch import nn
 from imgclf.models.base import Classifier
 from imgclf.models.registry import register_model
 
-
 PATCH_ABOVE = 64  # px: larger images get a patch stem that brings them to at most this side
 # A stage pools before its norm only where the pooled map keeps at least this side: on smaller maps the
 # norm's batch statistics come from too few pixels, and the saving is nil there anyway. digits (8 px,

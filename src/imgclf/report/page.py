@@ -82,6 +82,7 @@ def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Pa
     m = evaluation.metrics
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else "(not recorded)"
     arch = read_spec(run_dir).architecture.name if (run_dir / "model.json").exists() else "?"
+    views = " with test-time views (mirror and 1-pixel shifts)" if m.get("tta") else ""
     figures = [("accuracy", f"{100 * m['accuracy']:.2f}%"), ("loss", f"{m['loss']:.4f}"), ("images", f"{m['images']:,}")]
     if "top5_accuracy" in m:
         figures.insert(1, ("top-5 accuracy", f"{100 * m['top5_accuracy']:.2f}%"))
@@ -93,7 +94,7 @@ def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Pa
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(run_dir.name)}</h1>
 <p class="muted">imgclf report, written {time.strftime('%Y-%m-%d %H:%M')}; model {html.escape(arch)},
-{len(evaluation.classes)} classes; scored on the {html.escape(evaluation.split)} split{' with test-time views (mirror and 1-pixel shifts)' if m.get('tta') else ''}.</p>
+{len(evaluation.classes)} classes; scored on the {html.escape(evaluation.split)} split{views}.</p>
 <h2>Figures</h2><div class="figures">{figure_html}</div>
 {section('curves', 'Training curves')}
 <h2>Classification report</h2>{_class_table(m)}

@@ -136,13 +136,13 @@ class Service:
             self.metrics.rejections.labels(self.state().split(":")[0]).inc()
             raise ServeError(503, f"not ready: {self.state()}", "not_ready", {"Retry-After": "1"})
 
-    def arrival(self) -> "Arrival":
+    def arrival(self) -> Arrival:
         """A request on its way to the model (read, decoded), counted until it is queued or refused, so the
         batcher knows whether company is coming."""
         self.require_ready()
         return Arrival(self)
 
-    async def infer(self, pixels: np.ndarray, started: float, arrival: "Arrival") -> np.ndarray:
+    async def infer(self, pixels: np.ndarray, started: float, arrival: Arrival) -> np.ndarray:
         remaining = self.settings.timeout_s - (time.monotonic() - started)
         try:
             future = self.batcher.submit(pixels, remaining)
@@ -154,7 +154,7 @@ class Service:
         self.metrics.queue.set(self.batcher.depth())
         try:
             probs = await asyncio.wait_for(asyncio.wrap_future(future), max(remaining, 0.001))
-        except (asyncio.TimeoutError, Expired):
+        except (TimeoutError, Expired):
             self.metrics.rejections.labels("deadline").inc()
             raise ServeError(504, f"no answer within the {self.settings.timeout_s:g} s deadline", "deadline") from None
         finally:
@@ -194,7 +194,7 @@ class Arrival:
             self.counted = False
             self.service.arriving -= 1
 
-    def __enter__(self) -> "Arrival":
+    def __enter__(self) -> Arrival:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -486,8 +486,9 @@ async def _uploaded(request: Request, service: Service) -> list[tuple[str, bytes
             form = await request.form(max_files=limit + 1, max_fields=limit + 1, max_part_size=service.settings.max_body)
         except StarletteHTTPException as err:
             too_many = "Too many" in str(err.detail)
-            raise ServeError(413 if too_many else 400, f"{'more than the allowed images or fields' if too_many else 'unreadable multipart body'}: "
-                             f"{err.detail}", "too_many_images" if too_many else "bad_multipart") from None
+            what = "more than the allowed images or fields" if too_many else "unreadable multipart body"
+            code = "too_many_images" if too_many else "bad_multipart"
+            raise ServeError(413 if too_many else 400, f"{what}: {err.detail}", code) from None
         blobs = []
         try:
             for field, value in form.multi_items():

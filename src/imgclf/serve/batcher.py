@@ -4,8 +4,9 @@ A forward pass of 64 images costs far less than 64 passes of one, so under load 
 grouping; alone, a request must not wait for company it will not get. The thread takes the first
 waiting request, then whatever else is queued, up to max_batch images; it waits (at most max_wait)
 only while other requests have arrived and are still being decoded (`arriving()`), so a lone client
-never waits: waiting max_wait on every request cost a single client 3x its latency (1.7 ms -> 5.3 ms). The queue is bounded (a full one refuses at once, so memory stays bounded under overload) and
-every request carries its deadline: one that expired while queued is answered without computing.
+never waits: waiting max_wait on every request cost a single client 3x its latency (1.7 ms -> 5.3 ms).
+The queue is bounded (a full one refuses at once, so memory stays bounded under overload) and every
+request carries its deadline: one that expired while queued is answered without computing.
 """
 
 from __future__ import annotations

@@ -41,10 +41,11 @@ class ServeSettings:
             return None
         value = os.environ.get(self.token_env, "")
         if not value:
-            raise ImgclfError(f"--token-env {self.token_env}: that environment variable is empty or unset; export {self.token_env}=<a long random token>.")
+            raise ImgclfError(f"--token-env {self.token_env}: that environment variable is empty or unset; "
+                              f"export {self.token_env}=<a long random token>.")
         return value
 
-    def check(self) -> "ServeSettings":
+    def check(self) -> ServeSettings:
         for name in ("max_batch", "max_queue", "workers", "max_images", "max_pixels", "top_k"):
             if getattr(self, name) < 1:
                 raise ImgclfError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
@@ -69,7 +70,7 @@ class ServeSettings:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_env(cls) -> "ServeSettings":
+    def from_env(cls) -> ServeSettings:
         return cls(**json.loads(os.environ[ENV]))
 
 
