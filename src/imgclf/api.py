@@ -79,8 +79,10 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     plan.run_dir = world.from_main(plan.run_dir)  # the name is agreed before any rank writes
     resuming = world.gather(plan.resuming)
     if len(set(resuming)) > 1:
-        raise ImgclfError(f"rank 0 {'resumes' if resuming[0] else 'starts'} {plan.run_dir} but another rank "
-                          f"{'does not see it' if resuming[0] else 'sees a run there'}: put --out on storage every machine sees.")
+        raise ImgclfError(
+            f"rank 0 {'resumes' if resuming[0] else 'starts'} {plan.run_dir} but another rank "
+            f"{'does not see it' if resuming[0] else 'sees a run there'}: put --out on storage every machine sees."
+        )
     if world.distributed and plan.config.train.time:
         raise ImgclfError("--time plans a run in one process; under torchrun give --epochs instead.")
     data_obj = _load_once_per_machine(plan, world)
@@ -88,8 +90,7 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     config, notes = recipe.resolve(_per_process(plan, world), data_obj, world.world_size, scale_lr=not plan.resuming)
     data_obj, dropped = _check_duplicates(data_obj, config)
     callbacks = _callbacks(config)
-    trainer = Trainer(data_obj, config, plan.run_dir, replace=config.train.force and not plan.resuming, world=world,
-                      callbacks=callbacks)
+    trainer = Trainer(data_obj, config, plan.run_dir, replace=config.train.force and not plan.resuming, world=world, callbacks=callbacks)
     if budget is not None:
         trainer, config, notes = _plan_to_budget(budget, trainer, plan, data_obj)
     for note in notes:
@@ -97,9 +98,13 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     if config.train.model is None:  # started from a run or bundle: its architecture
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, model=trainer.arch.name))
         trainer.config = config
-    info = {**plan.info, "requested": _plain(plan.requested) if not plan.resuming else plan.info.get("requested", {}),
-            "splits": _splits(data_obj, config, plan), "processes": world.world_size,
-            **({"torchrun_id": distributed.run_id()} if distributed.run_id() else {})}
+    info = {
+        **plan.info,
+        "requested": _plain(plan.requested) if not plan.resuming else plan.info.get("requested", {}),
+        "splits": _splits(data_obj, config, plan),
+        "processes": world.world_size,
+        **({"torchrun_id": distributed.run_id()} if distributed.run_id() else {}),
+    }
     if plan.resuming:
         trainer.restore(plan.checkpoint)
         info["changes"] = [*plan.info.get("changes", []), *plan.changes]
@@ -107,8 +112,11 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
             (plan.run_dir / "config.yaml").write_text(config.to_yaml())
             (plan.run_dir / "run.json").write_text(json.dumps(info, indent=2))
         if trainer.epoch >= config.train.epochs:
-            log.info("%s has done all its %d epochs: nothing to train; its bundle and report are written again (a larger "
-                     "--epochs extends it)", plan.run_dir, trainer.epoch)
+            log.info(
+                "%s has done all its %d epochs: nothing to train; its bundle and report are written again (a larger --epochs extends it)",
+                plan.run_dir,
+                trainer.epoch,
+            )
         else:
             within = plan.checkpoint.get("within_epoch")
             where = f"within epoch {trainer.epoch + 1} ({int(within['batches'])} batches in)" if within else f"after epoch {trainer.epoch}"
@@ -126,8 +134,9 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     world.barrier()  # every rank done; from here rank 0 works alone
     test = _finish(trainer, source_id(plan.source)) if world.is_main else None
     if world.is_main:
-        log.info("done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)",
-                 trainer.run_dir)
+        log.info(
+            "done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)", trainer.run_dir
+        )
     return Run(trainer.run_dir, trainer.model, trainer.history, config, data_obj, test, trainer.best)
 
 
@@ -158,10 +167,23 @@ def _per_process(plan: RunPlan, world: distributed.World) -> Config:
     if before == world.world_size or batch is None:
         return config
     per = max(1, round(batch * before / world.world_size))
-    log.info("resuming in %d process%s instead of %d: batches of %d per process keep the global batch of %d", world.world_size,
-             "" if world.world_size == 1 else "es", before, per, batch * before)
-    plan.changes.append({"epoch": int(plan.checkpoint["epoch"]) + 1, "setting": "batch_size", "from": batch, "to": per,
-                         "why": f"{before} -> {world.world_size} processes, the global batch kept"})
+    log.info(
+        "resuming in %d process%s instead of %d: batches of %d per process keep the global batch of %d",
+        world.world_size,
+        "" if world.world_size == 1 else "es",
+        before,
+        per,
+        batch * before,
+    )
+    plan.changes.append(
+        {
+            "epoch": int(plan.checkpoint["epoch"]) + 1,
+            "setting": "batch_size",
+            "from": batch,
+            "to": per,
+            "why": f"{before} -> {world.world_size} processes, the global batch kept",
+        }
+    )
     return dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=per))
 
 
@@ -190,19 +212,34 @@ def _finish(trainer: Trainer, source_text: str | None) -> dict | None:
     test = None
     data = trainer.data
     if data.test is not None and not data.test.labeled:
-        log.info("test: %d images without labels, not scored (the report scores the validation split); predict them with "
-                 "imgclf predict %s <their folder or CSV of ids>", len(data.test), trainer.run_dir)
+        log.info(
+            "test: %d images without labels, not scored (the report scores the validation split); predict them with "
+            "imgclf predict %s <their folder or CSV of ids>",
+            len(data.test),
+            trainer.run_dir,
+        )
     if evaluation is not None and evaluation.split == "test":
         m = evaluation.metrics
         test = {"loss": m["loss"], "acc": m["accuracy"], "images": m["images"]}
-        log.info("test: loss %.4f  accuracy %.2f%% on %d images (weights of epoch %d)", test["loss"], 100 * test["acc"],
-                 test["images"], trainer.best["epoch"])
-    metrics = {"best_epoch": trainer.best["epoch"], "best_val_acc": trainer.best["val_acc"] if trainer.val_loader else None,
-               "epochs": trainer.epoch, "test_loss": test["loss"] if test else None, "test_acc": test["acc"] if test else None,
-               "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2), "tta": trainer.tta,
-               "processes": trainer.world.world_size,
-               **({"compile_seconds": round(trainer.compile_seconds, 2)} if trainer.config.train.compile else {}),
-               **({"probe": probe} if (probe := _probe_result(trainer)) else {})}
+        log.info(
+            "test: loss %.4f  accuracy %.2f%% on %d images (weights of epoch %d)",
+            test["loss"],
+            100 * test["acc"],
+            test["images"],
+            trainer.best["epoch"],
+        )
+    metrics = {
+        "best_epoch": trainer.best["epoch"],
+        "best_val_acc": trainer.best["val_acc"] if trainer.val_loader else None,
+        "epochs": trainer.epoch,
+        "test_loss": test["loss"] if test else None,
+        "test_acc": test["acc"] if test else None,
+        "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2),
+        "tta": trainer.tta,
+        "processes": trainer.world.world_size,
+        **({"compile_seconds": round(trainer.compile_seconds, 2)} if trainer.config.train.compile else {}),
+        **({"probe": probe} if (probe := _probe_result(trainer)) else {}),
+    }
     save_bundle(trainer.run_dir, trainer.model, _spec(trainer, metrics, source_text))
     (trainer.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
     if evaluation is not None:
@@ -237,8 +274,9 @@ def _score(trainer: Trainer):
     split, part = ("test", d.test) if trainer.test_loader is not None else ("val", d.val)
     if part is None or not len(part):
         return None
-    clf = ImageClassifier.from_model(unwrap(trainer.model), _spec(trainer), device=trainer.device, batch_size=trainer.eval_batch,
-                                     tta=trainer.tta)
+    clf = ImageClassifier.from_model(
+        unwrap(trainer.model), _spec(trainer), device=trainer.device, batch_size=trainer.eval_batch, tta=trainer.tta
+    )
     probs = clf.predict_split(part)
     metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": trainer.tta}
     return Evaluation(d.classes, split, part, probs, metrics)
@@ -251,14 +289,30 @@ def _spec(trainer: Trainer, metrics: dict | None = None, source_text: str | None
     d = trainer.data
     integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
     pre = weights_preprocessing(trainer.config)
-    weights = {"from": trainer.config.train.weights or "published weights (hub)", "preprocessing_of": pre.tag,
-               "interpolation": pre.interpolation, "crop_pct": pre.crop_pct} if pre is not None else None
-    return BundleSpec(trainer.arch, tuple(d.classes), trainer.preprocessing, class_type="int" if integers else "str",
-                      hflip=trainer.hflip, tta=trainer.tta, pretrained=weights, metrics=metrics or {}, source=source_text)
+    weights = (
+        {
+            "from": trainer.config.train.weights or "published weights (hub)",
+            "preprocessing_of": pre.tag,
+            "interpolation": pre.interpolation,
+            "crop_pct": pre.crop_pct,
+        }
+        if pre is not None
+        else None
+    )
+    return BundleSpec(
+        trainer.arch,
+        tuple(d.classes),
+        trainer.preprocessing,
+        class_type="int" if integers else "str",
+        hflip=trainer.hflip,
+        tta=trainer.tta,
+        pretrained=weights,
+        metrics=metrics or {},
+        source=source_text,
+    )
 
 
-def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int | None = None,
-           device: str = "auto") -> Path:
+def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int | None = None, device: str = "auto") -> Path:
     """Score a finished run again and rewrite its report: on `source`, or on the run's own data loaded
     with the run's own settings (so its validation split comes back the same)."""
     from imgclf.data.audit import audit
@@ -290,8 +344,7 @@ def _plan_to_budget(budget: TimeBudget, trainer: Trainer, plan: RunPlan, data: I
     planned = dataclasses.replace(plan.config, train=dataclasses.replace(plan.config.train, epochs=epochs, time=None))
     config, notes = recipe.resolve(planned, data)
     if config.train.augment != trainer.config.train.augment:
-        trainer = Trainer(data, config, trainer.run_dir, replace=trainer.replace, world=trainer.world,
-                          callbacks=_callbacks(config))
+        trainer = Trainer(data, config, trainer.run_dir, replace=trainer.replace, world=trainer.world, callbacks=_callbacks(config))
     trainer.config = config
     trainer.callbacks.append(KeepToBudget(budget))
     return trainer, config, notes
@@ -377,25 +430,63 @@ def _log_start(trainer: Trainer, config: Config) -> None:
     world = trainer.world
     threads = torch.get_num_threads()
     on_cpu = "" if trainer.device.type == "cuda" else f", {threads} thread{'s' if threads > 1 else ''} each"
-    where = (f"{world.world_size} processes ({world.backend}, {trainer.device.type}{on_cpu})"
-             if world.distributed else f"device {trainer.device}")
-    log.info("%s, precision %s, channels-last %s; model %s, %s parameters; run directory %s", where,
-             {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype], "on" if trainer.channels_last else "off",
-             trainer.arch.name, f"{params:,}", trainer.run_dir)
+    where = (
+        f"{world.world_size} processes ({world.backend}, {trainer.device.type}{on_cpu})"
+        if world.distributed
+        else f"device {trainer.device}"
+    )
+    log.info(
+        "%s, precision %s, channels-last %s; model %s, %s parameters; run directory %s",
+        where,
+        {None: "32", torch.float16: "16", torch.bfloat16: "bf16"}[trainer.dtype],
+        "on" if trainer.channels_last else "off",
+        trainer.arch.name,
+        f"{params:,}",
+        trainer.run_dir,
+    )
     t = config.train
     aug = trainer.train_loader.augment
-    aug_text = "off" if aug is None else ", ".join(([f"crop/shift up to {aug.max_dy}px"] if aug.max_dy or aug.max_dx else [])
-                                                    + ([f"resized crops of {aug.min_area:.0%}+ of the area"] if aug.min_area else [])
-                                                    + ([("alternating " if aug.alternate_flips else "") + "flips"] if aug.hflip else [])
-                                                    + ([f"erasing p={aug.erasing:g}"] if aug.erasing else [])) or "none"
-    extras = [name for name, on in (("weight average", t.ema), ("test-time views", trainer.tta), (f"mixup {t.mixup:g}", t.mixup),
-                                    (f"cutmix {t.cutmix:g}", t.cutmix), (f"class weights {t.class_weights}", t.class_weights != "none"),
-                                    (f"{t.sampler} sampler", t.sampler != "shuffle"), (f"gradient clip {t.clip_grad}", t.clip_grad)) if on]
+    aug_text = (
+        "off"
+        if aug is None
+        else ", ".join(
+            ([f"crop/shift up to {aug.max_dy}px"] if aug.max_dy or aug.max_dx else [])
+            + ([f"resized crops of {aug.min_area:.0%}+ of the area"] if aug.min_area else [])
+            + ([("alternating " if aug.alternate_flips else "") + "flips"] if aug.hflip else [])
+            + ([f"erasing p={aug.erasing:g}"] if aug.erasing else [])
+        )
+        or "none"
+    )
+    extras = [
+        name
+        for name, on in (
+            ("weight average", t.ema),
+            ("test-time views", trainer.tta),
+            (f"mixup {t.mixup:g}", t.mixup),
+            (f"cutmix {t.cutmix:g}", t.cutmix),
+            (f"class weights {t.class_weights}", t.class_weights != "none"),
+            (f"{t.sampler} sampler", t.sampler != "shuffle"),
+            (f"gradient clip {t.clip_grad}", t.clip_grad),
+        )
+        if on
+    ]
     batch = f"{t.batch_size}" if not world.distributed else f"{t.batch_size} per process ({t.batch_size * world.world_size} in all)"
-    log.info("training: %d epoch%s, batch %s, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
-             "augmentation %s%s; every setting in %s", t.epochs, "" if t.epochs == 1 else "s", batch, t.optimizer,
-             t.resolved_lr(), t.schedule, 100 * t.resolved_warmup(), t.resolved_weight_decay(), t.label_smoothing, aug_text,
-             "".join(f", {e}" for e in extras), trainer.run_dir / "config.yaml")
+    log.info(
+        "training: %d epoch%s, batch %s, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "
+        "augmentation %s%s; every setting in %s",
+        t.epochs,
+        "" if t.epochs == 1 else "s",
+        batch,
+        t.optimizer,
+        t.resolved_lr(),
+        t.schedule,
+        100 * t.resolved_warmup(),
+        t.resolved_weight_decay(),
+        t.label_smoothing,
+        aug_text,
+        "".join(f", {e}" for e in extras),
+        trainer.run_dir / "config.yaml",
+    )
 
 
 @dataclass
@@ -414,18 +505,28 @@ class LrFind:
 
     def summary(self) -> str:
         stop = ", then the loss diverged" if len(self.lrs) < self.steps else ""
-        lines = [f"lr range test: {self.lrs[0]:.2g} to {self.lrs[-1]:.2g}, {len(self.lrs)} of {self.steps} steps{stop}",
-                 f"suggested lr: {self.suggestion:.2g} (steepest fall of the smoothed loss; the lowest loss's lr / 10 is "
-                 f"{self.min_loss_lr:.2g}); train with it: --lr {self.suggestion:.2g}",
-                 f"the recipe's lr: {self.recipe_lr:g}"]
+        lines = [
+            f"lr range test: {self.lrs[0]:.2g} to {self.lrs[-1]:.2g}, {len(self.lrs)} of {self.steps} steps{stop}",
+            f"suggested lr: {self.suggestion:.2g} (steepest fall of the smoothed loss; the lowest loss's lr / 10 is "
+            f"{self.min_loss_lr:.2g}); train with it: --lr {self.suggestion:.2g}",
+            f"the recipe's lr: {self.recipe_lr:g}",
+        ]
         return "\n".join(lines + ([f"plot: {self.plot}"] if self.plot else []))
 
     def __repr__(self) -> str:
         return f"LrFind(suggestion {self.suggestion:.2g}, recipe lr {self.recipe_lr:g}, {len(self.lrs)} of {self.steps} steps)"
 
 
-def lr_find(data=None, config: Config | None = None, *, plot: str | Path | None = "lr_find.png", start: float | None = None,
-            end: float | None = None, steps: int | None = None, **settings) -> LrFind:
+def lr_find(
+    data=None,
+    config: Config | None = None,
+    *,
+    plot: str | Path | None = "lr_find.png",
+    start: float | None = None,
+    end: float | None = None,
+    steps: int | None = None,
+    **settings,
+) -> LrFind:
     """fastai's learning-rate range test on the run train() would make with these settings: up to `steps`
     steps with the lr growing exponentially from start to end, stopped once the loss diverges; nothing is
     kept (no run directory, the weights put back). start, end, steps: None for 1e-6, 1 and 100

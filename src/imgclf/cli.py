@@ -19,6 +19,7 @@ SERVE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
 
 log = logging.getLogger("imgclf")
 
+
 def flags_of(section: type) -> dict[str, tuple[object, str]]:
     """A config section's flags, (type, help) by field name, from its fields: the field's type, and the help
     config.setting() gave it, with "(default: X)" added when the default is a value. Every flag defaults
@@ -101,7 +102,7 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     if "RANK" in os.environ:
         raise ImgclfError("--nproc starts torchrun itself; under torchrun leave it out.")
     i = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
-    rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2):]
+    rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2) :]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "imgclf", *rest]
     log.info("launching: %s", " ".join(cmd[1:]))
     from imgclf.data.parallel import usable_cpus
@@ -118,8 +119,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if args.plot:
         _output_path(args.plot, "--plot", "lr_find.png")  # a folder, or a file in the way, fails before any work
     base = Config.from_yaml(args.config) if args.config else None
-    result = lr_find(args.source, base, **_given(args, ["plot", "start", "end", "steps", *DATA_FLAGS, *AUGMENT_FLAGS,
-                                                        *TRAIN_FLAGS]))
+    result = lr_find(args.source, base, **_given(args, ["plot", "start", "end", "steps", *DATA_FLAGS, *AUGMENT_FLAGS, *TRAIN_FLAGS]))
     print(result.summary())
     return 0
 
@@ -211,8 +211,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         # one image and nowhere asked to write: its top 5 on the terminal
         return _print_top5(clf, prediction_rows(clf, ids, paths, top_k=5, proba=args.proba)[1][0])
     out = _output_path(args.out or "predictions.csv", "--out", "predictions.csv")
-    w = write_predictions(clf, args.inputs, out, template=args.template, top_k=args.top_k, proba=args.proba,
-                          resolved=(ids, paths, skips))
+    w = write_predictions(clf, args.inputs, out, template=args.template, top_k=args.top_k, proba=args.proba, resolved=(ids, paths, skips))
     if w.template:
         print(f"template: {w.template} (found beside {args.inputs[0]}; --template chooses another)")
     print(f"{w.labelled} predictions written to {w.path}")
@@ -244,8 +243,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = _output_path(args.out, "--out", "model.onnx" if args.format == "onnx" else "model.torchscript.pt") if args.out else None
     r = export(args.model, args.format, out, dynamic_batch=args.dynamic_batch, check=args.check)
     print(f"exported: {r.path} (input, classes and preprocessing in {r.path}.json)")
-    print(f"parity with PyTorch on {r.images} real images: max abs logit difference {r.max_abs_diff:.2e} "
-          f"(limit {PARITY_ATOL:.0e}), top-1 agreement {r.top1_agree:.2%}")
+    print(
+        f"parity with PyTorch on {r.images} real images: max abs logit difference {r.max_abs_diff:.2e} "
+        f"(limit {PARITY_ATOL:.0e}), top-1 agreement {r.top1_agree:.2%}"
+    )
     if not r.ok:
         raise ImgclfError(f"{r.path}: the export does not match PyTorch closely enough; keep using the bundle, and report this model.")
     return 0
@@ -284,7 +285,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     weighted = len([a for a in archs if a in with_weights])
     print(f"timm architectures matching '{pattern}': {len(archs)} ({weighted} with pretrained weights, marked *)")
     if args.pattern:
-        shown = archs if args.all else archs[:args.limit]
+        shown = archs if args.all else archs[: args.limit]
         for name in shown:
             print(f"  {'*' if name in with_weights else ' '} {name}")
         if len(shown) < len(archs):
@@ -322,8 +323,13 @@ class _Parser(argparse.ArgumentParser):
 
         if message.startswith("unrecognized arguments:"):
             known = sorted({o for p in _all_parsers(self) for a in p._actions for o in a.option_strings if o.startswith("--")})
-            hints = [close[0] for word in message.split(":", 1)[1].split() if word.startswith("--")
-                     for close in [difflib.get_close_matches(word.split("=")[0], known, n=1)] if close]
+            hints = [
+                close[0]
+                for word in message.split(":", 1)[1].split()
+                if word.startswith("--")
+                for close in [difflib.get_close_matches(word.split("=")[0], known, n=1)]
+                if close
+            ]
             if hints:
                 message += f"; did you mean {' '.join(hints)}?"
         super().error(message)
@@ -354,8 +360,11 @@ def _data_commands(sub) -> None:
     inspect.add_argument("--grid", metavar="FILE.png", help="also write a picture of a few images per class")
     _add_flags(inspect, DATA_FLAGS)
     inspect.set_defaults(run=_cmd_data_inspect)
-    audit = data_sub.add_parser("audit", help="check a source before trusting a score: duplicates and leaks between splits, "
-                                              "label conflicts, class balance, tiny and oddly shaped images")
+    audit = data_sub.add_parser(
+        "audit",
+        help="check a source before trusting a score: duplicates and leaks between splits, "
+        "label conflicts, class balance, tiny and oddly shaped images",
+    )
     audit.add_argument("source", help="a folder, a CSV file, or a built-in dataset")
     audit.add_argument("--out", metavar="FILE.csv", help="where the findings go (default: audit.csv beside skipped.csv in the cache)")
     audit.add_argument("--json", metavar="FILE", help="also write the findings as JSON; '-' prints only the JSON")
@@ -373,21 +382,29 @@ def _train_command(sub) -> None:
     train.add_argument("source", nargs="?", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, ...)")
     train.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. from an earlier run); flags override it")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (with --epochs, extend it)")
-    train.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (torchrun, "
-                                                             "DistributedDataParallel): one per GPU, or CPU processes sharing the cores")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N processes on this machine (torchrun, DistributedDataParallel): one per GPU, or CPU processes sharing the cores",
+    )
     _add_flags(train, DATA_FLAGS)
     _add_flags(train, AUGMENT_FLAGS)
     _add_flags(train, TRAIN_FLAGS)
     train.set_defaults(run=_cmd_train)
-    lr = sub.add_parser("lr-find", help="learning-rate range test (fastai's lr_find) on the run 'train' would make; "
-                                        "plots loss against lr and suggests one; writes no run directory")
+    lr = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test (fastai's lr_find) on the run 'train' would make; "
+        "plots loss against lr and suggests one; writes no run directory",
+    )
     lr.add_argument("--plot", metavar="FILE.png", help="where the plot goes (default: lr_find.png)")
     lr.add_argument("--start", type=float, help="the smallest lr tried (default: 1e-6)")
     lr.add_argument("--end", type=float, help="the largest lr tried (default: 1)")
     lr.add_argument("--steps", type=int, help="steps, each at a larger lr; fewer when the loss diverges first (default: 100)")
     lr.set_defaults(run=_cmd_lr_find)
-    batch = sub.add_parser("batch-find", help="the largest batch of the run 'train' would make that fits in GPU memory, "
-                                              "and a size to train with (CUDA only)")
+    batch = sub.add_parser(
+        "batch-find", help="the largest batch of the run 'train' would make that fits in GPU memory, and a size to train with (CUDA only)"
+    )
     batch.set_defaults(run=_cmd_batch_find)
     for trial in (lr, batch):
         trial.add_argument("source", help="a folder, a CSV file, or a built-in dataset (fashion-mnist, ...)")
@@ -398,20 +415,34 @@ def _train_command(sub) -> None:
 
 
 def _bundle_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per batch (default: by the input's size, 1024 gray 28 px images down to 32 RGB ones at 224 px)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batch (default: by the input's size, 1024 gray 28 px images down to 32 RGB ones at 224 px)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
 
 
 def _scoring_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="score a trained model on labeled data: table of metrics and JSON")
     ev.add_argument("model", help="a run directory or a bundle folder")
-    ev.add_argument("source", nargs="?", help="a folder, a CSV file or a built-in dataset (default: the run's own data, "
-                                              "whose held-out images are scored)")
-    ev.add_argument("--split", choices=("train", "val", "test"),
-                    help="split to score (default: test, else validation; on the run's own data never the training images)")
-    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="average each image with its mirror and 1-pixel shifts (default: as the run's final score did)")
+    ev.add_argument(
+        "source",
+        nargs="?",
+        help="a folder, a CSV file or a built-in dataset (default: the run's own data, whose held-out images are scored)",
+    )
+    ev.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        help="split to score (default: test, else validation; on the run's own data never the training images)",
+    )
+    ev.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each image with its mirror and 1-pixel shifts (default: as the run's final score did)",
+    )
     ev.add_argument("--json", metavar="FILE", help="where the metrics go (default: <model>/evaluations/<source>-<split>.json)")
     _bundle_args(ev)
     ev.set_defaults(run=_cmd_evaluate)

@@ -24,8 +24,10 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 PRESETS = {
     "best": {"model": "small_resnet_wide", "epochs": 40, "augment": True, "ema": True, "tta": True},
 }
-PRESET_HELP = {"best": "a wider network trained longer, with augmentation, a weight average and test-time views: the highest "
-                       "accuracy in about 4x the default's time"}
+PRESET_HELP = {
+    "best": "a wider network trained longer, with augmentation, a weight average and test-time views: the highest "
+    "accuracy in about 4x the default's time"
+}
 
 
 def setting(default: Any, help: str) -> Any:
@@ -40,9 +42,11 @@ class AugmentConfig:
     """Batched, on-device training augmentation; None means 'decide from the dataset'."""
 
     crop_padding: int | None = setting(None, "pixels of zero padding for random crops (default: about 1/10 of the side)")
-    resized_crop: float | None = setting(None,
+    resized_crop: float | None = setting(
+        None,
         "random resized crops keeping at least this share of the area, resampled to the image size (default: 0, off; 0.08"
-        " when starting from pretrained weights)")
+        " when starting from pretrained weights)",
+    )
     hflip: bool | None = setting(None, "random horizontal flips (default: on, off for digit sets)")
     translate: float = setting(0.0, "further random shift as a fraction of the side")
     erasing: float = setting(0.0, "probability of random erasing per image")
@@ -53,15 +57,20 @@ class AugmentConfig:
 class DataConfig:
     """How a source becomes arrays: size, channels, split, bad-file policy, where caches live."""
 
-    image_size: int | tuple[int, int] | None = setting(None,
-        "side of the square the images are brought to (default: the dataset's own size)")
+    image_size: int | tuple[int, int] | None = setting(
+        None, "side of the square the images are brought to (default: the dataset's own size)"
+    )
     resize: str = setting("crop", "keep the aspect ratio and 'crop' the centre or 'pad' to the size")
-    interpolation: str | None = setting(None,
+    interpolation: str | None = setting(
+        None,
         "bilinear or bicubic resampling to the size (default: bilinear; pretrained weights often name bicubic, which "
-        "scored lower on users' pictures)")
-    crop_fraction: float | None = setting(None,
+        "scored lower on users' pictures)",
+    )
+    crop_fraction: float | None = setting(
+        None,
         "share of the side the centre crop keeps, as ImageNet weights are evaluated (0.875: 224 px out of 256) (default: "
-        "1, the whole centred square)")
+        "1, the whole centred square)",
+    )
     channels: int | None = setting(None, "1 (gray) or 3 (RGB); default: 1 for all-gray data, else 3")
     val_fraction: float = setting(0.1, "share of training images kept for validation when there is no val split")
     seed: int = setting(0, "seed of the validation split and shuffling")
@@ -88,8 +97,9 @@ class DataConfig:
         if self.crop_fraction is not None and not 0.25 <= self.crop_fraction <= 1.0:
             raise ImgclfError(f"crop_fraction={self.crop_fraction} must be between 0.25 and 1 (0.875 keeps the centre 224 px of 256).")
         if self.resize == "pad" and self.crop_fraction not in (None, 1.0):
-            raise ImgclfError(f"crop_fraction={self.crop_fraction} crops the centre, and resize='pad' keeps the whole image; "
-                              "use one of them.")
+            raise ImgclfError(
+                f"crop_fraction={self.crop_fraction} crops the centre, and resize='pad' keeps the whole image; use one of them."
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ImgclfError(f"val_fraction={self.val_fraction} must be at least 0 and below 1 (0.1 keeps 10% aside).")
         if self.channels not in (None, 1, 3):
@@ -103,8 +113,10 @@ class DataConfig:
 
     def framing(self) -> dict:
         """How decoding resamples and crops besides the size, as decode's keyword arguments."""
-        return {"interpolation": self.interpolation or "bilinear",
-                "crop_fraction": 1.0 if self.crop_fraction is None else float(self.crop_fraction)}
+        return {
+            "interpolation": self.interpolation or "bilinear",
+            "crop_fraction": 1.0 if self.crop_fraction is None else float(self.crop_fraction),
+        }
 
     def target_size(self) -> tuple[int, int] | None:
         """The requested (height, width), or None when the size is to be detected."""
@@ -121,93 +133,115 @@ class TrainConfig:
     """The model and how it is trained; None means 'decide from the data, the budget and the hardware'
     (engine/recipe.py decides, and config.yaml records what it decided)."""
 
-    model: str | None = setting(None,
-        "network name: see 'imgclf models' (default: small_resnet, fitted to the image size; resnet18 with --pretrained)")
+    model: str | None = setting(
+        None, "network name: see 'imgclf models' (default: small_resnet, fitted to the image size; resnet18 with --pretrained)"
+    )
     pretrained: bool = setting(False, "start from published weights (timm models; needs a network)")
-    weights: str | None = setting(None,
-        "start from a local state dict (.safetensors, or .pth of tensors); the log says how much of the network it filled")
+    weights: str | None = setting(
+        None, "start from a local state dict (.safetensors, or .pth of tensors); the log says how much of the network it filled"
+    )
     partial_weights: bool = setting(False, "accept --weights that fill under 90% of the backbone (the rest stays random)")
-    init_from: str | None = setting(None,
-        "start from the weights of an earlier run or bundle (new head when the classes differ)")
+    init_from: str | None = setting(None, "start from the weights of an earlier run or bundle (new head when the classes differ)")
     freeze_epochs: int = setting(0, "epochs training only the head before unfreezing the backbone")
     backbone_lr_scale: float = setting(1.0, "backbone learning rate as a fraction of --lr")
-    freeze_stride: int | None = setting(None,
+    freeze_stride: int | None = setting(
+        None,
         "layers whose output is 1/N of the image's side or finer (the stem and first stages) keep their pretrained "
-        "weights (default: 4 with pretrained weights, 0 otherwise)")
-    frozen_norms: bool | None = setting(None,
-        "BatchNorm layers keep their pretrained statistics while fine-tuning (default: on with pretrained weights, off "
-        "otherwise)")
-    adapt_norms: bool | None = setting(None,
+        "weights (default: 4 with pretrained weights, 0 otherwise)",
+    )
+    frozen_norms: bool | None = setting(
+        None, "BatchNorm layers keep their pretrained statistics while fine-tuning (default: on with pretrained weights, off otherwise)"
+    )
+    adapt_norms: bool | None = setting(
+        None,
         "BatchNorm statistics measured on your training images before the head is fitted, instead of the pretrained ones "
-        "(default: on with pretrained weights)")
-    probe: bool = setting(False,
+        "(default: on with pretrained weights)",
+    )
+    probe: bool = setting(
+        False,
         "no fine-tuning: a linear head fitted in seconds on the pretrained network's features (computed once and cached);"
-        " needs --pretrained or --weights")
-    head_from_probe: bool | None = setting(None,
-        "fine-tuning starts from that fitted head (default: on with --pretrained or --weights)")
-    epochs: int | None = setting(None,
-        "epochs to train (default: 12, up to 30 for small sets so that the run has about 1,200 steps)")
-    batch_size: int | None = setting(None,
-        "images per step (default: 256, smaller for small training sets: about 100 steps an epoch, at least 32)")
+        " needs --pretrained or --weights",
+    )
+    head_from_probe: bool | None = setting(None, "fine-tuning starts from that fitted head (default: on with --pretrained or --weights)")
+    epochs: int | None = setting(None, "epochs to train (default: 12, up to 30 for small sets so that the run has about 1,200 steps)")
+    batch_size: int | None = setting(
+        None, "images per step (default: 256, smaller for small training sets: about 100 steps an epoch, at least 32)"
+    )
     lr: float | None = setting(None, "peak learning rate (default: 0.002 for adamw, 0.001 for adam, 0.1 for sgd)")
     optimizer: str = setting("adamw", "adamw, adam or sgd (Nesterov)")
     momentum: float = setting(0.9, "SGD momentum, Nesterov")
     weight_decay: float | None = setting(None, "weight decay (default: 0.05 for adamw, 5e-4 for sgd, 0 for adam)")
     schedule: str = setting("cosine", "cosine, onecycle, linear, step or constant")
-    warmup: float | None = setting(None,
-        "fraction of the steps warming up (default: 0.02 for cosine, 0.25 for onecycle, else 0)")
+    warmup: float | None = setting(None, "fraction of the steps warming up (default: 0.02 for cosine, 0.25 for onecycle, else 0)")
     label_smoothing: float = setting(0.1, "label smoothing of the training loss")
-    decay_norms: bool = setting(False,
-        "weight decay on normalisation weights and biases too (without it: only on the weights of convs and linears)")
+    decay_norms: bool = setting(
+        False, "weight decay on normalisation weights and biases too (without it: only on the weights of convs and linears)"
+    )
     clip_grad: float | None = setting(None, "clip the gradient norm to this value (default: no clipping)")
     ema: bool = setting(False, "evaluate and save an exponential moving average of the weights")
     ema_decay: float = setting(0.998, "the average's decay per step")
-    tta: bool | None = setting(None,
-        "score the final model on each image, its mirror and 1-pixel shifts (when training used flips)")
+    tta: bool | None = setting(None, "score the final model on each image, its mirror and 1-pixel shifts (when training used flips)")
     mixup: float = setting(0.0, "mixup with Beta(a, a); 0 is off")
     cutmix: float = setting(0.0, "cutmix with Beta(a, a); 0 is off (with --mixup too, each batch picks one)")
     class_weights: str = setting("none", "'balanced' weighs each class in the loss by the inverse of its frequency")
     sampler: str = setting("shuffle", "'balanced' draws every class equally often each epoch")
-    time: str | None = setting(None,
+    time: str | None = setting(
+        None,
         "a wall-clock budget such as 90s, 3m or 1h instead of --epochs: the epochs are planned from the measured speed so"
-        " that the whole schedule and the final scoring fit in it")
-    preset: str | None = setting(None, "a named set of settings: " + ", ".join(f"'{k}' ({v})" for k, v in PRESET_HELP.items())
-                                 + "; other settings override it")
-    augment: bool | None = setting(None,
-        "training augmentation on or off (default: on for runs of 15+ epochs and 1,000+ steps)")
+        " that the whole schedule and the final scoring fit in it",
+    )
+    preset: str | None = setting(
+        None, "a named set of settings: " + ", ".join(f"'{k}' ({v})" for k, v in PRESET_HELP.items()) + "; other settings override it"
+    )
+    augment: bool | None = setting(None, "training augmentation on or off (default: on for runs of 15+ epochs and 1,000+ steps)")
     device: str = setting("auto", "auto, cpu, cuda or mps; auto takes cuda, then mps, then cpu")
-    precision: str = setting("auto",
-        "auto, 32, 16 or bf16; auto is bf16 or 16 on CUDA, 32 elsewhere (bf16 on a CPU only when asked and it has bf16 "
-        "units)")
+    precision: str = setting(
+        "auto", "auto, 32, 16 or bf16; auto is bf16 or 16 on CUDA, 32 elsewhere (bf16 on a CPU only when asked and it has bf16 units)"
+    )
     channels_last: bool | None = setting(None, "channels-last memory format (default: on for CPU and CUDA)")
     compile: bool = setting(False, "torch.compile the model")
-    keep: str | None = setting(None,
+    keep: str | None = setting(
+        None,
         "the weights the run ends with: best (the epoch of the highest validation accuracy) or last (default: last with "
-        "pretrained weights, best otherwise)")
+        "pretrained weights, best otherwise)",
+    )
     early_stop: int = setting(0, "stop after N epochs without a better validation accuracy; 0 never stops early")
     out: str = setting("runs", "folder of run directories")
     name: str | None = setting(None, "run directory name (default: <data>-<model>, numbered when taken)")
     force: bool = setting(False, "replace an existing run directory of that --name")
-    dedupe: bool = setting(False,
+    dedupe: bool = setting(
+        False,
         "drop exact repeats inside training (every copy when their labels differ) and training copies of validation/test "
-        "images; each listed in dedupe.csv")
+        "images; each listed in dedupe.csv",
+    )
     val: str | None = setting(None, "a separate validation source")
     test: str | None = setting(None, "a separate test source")
-    save_every: str | None = setting(None,
-        "checkpoints within epochs too: every N steps (500) or a duration (10m); a resume continues exactly there")
-    resume_if_exists: bool = setting(False,
+    save_every: str | None = setting(
+        None, "checkpoints within epochs too: every N steps (500) or a duration (10m); a resume continues exactly there"
+    )
+    resume_if_exists: bool = setting(
+        False,
         "with --name: continue that run if it exists and is unfinished, else start it (for jobs a scheduler restarts; "
-        "under torchrun restarts this is automatic)")
+        "under torchrun restarts this is automatic)",
+    )
     sync_bn: bool = setting(False, "several processes: BatchNorm statistics over the global batch (SyncBatchNorm)")
-    lr_scaling: str = setting("none",
+    lr_scaling: str = setting(
+        "none",
         "several processes with --batch-size per process: none, linear or sqrt in the number of processes; none: the lr "
-        "is the one for the global batch")
-    dist_timeout: float = setting(300.0,
-        "seconds a process waits for the others before the job ends with an error (a lost or stuck rank)")
+        "is the one for the global batch",
+    )
+    dist_timeout: float = setting(300.0, "seconds a process waits for the others before the job ends with an error (a lost or stuck rank)")
 
     def __post_init__(self) -> None:
-        for field_name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("precision", PRECISIONS),
-                                    ("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("lr_scaling", LR_SCALINGS)):
+        for field_name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("device", DEVICES),
+            ("precision", PRECISIONS),
+            ("class_weights", CLASS_WEIGHTS),
+            ("sampler", SAMPLERS),
+            ("lr_scaling", LR_SCALINGS),
+        ):
             value = str(getattr(self, field_name))
             setattr(self, field_name, value)
             if value not in allowed:
@@ -229,19 +263,24 @@ class TrainConfig:
             self.save_every = str(self.save_every)
             parse_save_every(self.save_every)
         if self.keep is not None and self.keep not in KEEP:
-            raise ImgclfError(f"keep={self.keep!r} is not one of {', '.join(KEEP)} (the weights of the best validation epoch, or "
-                              "of the last).")
+            raise ImgclfError(
+                f"keep={self.keep!r} is not one of {', '.join(KEEP)} (the weights of the best validation epoch, or of the last)."
+            )
         if self.dist_timeout <= 0:
             raise ImgclfError(f"dist_timeout={self.dist_timeout} must be a positive number of seconds (default 300).")
         if self.pretrained and self.weights:
             raise ImgclfError("pass either --pretrained (published weights) or --weights FILE, not both.")
         if (self.probe or self.head_from_probe) and not (self.pretrained or self.weights):
             flag = "--probe" if self.probe else "--head-from-probe"
-            raise ImgclfError(f"{flag} fits a head on a pretrained network's features; add --pretrained or --weights FILE "
-                              "(with --model), or leave it out to train from scratch.")
+            raise ImgclfError(
+                f"{flag} fits a head on a pretrained network's features; add --pretrained or --weights FILE "
+                "(with --model), or leave it out to train from scratch."
+            )
         if self.adapt_norms and not (self.pretrained or self.weights or self.init_from):
-            raise ImgclfError("--adapt-norms measures a trained network's BatchNorm statistics on your images; add --pretrained "
-                              "or --weights FILE (with --model), or leave it out to train from scratch.")
+            raise ImgclfError(
+                "--adapt-norms measures a trained network's BatchNorm statistics on your images; add --pretrained "
+                "or --weights FILE (with --model), or leave it out to train from scratch."
+            )
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else {"sgd": 0.1, "adam": 1e-3, "adamw": 2e-3}[self.optimizer]
@@ -302,8 +341,9 @@ class Config:
             with open(path) as f:
                 values = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ImgclfError(f"{path}: cannot read it as a YAML config ({str(err).splitlines()[0]}); "
-                              "pass a config.yaml written by imgclf.") from None
+            raise ImgclfError(
+                f"{path}: cannot read it as a YAML config ({str(err).splitlines()[0]}); pass a config.yaml written by imgclf."
+            ) from None
         if not isinstance(values, dict) or set(values) - {"data", "train"}:
             found = sorted(values) if isinstance(values, dict) else type(values).__name__
             raise ImgclfError(f"{path}: a config has two sections, data: and train:; found {found}.")

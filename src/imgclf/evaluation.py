@@ -54,8 +54,12 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], o
     k_all = list(range(len(classes)))
     broken = ~np.isfinite(probs).all(1) if probs.size else np.zeros(len(labels), bool)
     if broken.any():  # a diverged model: its scores are chance, said once, instead of a crash in the metrics
-        log.warning("%d of %d images got non-finite scores: the model's weights have diverged (NaN or inf); they count as "
-                    "uniform guesses here; retrain with a lower --lr", int(broken.sum()), len(labels))
+        log.warning(
+            "%d of %d images got non-finite scores: the model's weights have diverged (NaN or inf); they count as "
+            "uniform guesses here; retrain with a lower --lr",
+            int(broken.sum()),
+            len(labels),
+        )
         probs = probs.copy()
         probs[broken] = 1.0 / len(classes)
     pred = probs.argmax(1)
@@ -70,15 +74,29 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], o
     pairs = [{"true": classes[i], "predicted": classes[j], "count": n} for n, i, j in sorted(off, reverse=True)[:CONFUSED_PAIRS]]
     worst = np.argsort(-per_sample_loss, kind="stable")[:TOP_LOSSES]
     metrics = {
-        "images": int(len(labels)), **({"non_finite": int(broken.sum())} if broken.any() else {}),
-        "loss": float(per_sample_loss.mean()), "accuracy": float(accuracy_score(labels, pred)),
-        "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
-                      for i, c in enumerate(classes)],
-        "macro_avg": averages["macro"], "weighted_avg": averages["weighted"],
-        "confusion_matrix": cm.tolist(), "most_confused": pairs,
-        "top_losses": [{"index": int(i), "origin": origins[i] if origins else str(int(i)), "true": classes[labels[i]],
-                        "predicted": classes[pred[i]], "confidence": float(probs[i, pred[i]]), "loss": float(per_sample_loss[i])}
-                       for i in worst],
+        "images": int(len(labels)),
+        **({"non_finite": int(broken.sum())} if broken.any() else {}),
+        "loss": float(per_sample_loss.mean()),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "per_class": [
+            {"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        ],
+        "macro_avg": averages["macro"],
+        "weighted_avg": averages["weighted"],
+        "confusion_matrix": cm.tolist(),
+        "most_confused": pairs,
+        "top_losses": [
+            {
+                "index": int(i),
+                "origin": origins[i] if origins else str(int(i)),
+                "true": classes[labels[i]],
+                "predicted": classes[pred[i]],
+                "confidence": float(probs[i, pred[i]]),
+                "loss": float(per_sample_loss[i]),
+            }
+            for i in worst
+        ],
     }
     if len(classes) > 5:
         metrics["top5_accuracy"] = float(top_k_accuracy_score(labels, probs, k=5, labels=k_all))
@@ -91,8 +109,13 @@ def format_report(m: dict) -> str:
     head = f"{'':>{width}}  {'precision':>9}  {'recall':>9}  {'f1-score':>9}  {'support':>9}"
     row = lambda name, r: f"{name:>{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  {r['support']:>9}"
     lines = [m["scored"]] if m.get("scored") else []
-    lines += [f"images {m['images']}  loss {m['loss']:.4f}  accuracy {100 * m['accuracy']:.2f}%"
-             + (f"  top-5 accuracy {100 * m['top5_accuracy']:.2f}%" if "top5_accuracy" in m else ""), "", head, ""]
+    lines += [
+        f"images {m['images']}  loss {m['loss']:.4f}  accuracy {100 * m['accuracy']:.2f}%"
+        + (f"  top-5 accuracy {100 * m['top5_accuracy']:.2f}%" if "top5_accuracy" in m else ""),
+        "",
+        head,
+        "",
+    ]
     lines += [row(r["class"], r) for r in m["per_class"]]
     lines += ["", row("macro avg", m["macro_avg"]), row("weighted avg", m["weighted_avg"])]
     if m["most_confused"]:
@@ -113,8 +136,10 @@ def _labeled_split(data: ImageData, split: str | None, held_out: bool) -> tuple[
         order = ("test", "val") if held_out else ("test", "val", "train")
         choice = next((s for s in order if s in splits and splits[s].labeled), None)
         if choice is None and held_out:
-            raise ImgclfError(f"{data.source}: the run held out no labeled images (no test split, no validation split); score other "
-                              "data, or pass --split train to score the training images (optimistic: the model learnt them).")
+            raise ImgclfError(
+                f"{data.source}: the run held out no labeled images (no test split, no validation split); score other "
+                "data, or pass --split train to score the training images (optimistic: the model learnt them)."
+            )
         if choice is None:
             raise ImgclfError(f"{data.source}: no labeled images to score; evaluation needs labels.")
     if not splits[choice].labeled:
@@ -128,7 +153,7 @@ def _what_is_scored(choice: str, n: int, source: str, held_out: bool, info: dict
         return f"scoring the {n} training images of {source} (--split train): the model learnt them, so the figures are optimistic"
     if choice == "val" and held_out:
         origin = info.get("splits", {}).get("val", {})
-        how = (f" ({origin['fraction']:.0%} of training, seed {origin['seed']})" if origin.get("from") == "train" else "")
+        how = f" ({origin['fraction']:.0%} of training, seed {origin['seed']})" if origin.get("from") == "train" else ""
         return f"scoring the validation split the run held out{how}: {n} images of {source}"
     what = {"test": "the test split", "val": "the validation split", "train": "all the images"}[choice]
     return f"scoring {what} of {source}: {n} images"
@@ -159,8 +184,9 @@ def _run_record(folder: Path) -> tuple[dict | None, dict]:
     return to_dict(Config.from_yaml(folder / "config.yaml").data), info
 
 
-def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: int | None = None, tta: bool | None = None,
-             device: str = "auto") -> Evaluation:
+def evaluate(
+    model_or_run, data=None, *, split: str | None = None, batch_size: int | None = None, tta: bool | None = None, device: str = "auto"
+) -> Evaluation:
     """Score a run directory, a bundle, or a Run on data: a source (folder, CSV, built-in name) or ImageData.
 
     On the run's own source (the default when data is None), the images it held out are scored: its test
@@ -195,14 +221,17 @@ def evaluate(model_or_run, data=None, *, split: str | None = None, batch_size: i
     classes = list(spec.classes)
     part = part.relabel(data.classes, classes, "model's classes")
     # tta unset: as the run's own final score was made, so that the figures agree with results.json
-    clf = ImageClassifier.from_model(model, spec, device=pick_device(device), batch_size=batch_size,
-                                     tta=spec.tta if tta is None else tta, name=str(model_or_run))
+    clf = ImageClassifier.from_model(
+        model, spec, device=pick_device(device), batch_size=batch_size, tta=spec.tta if tta is None else tta, name=str(model_or_run)
+    )
     probs = clf.predict_split(part)
     metrics = compute_metrics(part.labels, probs, classes, part.origins)
     scored = _what_is_scored(choice, len(part), data.source, held_out, info)
     if relation == "part":
-        scored += (f" (part of the run's own source {info.get('source', spec.source)}: images it trained on may be among "
-                   "them, so the figures may be optimistic; evaluate without a source to score what it held out)")
+        scored += (
+            f" (part of the run's own source {info.get('source', spec.source)}: images it trained on may be among "
+            "them, so the figures may be optimistic; evaluate without a source to score what it held out)"
+        )
     metrics.update(split=choice, tta=clf.tta, model=str(model_or_run), scored=scored)
     return Evaluation(classes, choice, part, probs, metrics)
 
@@ -212,5 +241,11 @@ def _warn_if_changed(data: ImageData, info: dict) -> None:
     for what, part in (("val", data.val), ("test", data.test)):
         then = info.get("splits", {}).get(what, {}).get("images")
         if then is not None and part is not None and then != len(part):
-            log.warning("%s has changed since training (%s split: %d images then, %d now): the images scored are not exactly "
-                        "the ones the run held out", data.source, what, then, len(part))
+            log.warning(
+                "%s has changed since training (%s split: %d images then, %d now): the images scored are not exactly "
+                "the ones the run held out",
+                data.source,
+                what,
+                then,
+                len(part),
+            )

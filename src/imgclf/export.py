@@ -52,8 +52,9 @@ def _check_pixels(spec: BundleSpec, source: str | None) -> np.ndarray:
     return part.take(np.arange(min(CHECK_IMAGES, len(part)))).astype(np.float32)
 
 
-def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, dynamic_batch: bool = False,
-           check: str | None = None) -> ExportResult:
+def export(
+    model_path: str | Path, fmt: str, out: str | Path | None = None, *, dynamic_batch: bool = False, check: str | None = None
+) -> ExportResult:
     """Write the bundle's model as ONNX or TorchScript and compare its logits with PyTorch's on real images."""
     from imgclf.engine.bundle import bundle_dir, load_bundle
 
@@ -79,13 +80,24 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, *, d
     with torch.no_grad():
         reference = wrapped(torch.from_numpy(pixels)).numpy()
     batch = len(pixels) if dynamic_batch else 1
-    got = np.concatenate([run(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
+    got = np.concatenate([run(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
     result = ExportResult(out, float(np.abs(got - reference).max()), float((got.argmax(1) == reference.argmax(1)).mean()), len(pixels))
-    sidecar = {"format": fmt, "classes": spec.labels, "architecture": spec.architecture.name,
-               "input": {"name": "pixels", "dtype": "float32", "layout": "NCHW", "shape": [None if dynamic_batch else 1, *pre.shape],
-                         "values": pre.describe()["values"], "resize": pre.describe()["resize_rule"]},
-               "output": {"name": "logits", "softmax": "not applied"}, "normalization": "included in the graph",
-               "parity": {"images": result.images, "max_abs_diff": result.max_abs_diff, "top1_agree": result.top1_agree}}
+    sidecar = {
+        "format": fmt,
+        "classes": spec.labels,
+        "architecture": spec.architecture.name,
+        "input": {
+            "name": "pixels",
+            "dtype": "float32",
+            "layout": "NCHW",
+            "shape": [None if dynamic_batch else 1, *pre.shape],
+            "values": pre.describe()["values"],
+            "resize": pre.describe()["resize_rule"],
+        },
+        "output": {"name": "logits", "softmax": "not applied"},
+        "normalization": "included in the graph",
+        "parity": {"images": result.images, "max_abs_diff": result.max_abs_diff, "top1_agree": result.top1_agree},
+    }
     Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2))
     return result
 
@@ -100,8 +112,9 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, out: Path, dynamic_batch: 
     quiet = io.StringIO()  # the exporter narrates its passes on stdout; failures still raise
     with torch.no_grad(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), input_names=["pixels"], output_names=["logits"],
-                                    dynamic_shapes=shapes, dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            model, (example,), input_names=["pixels"], output_names=["logits"], dynamic_shapes=shapes, dynamo=True, verbose=False
+        )
         program.save(str(out))
 
 

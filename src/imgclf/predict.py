@@ -65,16 +65,24 @@ class ImageClassifier:
     """A trained classifier loaded from its bundle, with scikit-learn's manners (classes_, predict,
     predict_proba) and top_k. Build it with imgclf.load(path)."""
 
-    def __init__(self, path: str | Path, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
-                 tta: bool = False):
+    def __init__(
+        self, path: str | Path, device: str = "auto", batch_size: int | None = None, workers: int | None = None, tta: bool = False
+    ):
         from imgclf.engine.bundle import load_bundle
 
         model, spec = load_bundle(path)
         self._setup(model, spec, Path(path), device, batch_size, workers, tta)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, spec: BundleSpec, device: str | torch.device = "auto",
-                   batch_size: int | None = None, tta: bool = False, name: str = "the model in training") -> ImageClassifier:
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        spec: BundleSpec,
+        device: str | torch.device = "auto",
+        batch_size: int | None = None,
+        tta: bool = False,
+        name: str = "the model in training",
+    ) -> ImageClassifier:
         """A model still in memory (the end of a run) predicting exactly as its bundle will: the run's own
         final score goes through the same code as evaluate, predict and the service."""
         self = cls.__new__(cls)
@@ -130,12 +138,16 @@ class ImageClassifier:
     def worker_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
         """Processes that decode files and (on a CPU) run this model, for the caller to own and reuse over
         many files_with_probabilities calls; close it with shutdown() or a with block."""
-        return ProcessPoolExecutor(max_workers=worker_count(workers or self.workers), mp_context=pool_context(),
-                                   initializer=_adopt,
-                                   initargs=(self if pool_context().get_start_method() == "fork" else str(self.path), self.tta))
+        return ProcessPoolExecutor(
+            max_workers=worker_count(workers or self.workers),
+            mp_context=pool_context(),
+            initializer=_adopt,
+            initargs=(self if pool_context().get_start_method() == "fork" else str(self.path), self.tta),
+        )
 
-    def files_with_probabilities(self, paths: list[str], ids: list[str] | None = None,
-                                 pool: ProcessPoolExecutor | None = None) -> tuple[list[Item], np.ndarray]:
+    def files_with_probabilities(
+        self, paths: list[str], ids: list[str] | None = None, pool: ProcessPoolExecutor | None = None
+    ) -> tuple[list[Item], np.ndarray]:
         """An item per path (its error and the libraries' warnings, or None; pixels are not kept) and N x K
         probabilities, NaN for bad files.
 
@@ -201,7 +213,7 @@ class ImageClassifier:
         out = np.full((len(items), len(self.classes_)), np.nan, dtype=np.float32)
         rows = [i for i, it in enumerate(items) if it.pixels is not None]
         for a in range(0, len(rows), self.batch_size):
-            part = rows[a:a + self.batch_size]
+            part = rows[a : a + self.batch_size]
             out[part] = self.predict_pixels(np.stack([items[i].pixels for i in part]))
         return out
 
@@ -219,11 +231,13 @@ class ImageClassifier:
 
         Safe to call from one thread at a time per classifier (a service's inference thread)."""
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != self.pre_.shape or pixels.dtype != np.uint8:
-            raise ImgclfError(f"predict_pixels takes uint8 N x {' x '.join(map(str, self.pre_.shape))} arrays, not "
-                              f"{pixels.dtype} {' x '.join(map(str, pixels.shape))}; use predict() for other inputs.")
+            raise ImgclfError(
+                f"predict_pixels takes uint8 N x {' x '.join(map(str, self.pre_.shape))} arrays, not "
+                f"{pixels.dtype} {' x '.join(map(str, pixels.shape))}; use predict() for other inputs."
+            )
         out = []
         for a in range(0, len(pixels), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[a:a + self.batch_size])).to(self.device_)
+            x = torch.from_numpy(np.ascontiguousarray(pixels[a : a + self.batch_size])).to(self.device_)
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.channels_last_:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -239,8 +253,10 @@ class ImageClassifier:
         items, probs = self.files_with_probabilities(paths) if paths is not None else (self.items(x), None)
         bad = [it for it in items if it.error]
         if bad:
-            raise ImgclfError(f"{bad[0].id}: {bad[0].error}; remove it, or use predict_rows() (or 'imgclf predict'), which "
-                              "reports bad files row by row and goes on.")
+            raise ImgclfError(
+                f"{bad[0].id}: {bad[0].error}; remove it, or use predict_rows() (or 'imgclf predict'), which "
+                "reports bad files row by row and goes on."
+            )
         if not items:
             raise ImgclfError(f"{x}: no images to predict on.")
         return items, probs if probs is not None else self.probabilities(items)
@@ -278,11 +294,12 @@ class ImageClassifier:
 def ranked(probs: np.ndarray, k: int) -> np.ndarray:
     """The indices of one image's k most likely classes, best first, ties in class order: the one top-k
     rule of predict, its CSV columns and the service."""
-    return np.argsort(-probs, kind="stable")[:max(0, min(k, len(probs)))]
+    return np.argsort(-probs, kind="stable")[: max(0, min(k, len(probs)))]
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
-         tta: bool = False) -> ImageClassifier:
+def load(
+    path: str | Path, device: str = "auto", batch_size: int | None = None, workers: int | None = None, tta: bool = False
+) -> ImageClassifier:
     """A run directory or bundle, ready to predict; workers: processes for files (default: all cores);
     tta: average each image's probabilities over its mirror and 1-pixel shifts (6x the compute)."""
     return ImageClassifier(path, device=device, batch_size=batch_size, workers=workers, tta=tta)
@@ -317,8 +334,9 @@ def resolve_inputs(inputs: list[str], skips: SkipLog | None = None) -> tuple[lis
     return ids, paths
 
 
-def prediction_rows(clf: ImageClassifier, ids: list[str], paths: list[str], top_k: int = 0,
-                    proba: bool = False) -> tuple[list[str], list[dict]]:
+def prediction_rows(
+    clf: ImageClassifier, ids: list[str], paths: list[str], top_k: int = 0, proba: bool = False
+) -> tuple[list[str], list[dict]]:
     """The submission table's columns (id, label, optional top-k and probabilities) and one row per input;
     a row also carries its error (empty label) and the libraries' warning, which are not columns: a
     strict submission checker rejects an extra column, so they go to files of their own."""
@@ -361,8 +379,9 @@ def fill_template(template: Path, rows: list[dict]) -> tuple[list[str], list[dic
         by_id.setdefault(os.path.splitext(key)[0], by_id[key])
     missing = [r[id_col] for r in t_rows if str(r[id_col]).strip() not in by_id]
     if missing:
-        raise ImgclfError(f"{template}: {len(missing)} id(s) were not among the inputs (e.g. {missing[0]}); "
-                          "predict on the images the template lists.")
+        raise ImgclfError(
+            f"{template}: {len(missing)} id(s) were not among the inputs (e.g. {missing[0]}); predict on the images the template lists."
+        )
     out = []
     for r in t_rows:
         pred = by_id[str(r[id_col]).strip()]
@@ -386,9 +405,17 @@ class Written:
     warned: dict | None = None
 
 
-def write_predictions(clf: ImageClassifier, inputs: list[str], out: str | Path = "predictions.csv", *,
-                      template: str | Path | None = None, find_template: bool = True, top_k: int = 0,
-                      proba: bool = False, resolved: tuple[list[str], list[str], SkipLog] | None = None) -> Written:
+def write_predictions(
+    clf: ImageClassifier,
+    inputs: list[str],
+    out: str | Path = "predictions.csv",
+    *,
+    template: str | Path | None = None,
+    find_template: bool = True,
+    top_k: int = 0,
+    proba: bool = False,
+    resolved: tuple[list[str], list[str], SkipLog] | None = None,
+) -> Written:
     """The submission CSV for inputs (files, folders, a CSV of ids), in the template's columns and row order
     when there is one (given, or the sample_submission.csv beside a CSV of ids unless top_k or proba asks
     for more columns), and beside it <out>.errors.csv, .skipped.csv and .warnings.csv when there is

@@ -16,8 +16,7 @@ from imgclf.config import PRESETS, Config, to_dict
 from imgclf.errors import ImgclfError
 
 # Settings a resumed run may change: how long it goes on and where it runs, not how it learns.
-RESUMABLE = {"epochs", "early_stop", "device", "workers", "cache_dir", "data_root", "save_every", "resume_if_exists",
-             "dist_timeout"}
+RESUMABLE = {"epochs", "early_stop", "device", "workers", "cache_dir", "data_root", "save_every", "resume_if_exists", "dist_timeout"}
 
 
 @dataclass
@@ -44,8 +43,11 @@ def plan_run(data, config: Config | None, resume: str | Path | None, settings: d
     from imgclf.data.sources import check_source
 
     settings = dict(settings)
-    extra = {what: settings.pop(what) for what in ("val", "test")
-             if what in settings and settings[what] is not None and not isinstance(settings[what], (str, Path))}
+    extra = {
+        what: settings.pop(what)
+        for what in ("val", "test")
+        if what in settings and settings[what] is not None and not isinstance(settings[what], (str, Path))
+    }
     settings.update({what: str(settings[what]) for what in ("val", "test") if isinstance(settings.get(what), Path)})
     if resume is None:
         resume = _run_to_continue(config, settings)
@@ -57,8 +59,10 @@ def plan_run(data, config: Config | None, resume: str | Path | None, settings: d
         if given and _is_number(given) and not Path(given).exists():
             fraction = " --val-fraction" if what == "val" else ""
             name = {"val": "validation", "test": "test"}[what]
-            raise ImgclfError(f"--{what} {given}: a number where a {name} source (a folder, CSV or dataset) is expected"
-                              + (f"; did you mean{fraction} {given}?" if fraction else "."))
+            raise ImgclfError(
+                f"--{what} {given}: a number where a {name} source (a folder, CSV or dataset) is expected"
+                + (f"; did you mean{fraction} {given}?" if fraction else ".")
+            )
         if given:
             check_source(given)
     check_model(plan.config)
@@ -133,8 +137,10 @@ def _resume_plan(data, resume: str | Path, settings: dict, extra: dict) -> RunPl
         raise ImgclfError(f"{run_dir} was trained on in-memory arrays; pass them again: imgclf.train((images, labels), resume=...).")
     for what in ("val", "test"):
         if info.get(what) == "in-memory arrays" and what not in extra:
-            raise ImgclfError(f"{run_dir} was given its {what} split as in-memory arrays; pass them again: "
-                              f"imgclf.train(..., {what}=(images, labels), resume=...).")
+            raise ImgclfError(
+                f"{run_dir} was given its {what} split as in-memory arrays; pass them again: "
+                f"imgclf.train(..., {what}=(images, labels), resume=...)."
+            )
     config = saved.override(**{k: v for k, v in settings.items() if k in RESUMABLE})
     return RunPlan(config, source, run_dir, settings, extra, checkpoint, info, changes)
 
@@ -149,11 +155,14 @@ def resume_changes(saved: Config, settings: dict, done: int, run_dir: Path) -> l
         if value == before or (isinstance(before, list) and tuple(before) == value):
             continue
         if name not in RESUMABLE:
-            raise ImgclfError(f"--{name.replace('_', '-')} cannot change when resuming {run_dir} (it is {before!r}): a run keeps "
-                              f"how it learns to the end; start a new run from its weights with --init-from {run_dir}.")
+            raise ImgclfError(
+                f"--{name.replace('_', '-')} cannot change when resuming {run_dir} (it is {before!r}): a run keeps "
+                f"how it learns to the end; start a new run from its weights with --init-from {run_dir}."
+            )
         if name == "epochs" and value < done:
-            raise ImgclfError(f"{run_dir} has done {done} epochs; --epochs {value} would undo them: pass at least {done} "
-                              "(more extends the run).")
+            raise ImgclfError(
+                f"{run_dir} has done {done} epochs; --epochs {value} would undo them: pass at least {done} (more extends the run)."
+            )
         changes.append({"epoch": done + 1, "setting": name, "from": before, "to": value})
     return changes
 

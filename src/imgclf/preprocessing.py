@@ -31,14 +31,25 @@ class Preprocessing:
         """From model.json's input and normalization; bundles written before interpolation and crop_fraction
         could change decoded bilinearly and kept the whole square, which the defaults say."""
         inp, norm = spec["input"], spec["normalization"]
-        return cls(int(inp["channels"]), tuple(int(v) for v in inp["size"]), inp["resize"],
-                   tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]),
-                   inp.get("interpolation", "bilinear"), float(inp.get("crop_fraction", 1.0)))
+        return cls(
+            int(inp["channels"]),
+            tuple(int(v) for v in inp["size"]),
+            inp["resize"],
+            tuple(float(v) for v in norm["mean"]),
+            tuple(float(v) for v in norm["std"]),
+            inp.get("interpolation", "bilinear"),
+            float(inp.get("crop_fraction", 1.0)),
+        )
 
     def data_settings(self) -> dict:
         """load_data's keyword arguments that decode a source exactly as the training images were."""
-        return {"image_size": self.size, "channels": self.channels, "resize": self.resize,
-                "interpolation": self.interpolation, "crop_fraction": self.crop_fraction}
+        return {
+            "image_size": self.size,
+            "channels": self.channels,
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "crop_fraction": self.crop_fraction,
+        }
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -78,18 +89,26 @@ class Preprocessing:
 
     def describe(self) -> dict:
         """The contract in words and numbers, for a service's /info and an export's sidecar."""
-        return {"channels": self.channels, "size": list(self.size), "resize": self.resize,
-                "interpolation": self.interpolation, "crop_fraction": self.crop_fraction,
-                "mean": list(self.mean), "std": list(self.std),
-                "values": "raw pixels 0..255; gray (1 channel) or RGB (3), alpha composited on white",
-                "resize_rule": self.resize_rule()}
+        return {
+            "channels": self.channels,
+            "size": list(self.size),
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "crop_fraction": self.crop_fraction,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "values": "raw pixels 0..255; gray (1 channel) or RGB (3), alpha composited on white",
+            "resize_rule": self.resize_rule(),
+        }
 
     def resize_rule(self) -> str:
         h, w = self.size
         if self.resize == "crop" and self.crop_fraction < 1.0:
             big = [round(h / self.crop_fraction), round(w / self.crop_fraction)]
-            return (f"keep the aspect ratio, resize ({self.interpolation}) to cover {big} (H, W), then crop the centre "
-                    f"{[h, w]} ({self.crop_fraction:g} of the side)")
+            return (
+                f"keep the aspect ratio, resize ({self.interpolation}) to cover {big} (H, W), then crop the centre "
+                f"{[h, w]} ({self.crop_fraction:g} of the side)"
+            )
         return f"keep the aspect ratio, resize ({self.interpolation}), then {self.resize} to {[h, w]} (H, W)"
 
 

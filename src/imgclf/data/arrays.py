@@ -38,8 +38,9 @@ def to_nchw_uint8(images, layout: str | None = None) -> tuple[np.ndarray, str]:
     elif x.ndim == 4:
         axis = {"NCHW": 1, "NHWC": 3}.get(layout or "", None) if layout else _channel_axis(x.shape)
         if axis is None:
-            raise DataError(f"cannot tell whether images of shape {x.shape} are N x C x H x W or N x H x W x C; "
-                            "pass layout='NCHW' or layout='NHWC'.")
+            raise DataError(
+                f"cannot tell whether images of shape {x.shape} are N x C x H x W or N x H x W x C; pass layout='NCHW' or layout='NHWC'."
+            )
         layout = "NCHW" if axis == 1 else "NHWC"
         if axis == 3:
             x = x.transpose(0, 3, 1, 2)

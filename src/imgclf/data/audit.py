@@ -56,17 +56,22 @@ class Audit:
 
     def count(self, kind: str, splits: str | None = None) -> int:
         """Findings of a kind; splits='train-test' counts pairs between those two splits only."""
-        return sum(f.kind == kind and (splits is None or "-".join(sorted((f.split_b, f.split_a), key=_split_order)) == splits)
-                   for f in self.findings)
+        return sum(
+            f.kind == kind and (splits is None or "-".join(sorted((f.split_b, f.split_a), key=_split_order)) == splits)
+            for f in self.findings
+        )
 
     def counts(self) -> dict:
         names = list(self.images)
-        pairs = [f"{a}-{b}" for i, a in enumerate(names) for b in names[i + 1:]]
-        return {"exact_within": {s: self.count("exact duplicate", f"{s}-{s}") for s in names},
-                "exact_across": {p: self.count("exact duplicate", p) for p in pairs},
-                "label_conflicts": self.count("label conflict"),
-                "near_across": {p: self.count("near duplicate", p) for p in pairs} if self.near_threshold is not None else None,
-                "tiny": self.count("tiny image"), "extreme_aspect": self.count("extreme aspect ratio")}
+        pairs = [f"{a}-{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
+        return {
+            "exact_within": {s: self.count("exact duplicate", f"{s}-{s}") for s in names},
+            "exact_across": {p: self.count("exact duplicate", p) for p in pairs},
+            "label_conflicts": self.count("label conflict"),
+            "near_across": {p: self.count("near duplicate", p) for p in pairs} if self.near_threshold is not None else None,
+            "tiny": self.count("tiny image"),
+            "extreme_aspect": self.count("extreme aspect ratio"),
+        }
 
     def summary_lines(self) -> list[str]:
         c, b = self.counts(), self.balance
@@ -76,11 +81,15 @@ class Audit:
             lines.append(f"exact duplicates across splits (a leak: the same picture on both sides): {per(c['exact_across'])}")
         lines.append(f"label conflicts (identical pixels, different labels): {c['label_conflicts']}")
         if c["near_across"] is not None and c["near_across"]:
-            lines.append(f"near duplicates across splits (RMS difference at most {self.near_threshold:g} gray levels after a shift of "
-                         f"up to 1 px and a brightness/contrast match, at {duplicates.SIDE}x{duplicates.SIDE}): {per(c['near_across'])}")
+            lines.append(
+                f"near duplicates across splits (RMS difference at most {self.near_threshold:g} gray levels after a shift of "
+                f"up to 1 px and a brightness/contrast match, at {duplicates.SIDE}x{duplicates.SIDE}): {per(c['near_across'])}"
+            )
         if b:
-            lines.append(f"class balance (train): {b['smallest']} to {b['largest']} images per class, ratio {b['ratio']:g}"
-                         + (f"; {b['warning']}" if b.get("warning") else ""))
+            lines.append(
+                f"class balance (train): {b['smallest']} to {b['largest']} images per class, ratio {b['ratio']:g}"
+                + (f"; {b['warning']}" if b.get("warning") else "")
+            )
         lines.append(f"tiny images (enlarged more than {TINY_FACTOR:g}x to the training size): {c['tiny']}")
         lines.append(f"extreme aspect ratios (one side over {EXTREME_ASPECT:g}x the other): {c['extreme_aspect']}")
         return lines
@@ -96,16 +105,24 @@ class Audit:
             lines.append("examples (an image = the earlier image it repeats):")
             for f in pairs[:EXAMPLES]:
                 dist = f" (distance {f.distance:g})" if f.distance is not None else ""
-                lines.append(f"  {f.kind}{dist}: {f.path_a} [{f.split_a}, {f.label_a or '?'}] = "
-                             f"{f.path_b} [{f.split_b}, {f.label_b or '?'}]")
+                lines.append(
+                    f"  {f.kind}{dist}: {f.path_a} [{f.split_a}, {f.label_a or '?'}] = {f.path_b} [{f.split_b}, {f.label_b or '?'}]"
+                )
             if len(pairs) > EXAMPLES:
                 lines.append(f"  ... and {len(pairs) - EXAMPLES} more")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"source": self.source, "images": self.images, "image_shape": list(self.image_shape),
-                "near_threshold": self.near_threshold, "seconds": round(self.seconds, 2), "counts": self.counts(),
-                "balance": self.balance, "findings": [dataclasses.asdict(f) for f in self.findings]}
+        return {
+            "source": self.source,
+            "images": self.images,
+            "image_shape": list(self.image_shape),
+            "near_threshold": self.near_threshold,
+            "seconds": round(self.seconds, 2),
+            "counts": self.counts(),
+            "balance": self.balance,
+            "findings": [dataclasses.asdict(f) for f in self.findings],
+        }
 
     def write_csv(self, path: str | Path) -> Path:
         path = Path(path)
@@ -181,12 +198,23 @@ def _near_findings(data: ImageData, splits: dict[str, ImageSet], origins: dict, 
     exact = {(a, pa, b, pb) for g in groups for a, pa in g for b, pb in g}
     out = []
     for i, base in enumerate(names):
-        for query in names[i + 1:]:
+        for query in names[i + 1 :]:
             skip = {(pq, pb) for (a, pq, b, pb) in exact if a == query and b == base}
             for pq, pb, dist in duplicates.near_pairs(described[query], described[base], skip):
                 la, lb = _label(data, splits[query].labels, pq), _label(data, splits[base].labels, pb)
-                out.append(Finding("near duplicate", query, origins[query][pq], la, base, origins[base][pb], lb, dist,
-                                   "labels differ" if la and lb and la != lb else ""))
+                out.append(
+                    Finding(
+                        "near duplicate",
+                        query,
+                        origins[query][pq],
+                        la,
+                        base,
+                        origins[base][pb],
+                        lb,
+                        dist,
+                        "labels differ" if la and lb and la != lb else "",
+                    )
+                )
     return out
 
 
@@ -196,12 +224,18 @@ def _balance(data: ImageData) -> dict:
     if not len(present):
         return {}
     ratio = round(float(present.max() / present.min()), 2)
-    out = {"counts": {c: int(n) for c, n in zip(data.classes, counts)}, "smallest": int(present.min()),
-           "largest": int(present.max()), "ratio": ratio}
+    out = {
+        "counts": {c: int(n) for c, n in zip(data.classes, counts)},
+        "smallest": int(present.min()),
+        "largest": int(present.max()),
+        "ratio": ratio,
+    }
     if ratio >= IMBALANCE_WARN:
         rare = [data.classes[i] for i in np.argsort(counts, kind="stable") if counts[i] > 0][:3]
-        out["warning"] = (f"imbalanced: {', '.join(rare)} have the fewest images; collect or oversample more of them, and judge "
-                          f"the model by macro-averaged F1 in report.html rather than by accuracy")
+        out["warning"] = (
+            f"imbalanced: {', '.join(rare)} have the fewest images; collect or oversample more of them, and judge "
+            f"the model by macro-averaged F1 in report.html rather than by accuracy"
+        )
     return out
 
 
@@ -219,11 +253,25 @@ def _size_findings(data: ImageData, splits: dict[str, ImageSet], origins: dict) 
         grow = np.maximum(th / h, tw / w)
         aspect = np.maximum(h / w, w / h)
         for pos in np.flatnonzero(grow > TINY_FACTOR):
-            out.append(Finding("tiny image", s, origins[s][pos], _label(data, part.labels, pos),
-                               note=f"{int(h[pos])}x{int(w[pos])} enlarged {grow[pos]:.1f}x to {th}x{tw}"))
+            out.append(
+                Finding(
+                    "tiny image",
+                    s,
+                    origins[s][pos],
+                    _label(data, part.labels, pos),
+                    note=f"{int(h[pos])}x{int(w[pos])} enlarged {grow[pos]:.1f}x to {th}x{tw}",
+                )
+            )
         for pos in np.flatnonzero(aspect > EXTREME_ASPECT):
-            out.append(Finding("extreme aspect ratio", s, origins[s][pos], _label(data, part.labels, pos),
-                               note=f"{int(h[pos])}x{int(w[pos])} (aspect {aspect[pos]:.1f}); resized to {th}x{tw}"))
+            out.append(
+                Finding(
+                    "extreme aspect ratio",
+                    s,
+                    origins[s][pos],
+                    _label(data, part.labels, pos),
+                    note=f"{int(h[pos])}x{int(w[pos])} (aspect {aspect[pos]:.1f}); resized to {th}x{tw}",
+                )
+            )
     return out
 
 
@@ -249,15 +297,19 @@ def drop_duplicates(data: ImageData, groups=None) -> tuple[ImageData, str, list[
             dropped.update({r: f"repeats {origins[train_rows[0]]}" for r in train_rows[1:]})
     if not dropped:
         return data, "dedupe: no exact duplicates in training, nor training copies of validation/test images", []
-    kinds = {"repeat": sum(r.startswith("repeats") for r in dropped.values()),
-             "conflict": sum(r.startswith("the same picture") for r in dropped.values()),
-             "leak": sum(r.startswith("identical") for r in dropped.values())}
+    kinds = {
+        "repeat": sum(r.startswith("repeats") for r in dropped.values()),
+        "conflict": sum(r.startswith("the same picture") for r in dropped.values()),
+        "leak": sum(r.startswith("identical") for r in dropped.values()),
+    }
     keep = np.array([i for i in range(len(data.train)) if i not in dropped], dtype=np.int64)
     train = data.train.subset(keep)
     mean, std = channel_stats(train)
-    note = (f"dedupe: dropped {len(dropped)} training image(s): {kinds['repeat']} repeating an earlier training image, "
-            f"{kinds['conflict']} under conflicting labels (every copy), {kinds['leak']} identical to a validation/test image; "
-            f"{len(keep)} left")
+    note = (
+        f"dedupe: dropped {len(dropped)} training image(s): {kinds['repeat']} repeating an earlier training image, "
+        f"{kinds['conflict']} under conflicting labels (every copy), {kinds['leak']} identical to a validation/test image; "
+        f"{len(keep)} left"
+    )
     rows = [{"path": origins[r], "label": _label(data, labels, r), "reason": reason} for r, reason in sorted(dropped.items())]
     return dataclasses.replace(data, train=train, mean=mean, std=std, notes=[*data.notes, note]), note, rows
 
@@ -290,5 +342,7 @@ def leak_line(data: ImageData, groups) -> str | None:
     if not leaked:
         return None
     other = f" ({len(relabelled)} of them under another label there)" if relabelled else ""
-    return (f"leak: {len(leaked)} validation/test image(s) are exact copies of training images{other}, so their scores "
-            f"are not to be trusted; train with --dedupe to drop the training copies, and see 'imgclf data audit' for near duplicates")
+    return (
+        f"leak: {len(leaked)} validation/test image(s) are exact copies of training images{other}, so their scores "
+        f"are not to be trusted; train with --dedupe to drop the training copies, and see 'imgclf data audit' for near duplicates"
+    )

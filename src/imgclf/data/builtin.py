@@ -33,15 +33,34 @@ class Builtin:
 
 
 BUILTINS = {
-    "fashion-mnist": Builtin("fashion-mnist", True, ("fashion-mnist", "FashionMNIST/raw"), "dataset-fashion-mnist",
-                             "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-                             "t10k-labels-idx1-ubyte.gz"),
-    "mnist": Builtin("mnist", False, ("mnist", "MNIST/raw"), None,
-                     "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"),
-    "cifar10": Builtin("cifar10", True, ("cifar10", "cifar-10-batches-bin"), None,
-                       "the contents of cifar-10-binary.tar.gz (data_batch_1.bin ... test_batch.bin, batches.meta.txt)"),
-    "cifar100": Builtin("cifar100", True, ("cifar100", "cifar-100-binary"), None,
-                        "the contents of cifar-100-binary.tar.gz (train.bin, test.bin, fine_label_names.txt)"),
+    "fashion-mnist": Builtin(
+        "fashion-mnist",
+        True,
+        ("fashion-mnist", "FashionMNIST/raw"),
+        "dataset-fashion-mnist",
+        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
+    ),
+    "mnist": Builtin(
+        "mnist",
+        False,
+        ("mnist", "MNIST/raw"),
+        None,
+        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
+    ),
+    "cifar10": Builtin(
+        "cifar10",
+        True,
+        ("cifar10", "cifar-10-batches-bin"),
+        None,
+        "the contents of cifar-10-binary.tar.gz (data_batch_1.bin ... test_batch.bin, batches.meta.txt)",
+    ),
+    "cifar100": Builtin(
+        "cifar100",
+        True,
+        ("cifar100", "cifar-100-binary"),
+        None,
+        "the contents of cifar-100-binary.tar.gz (train.bin, test.bin, fine_label_names.txt)",
+    ),
     "digits": Builtin("digits", False, (), None, "nothing: scikit-learn ships it"),
 }
 CIFAR_ARCHIVES = {
@@ -85,7 +104,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataError(f"{path}: not an unsigned-byte IDX file; replace it with the original download.")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise DataError(f"{path}: holds {body.size} values where its header says {shape}; the file is truncated, fetch it again.")
@@ -198,5 +217,3 @@ def load_builtin(name: str, config: DataConfig) -> BuiltinArrays:
     train, test = _load_idx_set(folder)
     classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
     return BuiltinArrays(train, test, classes, str(folder))
-
-

@@ -96,13 +96,15 @@ def choose_size(sides: list[tuple[int, int]], requested: tuple[int, int] | None)
         return requested, f"image size {requested[0]}x{requested[1]} (requested)"
     distinct = collections.Counter(sides)
     if len(distinct) == 1:
-        (h, w), = distinct
+        ((h, w),) = distinct
         return (h, w), f"image size {h}x{w} (all images share it)"
     short = statistics.median(min(hw) for hw in sides)
     side = int(max(8, min(MAX_AUTO_SIDE, round(short / 8) * 8)))
     lo, hi = min(sides, key=lambda s: s[0] * s[1]), max(sides, key=lambda s: s[0] * s[1])
-    note = (f"image size {side}x{side} chosen: sizes vary from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}, median short side "
-            f"{short:g} px (capped at {MAX_AUTO_SIDE}); set --image-size to choose another")
+    note = (
+        f"image size {side}x{side} chosen: sizes vary from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}, median short side "
+        f"{short:g} px (capped at {MAX_AUTO_SIDE}); set --image-size to choose another"
+    )
     return (side, side), note
 
 
@@ -147,9 +149,20 @@ def _load(key_dir: Path, stamp: str) -> Decoded | None:
     except (OSError, ValueError, json.JSONDecodeError):
         return None  # missing or damaged: rebuilt from the files
     decode_skips = read_skipped(key_dir / "decode_skipped.csv")
-    return Decoded(images, labels, splits, manifest["origins"], manifest["size_note"], key_dir, True,
-                   decode_skips, manifest["sizes_seen"], manifest["modes_seen"], original_sizes,
-                   read_warnings(key_dir / "warnings.csv"))
+    return Decoded(
+        images,
+        labels,
+        splits,
+        manifest["origins"],
+        manifest["size_note"],
+        key_dir,
+        True,
+        decode_skips,
+        manifest["sizes_seen"],
+        manifest["modes_seen"],
+        original_sizes,
+        read_warnings(key_dir / "warnings.csv"),
+    )
 
 
 def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Path, stamp: str) -> Decoded:
@@ -165,8 +178,10 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
         else:
             good.append((entry, info))
     if not good:
-        raise DataError(f"{listing.root}: none of its {len(entries)} image files could be read; see the reasons with "
-                        f"'imgclf data inspect {listing.root}'.")
+        raise DataError(
+            f"{listing.root}: none of its {len(entries)} image files could be read; see the reasons with "
+            f"'imgclf data inspect {listing.root}'."
+        )
     key_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = key_dir.with_name(key_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -182,8 +197,10 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
             decode_skips.append(Skipped(good_paths[row], reason))
         keep = [i for i in range(len(good)) if i not in failed]
         if not keep:
-            raise DataError(f"{listing.root}: none of its {len(entries)} image files could be decoded; see the reasons with "
-                            f"'imgclf data inspect {listing.root}'.")
+            raise DataError(
+                f"{listing.root}: none of its {len(entries)} image files could be decoded; see the reasons with "
+                f"'imgclf data inspect {listing.root}'."
+            )
         remaining = [good[i] for i in keep]
         # A file whose header reads but whose pixels do not (truncated, corrupt) must not choose the size or
         # the channels of the others: when it swayed the automatic choice, the rest is decoded again.
@@ -207,14 +224,23 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
     np.save(tmp / "original_sizes.npy", original_sizes)
     write_skipped(decode_skips, tmp / "decode_skipped.csv")
     write_warnings(noise, tmp / "warnings.csv")
-    manifest = {"version": CACHE_VERSION, "fingerprint": stamp, "root": str(listing.root), "channels": channels,
-                "size": list(size), "size_note": size_note, "origins": [e[0] for e, _ in kept],
-                "sizes_seen": sizes_seen, "modes_seen": modes_seen}
+    manifest = {
+        "version": CACHE_VERSION,
+        "fingerprint": stamp,
+        "root": str(listing.root),
+        "channels": channels,
+        "size": list(size),
+        "size_note": size_note,
+        "origins": [e[0] for e, _ in kept],
+        "sizes_seen": sizes_seen,
+        "modes_seen": modes_seen,
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest))
     _replace_dir(tmp, key_dir)
     images = np.load(key_dir / "images.npy", mmap_mode="r")
-    return Decoded(images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, modes_seen,
-                   original_sizes, noise)
+    return Decoded(
+        images, labels, splits, manifest["origins"], size_note, key_dir, False, decode_skips, sizes_seen, modes_seen, original_sizes, noise
+    )
 
 
 def _probe_all(paths: list[str], workers: int) -> tuple[list, dict[str, str]]:
@@ -226,14 +252,17 @@ def _probe_all(paths: list[str], workers: int) -> tuple[list, dict[str, str]]:
     return probes, noise
 
 
-def _decode_into_file(paths: list[str], out_file: str, channels: int, size: tuple[int, int], config: DataConfig, workers: int,
-                      noise: dict[str, str]) -> dict[int, str]:
+def _decode_into_file(
+    paths: list[str], out_file: str, channels: int, size: tuple[int, int], config: DataConfig, workers: int, noise: dict[str, str]
+) -> dict[int, str]:
     """Decode paths in parallel into a new .npy of their number of rows; returns row -> reason of each failure
     and adds what the libraries said to noise."""
     np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), channels, *size)).flush()
     framing = config.framing()
-    jobs = [(paths[a:b], a, out_file, channels, size, config.resize, framing["interpolation"], framing["crop_fraction"])
-            for a, b in chunks(len(paths), workers)]
+    jobs = [
+        (paths[a:b], a, out_file, channels, size, config.resize, framing["interpolation"], framing["crop_fraction"])
+        for a, b in chunks(len(paths), workers)
+    ]
     failed = {}
     for part, said in run_chunks(decode.decode_into, jobs, workers, "decoding images"):
         failed.update(part)
@@ -249,7 +278,7 @@ def _compact(out_file: str, keep: list[int]) -> None:
     dst = np.lib.format.open_memmap(dst_file, mode="w+", dtype=np.uint8, shape=(len(keep), *src.shape[1:]))
     keep_arr = np.asarray(keep)
     for a in range(0, len(keep_arr), 4096):
-        dst[a:a + 4096] = src[keep_arr[a:a + 4096]]
+        dst[a : a + 4096] = src[keep_arr[a : a + 4096]]
     dst.flush()
     del src, dst
     os.replace(dst_file, out_file)

@@ -73,8 +73,9 @@ def _open(source: Source, max_pixels: int | None = None) -> Image.Image:
             data.seek(0)
         other = _format_name(data)
         if other:
-            raise BadImage(f"a {other} image, which is not accepted; convert it to PNG or JPEG "
-                           f"(accepted: {', '.join(FORMATS)})", "format") from None
+            raise BadImage(
+                f"a {other} image, which is not accepted; convert it to PNG or JPEG (accepted: {', '.join(FORMATS)})", "format"
+            ) from None
         raise BadImage("not an image, or corrupt beyond recognition") from None
     except PermissionError:
         raise BadImage("unreadable: permission denied", "unreadable") from None
@@ -170,8 +171,9 @@ def _to_uint8(img: Image.Image) -> Image.Image:
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # Pillow's filters, antialiased when shrinking
 
 
-def fit(img: Image.Image, size: tuple[int, int] | None, resize: str, interpolation: str = "bilinear",
-        crop_fraction: float = 1.0) -> Image.Image:
+def fit(
+    img: Image.Image, size: tuple[int, int] | None, resize: str, interpolation: str = "bilinear", crop_fraction: float = 1.0
+) -> Image.Image:
     """Resize keeping the aspect ratio, then centre-crop (resize='crop') or pad with black ('pad').
 
     crop_fraction < 1 (crop only) resizes to size / crop_fraction first, so the crop keeps that share of
@@ -194,15 +196,29 @@ def fit(img: Image.Image, size: tuple[int, int] | None, resize: str, interpolati
     return canvas
 
 
-def decode(source: Source, channels: int, size: tuple[int, int] | None, resize: str = "crop",
-           max_pixels: int | None = None, interpolation: str = "bilinear", crop_fraction: float = 1.0) -> np.ndarray:
+def decode(
+    source: Source,
+    channels: int,
+    size: tuple[int, int] | None,
+    resize: str = "crop",
+    max_pixels: int | None = None,
+    interpolation: str = "bilinear",
+    crop_fraction: float = 1.0,
+) -> np.ndarray:
     """One image (a path or its bytes) as a uint8 C x H x W array; raises BadImage with the reason when
     it cannot be used. max_pixels bounds width x height below Pillow's own bomb limit."""
     return prepare(_open(source, max_pixels), channels, size, resize, interpolation, crop_fraction)
 
 
-def read(source: Source, channels: int, size: tuple[int, int] | None, resize: str = "crop",
-         max_pixels: int | None = None, interpolation: str = "bilinear", crop_fraction: float = 1.0) -> np.ndarray | BadImage:
+def read(
+    source: Source,
+    channels: int,
+    size: tuple[int, int] | None,
+    resize: str = "crop",
+    max_pixels: int | None = None,
+    interpolation: str = "bilinear",
+    crop_fraction: float = 1.0,
+) -> np.ndarray | BadImage:
     """decode() that never raises: the pixels, or the BadImage saying why not. Hostile bytes can make
     Pillow raise anything; whatever it is becomes a "corrupt" reason, so one input never ends a run or
     a server."""
@@ -214,8 +230,14 @@ def read(source: Source, channels: int, size: tuple[int, int] | None, resize: st
         return BadImage(f"corrupt image: {type(err).__name__}: {err}"[:300])
 
 
-def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, resize: str = "crop",
-            interpolation: str = "bilinear", crop_fraction: float = 1.0) -> np.ndarray:
+def prepare(
+    original: Image.Image,
+    channels: int,
+    size: tuple[int, int] | None,
+    resize: str = "crop",
+    interpolation: str = "bilinear",
+    crop_fraction: float = 1.0,
+) -> np.ndarray:
     """An opened image (closed afterwards) as uint8 C x H x W: orientation, mode, channels, size."""
     try:
         with warnings.catch_warnings():
@@ -244,8 +266,9 @@ def prepare(original: Image.Image, channels: int, size: tuple[int, int] | None, 
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def fit_array(image: np.ndarray, size: tuple[int, int] | None, resize: str = "crop", interpolation: str = "bilinear",
-              crop_fraction: float = 1.0) -> np.ndarray:
+def fit_array(
+    image: np.ndarray, size: tuple[int, int] | None, resize: str = "crop", interpolation: str = "bilinear", crop_fraction: float = 1.0
+) -> np.ndarray:
     """fit() for a uint8 C x H x W array with any number of channels."""
     if size is None or (image.shape[1:] == tuple(size) and crop_fraction == 1.0):
         return image
@@ -281,8 +304,16 @@ def probe_many(paths: list[str]) -> tuple[list[tuple[int, int, bool, str] | str]
     return _over_chunk(paths, lambda _, path: probe(path))
 
 
-def decode_into(paths: list[str], start: int, out_file: str, channels: int, size: tuple[int, int],
-                resize: str, interpolation: str = "bilinear", crop_fraction: float = 1.0) -> tuple[list[tuple[int, str]], dict[str, str]]:
+def decode_into(
+    paths: list[str],
+    start: int,
+    out_file: str,
+    channels: int,
+    size: tuple[int, int],
+    resize: str,
+    interpolation: str = "bilinear",
+    crop_fraction: float = 1.0,
+) -> tuple[list[tuple[int, str]], dict[str, str]]:
     """decode() a chunk straight into rows start.. of the cache's .npy, so no pixels cross processes;
     returns the (row, reason) of each file that failed, and what the libraries said."""
     rows = np.load(out_file, mmap_mode="r+")
@@ -295,7 +326,8 @@ def decode_into(paths: list[str], start: int, out_file: str, channels: int, size
     return [(start + i, r) for i, r in enumerate(results) if isinstance(r, str)], noise
 
 
-def decode_many(paths: list[str], channels: int, size: tuple[int, int], resize: str, interpolation: str = "bilinear",
-                crop_fraction: float = 1.0) -> tuple[list[np.ndarray | str], dict[str, str]]:
+def decode_many(
+    paths: list[str], channels: int, size: tuple[int, int], resize: str, interpolation: str = "bilinear", crop_fraction: float = 1.0
+) -> tuple[list[np.ndarray | str], dict[str, str]]:
     """decode() over a chunk in a worker, returning arrays (prediction has no cache to write into)."""
     return _over_chunk(paths, lambda _, path: decode(path, channels, size, resize, None, interpolation, crop_fraction))

@@ -79,7 +79,7 @@ def _spectrum(x: torch.Tensor) -> torch.Tensor:
     window = torch.hann_window(side + 2, periodic=False)[1:-1]  # fades the border, where a shift adds or loses content
     mag = torch.fft.rfft2(gray * (window[:, None] * window[None])).abs()
     k = min(FREQUENCIES, side // 2)
-    low = torch.cat([mag[:, :k, :k].flatten(1), mag[:, side - k + 1:, 1:k].flatten(1)], 1)
+    low = torch.cat([mag[:, :k, :k].flatten(1), mag[:, side - k + 1 :, 1:k].flatten(1)], 1)
     return F.normalize(low.sqrt(), dim=1)  # sqrt: the few strongest frequencies must not decide alone
 
 
@@ -87,7 +87,7 @@ def _views(x: torch.Tensor, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     side = x.shape[-1]
     inner = side - 2
     offsets = SHIFTS if shifted else [(0, 0)]
-    views = torch.stack([x[..., 1 + dy: 1 + dy + inner, 1 + dx: 1 + dx + inner] for dy, dx in offsets], 1)
+    views = torch.stack([x[..., 1 + dy : 1 + dy + inner, 1 + dx : 1 + dx + inner] for dy, dx in offsets], 1)
     n, v = views.shape[:2]
     flat = F.adaptive_avg_pool2d(views.flatten(0, 1), min(POOLED, inner)).flatten(1)
     flat = flat - flat.mean(1, keepdim=True)
@@ -108,8 +108,9 @@ def describe(images: ImageSet, shifted: bool) -> Descriptors:
     return Descriptors(torch.cat(spectra), torch.cat(centrals), torch.cat(spreads))
 
 
-def near_pairs(queries: Descriptors, base: Descriptors, skip: set[tuple[int, int]] | None = None,
-               threshold: float = NEAR_THRESHOLD) -> list[tuple[int, int, float]]:
+def near_pairs(
+    queries: Descriptors, base: Descriptors, skip: set[tuple[int, int]] | None = None, threshold: float = NEAR_THRESHOLD
+) -> list[tuple[int, int, float]]:
     """(query, base, distance) for each query image whose closest base image is within threshold.
 
     skip: (query, base) pairs not to report (exact copies, already reported as such)."""

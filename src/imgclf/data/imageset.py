@@ -45,7 +45,7 @@ class ImageSet:
         rows = np.asarray(rows)
         src = self.index[rows]
         if len(src) and np.all(np.diff(src) == 1):  # a run of rows: one slice, copied out of the map
-            return np.array(self.images[src[0]: src[-1] + 1])
+            return np.array(self.images[src[0] : src[-1] + 1])
         order = np.argsort(src, kind="stable")
         out = np.empty((len(src), *self.images.shape[1:]), dtype=np.uint8)
         out[order] = self.images[src[order]]
@@ -123,8 +123,9 @@ class ImageData:
     def splits(self) -> dict[str, ImageSet]:
         return {name: s for name, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
 
-    def resized(self, size: tuple[int, int], resize: str, note: str, interpolation: str = "bilinear",
-                crop_fraction: float = 1.0) -> ImageData:
+    def resized(
+        self, size: tuple[int, int], resize: str, note: str, interpolation: str = "bilinear", crop_fraction: float = 1.0
+    ) -> ImageData:
         """Every split brought to `size` in memory (as decoding would with that size asked for), the
         normalisation measured again; `note` replaces the one that said the size. For small images only:
         the result is an in-memory copy of all of them."""
@@ -158,8 +159,9 @@ class ImageData:
         return "\n".join(lines)
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int,
-                     classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Train and validation positions with each class split in the same proportion, reproducibly.
 
     A class with a single image cannot be on both sides: it stays in training, and a note names it.
@@ -193,6 +195,6 @@ def channel_stats(images: ImageSet, chunk: int = 8192) -> tuple[tuple[float, ...
     if n == 0:
         return tuple([0.5] * c), tuple([0.25] * c)
     mean = total / n
-    std = np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
     std = np.where(std < 1e-3, 255.0, std)  # a constant channel: 1.0 on the 0..1 scale, not a blow-up
     return tuple(float(v / 255.0) for v in mean), tuple(float(v / 255.0) for v in std)

@@ -166,8 +166,9 @@ def image_folder_for(csv_path: Path, split: str, first_ids: list[str]) -> Folder
         if any(idx.find(i) for i in first_ids):
             return idx
     tried = ", ".join(str(c) for c in candidates[:5])
-    raise DataError(f"{csv_path}: none of its first ids ({', '.join(first_ids[:3])}) is an image in {tried}; "
-                    f"put the images in {base / split}.")
+    raise DataError(
+        f"{csv_path}: none of its first ids ({', '.join(first_ids[:3])}) is an image in {tried}; put the images in {base / split}."
+    )
 
 
 def read_csv_rows(csv_path: Path, id_column: str | None, label_column: str | None) -> tuple[list[dict], str, str | None]:
@@ -206,8 +207,9 @@ def find_csv(root: Path, split: str) -> Path | None:
     return None
 
 
-def list_csv(root: Path, skips: SkipLog, id_column: str | None = None, label_column: str | None = None,
-             train_csv: Path | None = None) -> FileListing:
+def list_csv(
+    root: Path, skips: SkipLog, id_column: str | None = None, label_column: str | None = None, train_csv: Path | None = None
+) -> FileListing:
     """train.csv (+ val.csv, test.csv) of id,label rows naming images in a folder beside them."""
     csvs = {"train": train_csv or find_csv(root, "train")}
     for split in ("val", "test"):
@@ -264,8 +266,11 @@ def _resolve_rows(rows, id_col, label_col, index, folder: FolderIndex, csv_path:
             first = seen[image_id]
             if out[first] is not None and out[first][1] != label:
                 skips.add(where, f"duplicate id '{image_id}' with a conflicting label; both rows skipped", fix="keep one row per image")
-                skips.add(f"{csv_path} line {first + 2}", f"duplicate id '{image_id}' with a conflicting label; both rows skipped",
-                          fix="keep one row per image")
+                skips.add(
+                    f"{csv_path} line {first + 2}",
+                    f"duplicate id '{image_id}' with a conflicting label; both rows skipped",
+                    fix="keep one row per image",
+                )
                 out[first] = None
             else:
                 skips.add(where, f"duplicate id '{image_id}': the row repeats an earlier one", fix="keep one row per image")

@@ -25,18 +25,18 @@ def _free_bytes(device: torch.device) -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 2 ** 31
+        return 2**31
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A distinct, reproducible seed per (run seed, epoch, rank)."""
-    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2 ** 63)
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2**63)
 
 
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     """The seed of one batch's augmentation: a function of where the batch stands, not of what came
     before it, so that an epoch resumed at batch k augments exactly as an uninterrupted one."""
-    return (epoch_seed(seed, epoch, rank) * 1_000_033 + batch * 7_919 + 1) % (2 ** 63)
+    return (epoch_seed(seed, epoch, rank) * 1_000_033 + batch * 7_919 + 1) % (2**63)
 
 
 def scale_shift(mean, std, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,10 +58,25 @@ class DeviceLoader:
     equally often (for imbalanced data). resume_within_epoch() continues an epoch cut off after k batches.
     """
 
-    def __init__(self, images: ImageSet, batch_size: int, *, mean, std, device="cpu", train: bool = False,
-                 augment: AugmentConfig | None = None, hflip_default: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False, resident: bool | None = None,
-                 channels_last: bool = False, sampler: str = "shuffle"):
+    def __init__(
+        self,
+        images: ImageSet,
+        batch_size: int,
+        *,
+        mean,
+        std,
+        device="cpu",
+        train: bool = False,
+        augment: AugmentConfig | None = None,
+        hflip_default: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        resident: bool | None = None,
+        channels_last: bool = False,
+        sampler: str = "shuffle",
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.split, self.batch_size, self.train = images, int(batch_size), train
@@ -101,7 +116,7 @@ class DeviceLoader:
 
     def positions(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's positions in the split for an epoch, in the order they are served."""
-        return self.order(epoch)[self.rank::self.world_size]
+        return self.order(epoch)[self.rank :: self.world_size]
 
     def _batches_of(self, n: int) -> int:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -116,24 +131,28 @@ class DeviceLoader:
         the split) were served, `batches` batches of `batch_size` to each of `world_size` ranks: with the
         same world and batch exactly as the epoch would have gone on; otherwise the images not served yet,
         shared out anew."""
-        self._resume = {"served": served.bool().cpu(), "world_size": int(world_size), "batch_size": int(batch_size),
-                        "batches": int(batches)}
+        self._resume = {
+            "served": served.bool().cpu(),
+            "world_size": int(world_size),
+            "batch_size": int(batch_size),
+            "batches": int(batches),
+        }
 
     def _plan(self, rank: int, resume: dict | None) -> tuple[torch.Tensor, int, int, int]:
         """(rows `rank` serves, the first batch number, the batch count, an offset of the augmentation
         seeds' batch numbers) of an epoch, as resumed by `resume` (None: from its start)."""
         if resume is None:
-            return self.order()[rank::self.world_size], 0, len(self), 0
+            return self.order()[rank :: self.world_size], 0, len(self), 0
         if (resume["world_size"], resume["batch_size"]) == (self.world_size, self.batch_size):
-            return self.order()[rank::self.world_size], resume["batches"], len(self), 0
+            return self.order()[rank :: self.world_size], resume["batches"], len(self), 0
         rest = self.order()[~resume["served"][self.order()]] if self._weights is None else self._rest_drawn(resume)
-        return rest[rank::self.world_size], 0, self._batches_of(len(rest) // self.world_size), 1_000_000
+        return rest[rank :: self.world_size], 0, self._batches_of(len(rest) // self.world_size), 1_000_000
 
     def _rest_drawn(self, resume: dict) -> torch.Tensor:
         """The balanced sampler draws with replacement, so a position may come twice and a mask cannot say
         what was served: the rest of the epoch's draw after the batches served (rank r served draws r,
         r + W, ...: together the first batches x batch x W)."""
-        return self.order()[resume["batches"] * resume["batch_size"] * resume["world_size"]:]
+        return self.order()[resume["batches"] * resume["batch_size"] * resume["world_size"] :]
 
     def served(self, batches: int) -> torch.Tensor:
         """The mask of the split's positions served to all ranks after `batches` batches of the epoch now
@@ -144,7 +163,7 @@ class DeviceLoader:
             mask |= resume["served"]
         for rank in range(self.world_size):
             rows = self._plan(rank, resume)[0]
-            mask[rows[:batches * self.batch_size]] = True
+            mask[rows[: batches * self.batch_size]] = True
         return mask
 
     def batches_left(self) -> tuple[int, int]:
@@ -165,7 +184,7 @@ class DeviceLoader:
         for b in range(first, count):
             if gen is not None:
                 gen.manual_seed(batch_seed(self.seed, self.epoch, self.rank, b + offset))
-            rows = rows_all[b * self.batch_size:(b + 1) * self.batch_size]
+            rows = rows_all[b * self.batch_size : (b + 1) * self.batch_size]
             rows_on_device = rows.to(self.device, non_blocking=True)
             yield self._served(rows, rows_on_device, gen, self.epoch), self._labels[rows_on_device]
         if self.train:
@@ -189,13 +208,13 @@ class DeviceLoader:
         cannot take statistics of one."""
         gen = torch.Generator().manual_seed(epoch_seed(self.seed + seed, -2, self.rank))
         # The same count on every rank (the smallest shard's), so that norms that synchronise see as many batches.
-        own = torch.arange(self.rank, len(self.split), self.world_size)[:len(self.split) // self.world_size]
+        own = torch.arange(self.rank, len(self.split), self.world_size)[: len(self.split) // self.world_size]
         rows = own[torch.randperm(len(own), generator=gen)[:images]]
         aug_gen = None
         if self.augment is not None:
             aug_gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed + seed, -2, self.rank) + 1)
         for b in range(0, len(rows), self.batch_size):
-            chunk = rows[b:b + self.batch_size]
+            chunk = rows[b : b + self.batch_size]
             if len(chunk) < 2:
                 break
             yield self._served(chunk, chunk.to(self.device, non_blocking=True), aug_gen, self.epoch)

@@ -24,8 +24,9 @@ def make_config(config: DataConfig | None = None, **overrides) -> DataConfig:
     return from_dict(DataConfig, {**to_dict(config or DataConfig()), **overrides})
 
 
-def load_data(source, config: DataConfig | None = None, *, labels=None, classes: list[str] | None = None,
-              layout: str | None = None, **overrides) -> ImageData:
+def load_data(
+    source, config: DataConfig | None = None, *, labels=None, classes: list[str] | None = None, layout: str | None = None, **overrides
+) -> ImageData:
     """Load any source as ImageData: a path, a built-in dataset name, (images, labels), or images with labels=.
 
     Keyword overrides are DataConfig fields (image_size=64, strict=True, ...).
@@ -81,8 +82,7 @@ def check_source(source) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
     if path.is_file():
-        raise DataError(f"{text} is a file, not a dataset; pass the folder that holds the class folders (or a CSV of ids "
-                        "and labels).")
+        raise DataError(f"{text} is a file, not a dataset; pass the folder that holds the class folders (or a CSV of ids and labels).")
     close = difflib.get_close_matches(text.lower().replace("_", "-").replace(" ", "-"), builtin.BUILTINS, n=1, cutoff=0.7)
     if close:
         raise DataError(f"{text}: no such folder or CSV file; did you mean the built-in dataset '{close[0]}'?")
@@ -105,8 +105,7 @@ def _from_files(root: Path, config: DataConfig, train_csv: Path | None = None) -
         for path, text in decoded.warnings.items():
             log.debug("  %s: %s", path, text)
     parts = {name: np.flatnonzero(decoded.splits == code) for name, code in cache.SPLIT_CODES.items()}
-    sets = {name: ImageSet(decoded.images, rows, decoded.labels[rows], decoded.origins)
-            for name, rows in parts.items() if len(rows)}
+    sets = {name: ImageSet(decoded.images, rows, decoded.labels[rows], decoded.origins) for name, rows in parts.items() if len(rows)}
     if "train" not in sets:
         raise DataError(f"{root}: no training image could be read; see {decoded.cache_dir / 'skipped.csv'} for the reasons.")
     data = _assemble(str(root), found.layout, found.classes, sets, config, hflip=True, notes=[decoded.size_note])
@@ -145,8 +144,7 @@ def _from_arrays(images, labels, classes, layout, config: DataConfig) -> ImageDa
     origins = [f"array:{i}" for i in range(len(x))]
     train = ImageSet(x, np.arange(len(x)), y, origins)
     how = "given" if layout else "detected"
-    return _assemble("arrays", f"in-memory arrays ({found_layout}, {how})", names, {"train": train}, config,
-                     hflip=True, notes=[note])
+    return _assemble("arrays", f"in-memory arrays ({found_layout}, {how})", names, {"train": train}, config, hflip=True, notes=[note])
 
 
 def _from_builtin(name: str, config: DataConfig) -> ImageData:
@@ -157,12 +155,14 @@ def _from_builtin(name: str, config: DataConfig) -> ImageData:
             continue
         x, note = conform_arrays(pair[0], config)
         sets[split] = ImageSet(x, np.arange(len(x)), pair[1], [f"{name}:{split}:{i}" for i in range(len(x))])
-    return _assemble(name, f"built-in dataset from {raw.location}", raw.classes, sets, config,
-                     hflip=builtin.BUILTINS[name].hflip, notes=[note])
+    return _assemble(
+        name, f"built-in dataset from {raw.location}", raw.classes, sets, config, hflip=builtin.BUILTINS[name].hflip, notes=[note]
+    )
 
 
-def _assemble(source: str, layout: str, classes: list[str], sets: dict[str, ImageSet], config: DataConfig,
-              hflip: bool, notes: list[str]) -> ImageData:
+def _assemble(
+    source: str, layout: str, classes: list[str], sets: dict[str, ImageSet], config: DataConfig, hflip: bool, notes: list[str]
+) -> ImageData:
     """Split off validation when no split provides it, and measure normalisation on training data."""
     train, notes = sets["train"], [n for n in notes if n]
     val = sets.get("val")

@@ -121,8 +121,9 @@ class Walker:
         if entry.is_file():
             return True
         if entry.is_symlink():
-            self.skips.add(entry.path, f"unreadable: a link to a missing file ({os.readlink(entry.path)})",
-                           fix="restore its target or remove the link")
+            self.skips.add(
+                entry.path, f"unreadable: a link to a missing file ({os.readlink(entry.path)})", fix="restore its target or remove the link"
+            )
         else:
             self.skips.add(entry.path, "not a regular file (a device, pipe or socket)")
         return False
@@ -161,8 +162,11 @@ class Walker:
             return False
         for fenced, name in self.fence.items():
             if fenced != top_real and (_inside(real, fenced) or _inside(fenced, real)):
-                self.skips.add(path, f"link into another class or split: {name}; its images would be listed twice "
-                                     f"under two labels, so it is not followed", error=False)
+                self.skips.add(
+                    path,
+                    f"link into another class or split: {name}; its images would be listed twice under two labels, so it is not followed",
+                    error=False,
+                )
                 return True
         return False
 

@@ -41,13 +41,18 @@ class BatchFit:
     def summary(self) -> str:
         tried = ", ".join(f"{b} {'out of memory' if p is None else _gib(p)}" for b, p in sorted(self.tried.items()))
         if self.largest == self.cap:
-            verdict = (f"every batch up to the whole training set ({self.cap} images) fits: memory does not limit the batch "
-                       f"here; keep the recipe's {self.start}")
+            verdict = (
+                f"every batch up to the whole training set ({self.cap} images) fits: memory does not limit the batch "
+                f"here; keep the recipe's {self.start}"
+            )
         else:
-            verdict = (f"largest that fit: {self.largest}; suggested: --batch-size {self.suggestion} (the largest power of two "
-                       f"at or below {MARGIN:.0%} of it, room for what one step does not show)")
-        return "\n".join([f"batch sizes tried (peak memory, of {_gib(self.total_bytes)}): {tried}", verdict,
-                          f"the recipe's batch size: {self.start}"])
+            verdict = (
+                f"largest that fit: {self.largest}; suggested: --batch-size {self.suggestion} (the largest power of two "
+                f"at or below {MARGIN:.0%} of it, room for what one step does not show)"
+            )
+        return "\n".join(
+            [f"batch sizes tried (peak memory, of {_gib(self.total_bytes)}): {tried}", verdict, f"the recipe's batch size: {self.start}"]
+        )
 
 
 def _gib(n: int) -> str:
@@ -56,8 +61,10 @@ def _gib(n: int) -> str:
 
 def check_gpu(device: torch.device) -> None:
     if device.type != "cuda":
-        raise ImgclfError(f"batch-find measures GPU memory and this run's device is {device.type}: on a CPU (or MPS) the batch "
-                          "size is chosen for steps per epoch, not memory, so keep the recipe's or set --batch-size yourself.")
+        raise ImgclfError(
+            f"batch-find measures GPU memory and this run's device is {device.type}: on a CPU (or MPS) the batch "
+            "size is chosen for steps per epoch, not memory, so keep the recipe's or set --batch-size yourself."
+        )
 
 
 def largest_batch(trainer) -> BatchFit:
@@ -71,8 +78,7 @@ def largest_batch(trainer) -> BatchFit:
     while not _fits(trainer, saved, x, y, batch, fit.tried) and batch > 1:
         batch //= 2
     if fit.tried[batch] is None:
-        raise ImgclfError(f"even a batch of 1 ran out of GPU memory ({trainer.arch.name}); try a smaller --image-size "
-                          "or --model.")
+        raise ImgclfError(f"even a batch of 1 ran out of GPU memory ({trainer.arch.name}); try a smaller --image-size or --model.")
     fit.largest = batch
     while fit.largest < fit.cap and _fits(trainer, saved, x, y, min(2 * fit.largest, fit.cap), fit.tried):
         fit.largest = min(2 * fit.largest, fit.cap)

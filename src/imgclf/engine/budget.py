@@ -46,13 +46,25 @@ class TimeBudget:
         epoch = self.epoch_seconds(trainer)
         room = SAFETY * (self.seconds - self.elapsed() - self.finish_seconds(trainer))
         epochs = max(1, math.floor(room / epoch))
-        log.info("time budget %s: a training step takes %.0f ms and an epoch about %.1f s here (%d steps%s); %d epoch%s fit, "
-                 "with %.0f s kept for the final scoring and the bundle", _text(self.seconds), 1000 * self.step_s, epoch,
-                 len(trainer.train_loader), " and validation" if trainer.val_loader is not None else "", epochs,
-                 "" if epochs == 1 else "s", self.finish_seconds(trainer))
+        log.info(
+            "time budget %s: a training step takes %.0f ms and an epoch about %.1f s here (%d steps%s); %d epoch%s fit, "
+            "with %.0f s kept for the final scoring and the bundle",
+            _text(self.seconds),
+            1000 * self.step_s,
+            epoch,
+            len(trainer.train_loader),
+            " and validation" if trainer.val_loader is not None else "",
+            epochs,
+            "" if epochs == 1 else "s",
+            self.finish_seconds(trainer),
+        )
         if room < epoch:
-            log.warning("time budget %s is shorter than one epoch with the final scoring (about %.0f s): one epoch is trained "
-                        "and the run will overrun it", _text(self.seconds), epoch + self.finish_seconds(trainer))
+            log.warning(
+                "time budget %s is shorter than one epoch with the final scoring (about %.0f s): one epoch is trained "
+                "and the run will overrun it",
+                _text(self.seconds),
+                epoch + self.finish_seconds(trainer),
+            )
         return epochs
 
     def epoch_seconds(self, trainer) -> float:

@@ -50,14 +50,26 @@ class BundleSpec:
 
     def to_json(self) -> dict:
         pre = self.preprocessing
-        return {"format": self.format, "architecture": self.architecture.to_json(), "classes": list(self.classes),
-                "class_type": self.class_type,
-                "input": {"channels": pre.channels, "size": list(pre.size), "resize": pre.resize,
-                          "interpolation": pre.interpolation, "crop_fraction": pre.crop_fraction},
-                "normalization": {"mean": list(pre.mean), "std": list(pre.std)},
-                "training": {"hflip": self.hflip, "tta": self.tta},
-                **({"pretrained": self.pretrained} if self.pretrained else {}),
-                "preprocessing": PREPROCESSING_TEXT, "metrics": self.metrics, "source": self.source, "versions": self.versions}
+        return {
+            "format": self.format,
+            "architecture": self.architecture.to_json(),
+            "classes": list(self.classes),
+            "class_type": self.class_type,
+            "input": {
+                "channels": pre.channels,
+                "size": list(pre.size),
+                "resize": pre.resize,
+                "interpolation": pre.interpolation,
+                "crop_fraction": pre.crop_fraction,
+            },
+            "normalization": {"mean": list(pre.mean), "std": list(pre.std)},
+            "training": {"hflip": self.hflip, "tta": self.tta},
+            **({"pretrained": self.pretrained} if self.pretrained else {}),
+            "preprocessing": PREPROCESSING_TEXT,
+            "metrics": self.metrics,
+            "source": self.source,
+            "versions": self.versions,
+        }
 
     @classmethod
     def from_json(cls, d: dict, where: str | Path = "model.json") -> BundleSpec:
@@ -65,22 +77,36 @@ class BundleSpec:
         class_type, training, pretrained) take what bundles written before them meant."""
         version = d.get("format")
         if not isinstance(version, int) or not 1 <= version <= BUNDLE_FORMAT:
-            raise ImgclfError(f"{where}: bundle format {version} is not a format this imgclf reads (1 to {BUNDLE_FORMAT}); "
-                              "use the imgclf version that wrote it, or retrain.")
+            raise ImgclfError(
+                f"{where}: bundle format {version} is not a format this imgclf reads (1 to {BUNDLE_FORMAT}); "
+                "use the imgclf version that wrote it, or retrain."
+            )
         try:
             training = d.get("training") or {}
-            return cls(Architecture.from_json(d["architecture"]), tuple(str(c) for c in d["classes"]), Preprocessing.from_spec(d),
-                       class_type=d.get("class_type", "str"), hflip=bool(training.get("hflip", False)),
-                       tta=bool(training.get("tta", False)), pretrained=d.get("pretrained"), metrics=d.get("metrics") or {},
-                       source=d.get("source"), versions=d.get("versions") or {}, format=version)
+            return cls(
+                Architecture.from_json(d["architecture"]),
+                tuple(str(c) for c in d["classes"]),
+                Preprocessing.from_spec(d),
+                class_type=d.get("class_type", "str"),
+                hflip=bool(training.get("hflip", False)),
+                tta=bool(training.get("tta", False)),
+                pretrained=d.get("pretrained"),
+                metrics=d.get("metrics") or {},
+                source=d.get("source"),
+                versions=d.get("versions") or {},
+                format=version,
+            )
         except (KeyError, TypeError, ValueError) as err:
-            raise ImgclfError(f"{where}: not a complete model.json ({type(err).__name__}: {err}); the bundle is damaged, "
-                              "re-export it from its run.") from None
+            raise ImgclfError(
+                f"{where}: not a complete model.json ({type(err).__name__}: {err}); the bundle is damaged, re-export it from its run."
+            ) from None
 
 
-PREPROCESSING_TEXT = ("decode, convert to the channels (gray or RGB, alpha on white), resize (input.interpolation) keeping "
-                      "the aspect ratio to cover size / input.crop_fraction, then centre-crop to size (or pad to it), "
-                      "scale to [0,1], subtract mean, divide by std; NCHW float32")
+PREPROCESSING_TEXT = (
+    "decode, convert to the channels (gray or RGB, alpha on white), resize (input.interpolation) keeping "
+    "the aspect ratio to cover size / input.crop_fraction, then centre-crop to size (or pad to it), "
+    "scale to [0,1], subtract mean, divide by std; NCHW float32"
+)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -137,6 +163,7 @@ def load_bundle(path: str | Path) -> tuple[nn.Module, BundleSpec]:
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     except Exception as err:
-        raise ImgclfError(f"{folder / 'model.safetensors'}: does not load into {spec.architecture.name} ({str(err)[:160]}); "
-                          "the bundle is damaged.") from None
+        raise ImgclfError(
+            f"{folder / 'model.safetensors'}: does not load into {spec.architecture.name} ({str(err)[:160]}); the bundle is damaged."
+        ) from None
     return model.eval(), spec

@@ -65,8 +65,9 @@ class RunFiles(Callback):
     def on_step_end(self, trainer) -> None:
         if not trainer.world.is_main or trainer.batch_in_epoch >= trainer.batches_in_epoch:
             return
-        due = (self.every_steps and trainer.step % self.every_steps == 0) or \
-              (self.every_seconds and time.monotonic() - self._last_save >= self.every_seconds)
+        due = (self.every_steps and trainer.step % self.every_steps == 0) or (
+            self.every_seconds and time.monotonic() - self._last_save >= self.every_seconds
+        )
         if due:
             with deferred_interrupts():
                 trainer.make_run_dir()
@@ -92,8 +93,17 @@ class EpochLog(Callback):
     def on_epoch_end(self, trainer, row: dict) -> None:
         epochs = trainer.config.train.epochs
         val_text = f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%" if "val_acc" in row else ""
-        log.info("epoch %d/%d  train loss %.4f acc %.2f%%%s  lr %.4g  %.1fs  %s img/s", row["epoch"], epochs,
-                 row["train_loss"], 100 * row["train_acc"], val_text, row["lr"], row["seconds"], f"{row['images_per_s']:,.0f}")
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.2f%%%s  lr %.4g  %.1fs  %s img/s",
+            row["epoch"],
+            epochs,
+            row["train_loss"],
+            100 * row["train_acc"],
+            val_text,
+            row["lr"],
+            row["seconds"],
+            f"{row['images_per_s']:,.0f}",
+        )
         self._warn_if_failing(trainer, row)
 
     @staticmethod
@@ -103,16 +113,33 @@ class EpochLog(Callback):
         lr = trainer.config.train.resolved_lr()
         if row["epoch"] == 1 and row["train_loss"] > 1.1 * chance:  # at chance, a first epoch of few steps may still be fine
             steps = len(trainer.train_loader)
-            fix = (f"with {steps} step(s) an epoch it has had little chance to: lower --batch-size (now {trainer.config.train.batch_size})"
-                   if steps < 10 else f"if it stays there, lower --lr (now {lr:g}) or raise --epochs")
-            log.warning("epoch 1 ended with a training loss of %.2f, above chance (%.2f for %d classes): the model is not "
-                        "learning yet; %s", row["train_loss"], chance, classes, fix)
+            fix = (
+                f"with {steps} step(s) an epoch it has had little chance to: lower --batch-size (now {trainer.config.train.batch_size})"
+                if steps < 10
+                else f"if it stays there, lower --lr (now {lr:g}) or raise --epochs"
+            )
+            log.warning(
+                "epoch 1 ended with a training loss of %.2f, above chance (%.2f for %d classes): the model is not learning yet; %s",
+                row["train_loss"],
+                chance,
+                classes,
+                fix,
+            )
         val_losses = [r["val_loss"] for r in trainer.history if "val_loss" in r]
-        exploded = val_losses and (not math.isfinite(val_losses[-1]) or val_losses[-1] > 3 * chance
-                                   and (len(val_losses) == 1 or val_losses[-1] > 3 * min(val_losses[:-1])))
+        exploded = val_losses and (
+            not math.isfinite(val_losses[-1])
+            or val_losses[-1] > 3 * chance
+            and (len(val_losses) == 1 or val_losses[-1] > 3 * min(val_losses[:-1]))
+        )
         if exploded:
-            log.warning("validation loss %.1f in epoch %d has exploded (chance is %.2f): the learning rate is likely too "
-                        "high for this data; try --lr %g", val_losses[-1], row["epoch"], chance, lr / 10)
+            log.warning(
+                "validation loss %.1f in epoch %d has exploded (chance is %.2f): the learning rate is likely too "
+                "high for this data; try --lr %g",
+                val_losses[-1],
+                row["epoch"],
+                chance,
+                lr / 10,
+            )
 
 
 class EarlyStopping(Callback):
@@ -126,8 +153,12 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, trainer, row: dict) -> None:
         self.bad_epochs = 0 if row.get("improved") else self.bad_epochs + 1
         if self.patience and self.bad_epochs >= self.patience:
-            log.info("early stop: no better validation accuracy for %d epochs (best %.2f%% at epoch %d)",
-                     self.bad_epochs, 100 * trainer.top["val_acc"], trainer.top["epoch"])
+            log.info(
+                "early stop: no better validation accuracy for %d epochs (best %.2f%% at epoch %d)",
+                self.bad_epochs,
+                100 * trainer.top["val_acc"],
+                trainer.top["epoch"],
+            )
             trainer.should_stop = True
 
     def state_dict(self) -> dict:
@@ -153,8 +184,12 @@ class KeepToBudget(Callback):
         if left is None:
             return
         epochs = trainer.epoch + left
-        log.warning("time budget: the epochs take longer than measured; %d epoch%s instead of %d, the learning-rate schedule "
-                    "shortened to fit", epochs, "" if epochs == 1 else "s", trainer.config.train.epochs)
+        log.warning(
+            "time budget: the epochs take longer than measured; %d epoch%s instead of %d, the learning-rate schedule shortened to fit",
+            epochs,
+            "" if epochs == 1 else "s",
+            trainer.config.train.epochs,
+        )
         trainer.config = dataclasses.replace(trainer.config, train=dataclasses.replace(trainer.config.train, epochs=epochs))
         if trainer.world.is_main and (trainer.run_dir / "config.yaml").is_file():
             (trainer.run_dir / "config.yaml").write_text(trainer.config.to_yaml())

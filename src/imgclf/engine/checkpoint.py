@@ -57,8 +57,11 @@ def deferred_interrupts():
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
@@ -82,5 +85,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a foreign, damaged or pickled-object file: refuse it by name
-        raise ImgclfError(f"{path}: not a readable imgclf checkpoint ({type(err).__name__}: {str(err)[:160]}); "
-                          "use the run's checkpoints/best.pt, or start a new run.") from None
+        raise ImgclfError(
+            f"{path}: not a readable imgclf checkpoint ({type(err).__name__}: {str(err)[:160]}); "
+            "use the run's checkpoints/best.pt, or start a new run."
+        ) from None

@@ -98,8 +98,12 @@ def join(device_setting: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     single process."""
     if not launched_by_torchrun():
         return SINGLE
-    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
-                  int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    world = World(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ["LOCAL_RANK"]),
+        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
+    )
     if world.world_size == 1:
         return SINGLE
     cuda = device_setting in ("auto", "cuda") and torch.cuda.is_available()
@@ -108,8 +112,10 @@ def join(device_setting: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     backend = "nccl" if cuda else "gloo"
     if cuda:
         if world.local_rank >= torch.cuda.device_count():
-            raise ImgclfError(f"local rank {world.local_rank} has no GPU of its own ({torch.cuda.device_count()} on this machine); "
-                              "start at most one process per GPU (torchrun --nproc-per-node).")
+            raise ImgclfError(
+                f"local rank {world.local_rank} has no GPU of its own ({torch.cuda.device_count()} on this machine); "
+                "start at most one process per GPU (torchrun --nproc-per-node)."
+            )
         torch.cuda.set_device(world.local_rank)
     else:
         from imgclf.data.parallel import usable_cpus
@@ -156,6 +162,8 @@ LOST_CONTACT = (dist.DistError,)
 
 def lost_contact_text(world: World, err: BaseException, run_dir) -> str:
     first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return (f"rank {world.rank} of {world.world_size} lost contact with the other processes of the job ({first}); "
-            f"{run_dir}/checkpoints/last.pt holds the last checkpoint, if any: run the same command again to resume it "
-            "(--resume-if-exists), or let torchrun restart the workers (--max-restarts).")
+    return (
+        f"rank {world.rank} of {world.world_size} lost contact with the other processes of the job ({first}); "
+        f"{run_dir}/checkpoints/last.pt holds the last checkpoint, if any: run the same command again to resume it "
+        "(--resume-if-exists), or let torchrun restart the workers (--max-restarts)."
+    )

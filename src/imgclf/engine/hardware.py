@@ -60,8 +60,9 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
         return None
     if name == "bf16" and device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
-    raise ImgclfError(f"--precision {name} is not supported on this {device.type} (it would be slower or emulated); "
-                      "use --precision 32 or auto.")
+    raise ImgclfError(
+        f"--precision {name} is not supported on this {device.type} (it would be slower or emulated); use --precision 32 or auto."
+    )
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -38,8 +38,10 @@ class LrCurve:
         first = max(1, self.steps // 10)
         last = len(self.lrs) - SKIP_END
         if last - first < 3:
-            raise ImgclfError(f"the loss diverged after {len(self.lrs)} of {self.steps} steps, too few to read a learning rate "
-                              f"from (starting at {self.start:.2g}); lower --start or raise --steps.")
+            raise ImgclfError(
+                f"the loss diverged after {len(self.lrs)} of {self.steps} steps, too few to read a learning rate "
+                f"from (starting at {self.start:.2g}); lower --start or raise --steps."
+            )
         return range(first, last)
 
     def steepest(self) -> float:
@@ -69,8 +71,7 @@ class LrCurve:
 def check_range(start: float, end: float, steps: int) -> None:
     """Refuse a range that cannot be tested, before any data is loaded."""
     if not 0 < start < end:
-        raise ImgclfError(f"--start {start:g} and --end {end:g}: the range must grow from a positive start; "
-                          "e.g. --start 1e-6 --end 1.")
+        raise ImgclfError(f"--start {start:g} and --end {end:g}: the range must grow from a positive start; e.g. --start 1e-6 --end 1.")
     if steps < 10:
         raise ImgclfError(f"--steps {steps}: too few to see the loss fall and rise; pass at least 10 (100 is usual).")
 

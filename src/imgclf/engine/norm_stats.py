@@ -66,7 +66,6 @@ def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor], autocast: Cal
     return used
 
 
-
 class AdaptNorms(Callback):
     """Before the first epoch: BatchNorm statistics measured on the training images, as they are (no
     augmentation), replacing the ones the pretrained weights brought (AdaBN; Li et al., 2016).
@@ -104,8 +103,11 @@ class AdaptNorms(Callback):
         seconds = time.perf_counter() - start
         self.result = {"norms": len(norms), "images": len(images), "cached": cached, "seconds": round(seconds, 2)}
         how = "read from the cache" if cached else f"measured on {len(images):,} training images in {seconds:.1f} s"
-        log.info("BatchNorm statistics of %d layers %s (the pretrained ones describe the weights' own images; "
-                 "--no-adapt-norms keeps them)", len(norms), how)
+        log.info(
+            "BatchNorm statistics of %d layers %s (the pretrained ones describe the weights' own images; --no-adapt-norms keeps them)",
+            len(norms),
+            how,
+        )
 
     def state_dict(self) -> dict:
         return dict(self.result)
@@ -131,6 +133,7 @@ def _adapted(model: nn.Module, images, mean, std, device: torch.device, cache_di
             pass
     loader = DeviceLoader(images, BATCH, mean=mean, std=std, device=device, channels_last=channels_last)
     recalibrate(model, (x for x, _ in loader if len(x) > 1))
-    write_arrays(path, {f"{what}{i}": getattr(norm, f"running_{what}").cpu().numpy()
-                        for i, norm in enumerate(norms) for what in ("mean", "var")})
+    write_arrays(
+        path, {f"{what}{i}": getattr(norm, f"running_{what}").cpu().numpy() for i, norm in enumerate(norms) for what in ("mean", "var")}
+    )
     return False

@@ -38,8 +38,9 @@ class LinearHead:
     train_acc: float
 
 
-def _fit(z: torch.Tensor, y: torch.Tensor, l2: float, class_weight: torch.Tensor | None,
-         start: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit(
+    z: torch.Tensor, y: torch.Tensor, l2: float, class_weight: torch.Tensor | None, start: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     w, b = (v.clone().requires_grad_(True) for v in start)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=MAX_ITER, line_search_fn="strong_wolfe", tolerance_grad=1e-7)
 
@@ -53,8 +54,14 @@ def _fit(z: torch.Tensor, y: torch.Tensor, l2: float, class_weight: torch.Tensor
     return w.detach(), b.detach()
 
 
-def fit_linear(train_x: np.ndarray, train_y: np.ndarray, classes: int, val_x: np.ndarray | None = None,
-               val_y: np.ndarray | None = None, class_weight: torch.Tensor | None = None) -> LinearHead:
+def fit_linear(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    classes: int,
+    val_x: np.ndarray | None = None,
+    val_y: np.ndarray | None = None,
+    class_weight: torch.Tensor | None = None,
+) -> LinearHead:
     """Multinomial logistic regression on standardised features, its penalty chosen on validation (the
     highest accuracy, then the lowest loss); folded back so that it applies to the raw features."""
     x = torch.from_numpy(np.asarray(train_x, np.float32))
@@ -84,16 +91,17 @@ def fit_linear(train_x: np.ndarray, train_y: np.ndarray, classes: int, val_x: np
     train_acc = float(((z @ w + b).argmax(1) == y).double().mean())
     weight_raw = (w / sd[:, None]).T.contiguous()
     bias_raw = b - (mu / sd) @ w
-    return LinearHead(weight_raw.float(), bias_raw.float(), l2, score[0] if score else None, -score[1] if score else None,
-                      train_acc)
+    return LinearHead(weight_raw.float(), bias_raw.float(), l2, score[0] if score else None, -score[1] if score else None, train_acc)
 
 
 def set_head(model: nn.Module, head: LinearHead) -> None:
     """The network's classifier takes the fitted weights (timm's get_classifier(): a Linear layer)."""
     layer = model.get_classifier()
     if not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != tuple(head.weight.shape):
-        raise ImgclfError(f"{type(model).__name__}'s classifier is not a linear layer of {tuple(head.weight.shape)}; "
-                          "a fitted head cannot go there: leave out --probe and --head-from-probe.")
+        raise ImgclfError(
+            f"{type(model).__name__}'s classifier is not a linear layer of {tuple(head.weight.shape)}; "
+            "a fitted head cannot go there: leave out --probe and --head-from-probe."
+        )
     with torch.no_grad():
         layer.weight.copy_(head.weight.to(layer.weight.device))
         layer.bias.copy_(head.bias.to(layer.bias.device))
@@ -118,28 +126,52 @@ class HeadFromProbe(Callback):
             return
         model, data = unwrap(trainer.model), trainer.data
         if not can_embed(model):
-            raise ImgclfError(f"{trainer.arch.name} cannot give its features to a linear head; leave out --probe and "
-                              "--head-from-probe, or choose a timm architecture with --model.")
+            raise ImgclfError(
+                f"{trainer.arch.name} cannot give its features to a linear head; leave out --probe and "
+                "--head-from-probe, or choose a timm architecture with --model."
+            )
         parts = {"train": data.train}
         if data.val is not None and len(data.val) and data.val.labeled:
             parts["val"] = data.val
         start = time.perf_counter()
         got = features(model, parts, data.mean, data.std, trainer.device, self.cache_dir, trainer.channels_last)
         fit_start = time.perf_counter()
-        head = fit_linear(got.parts["train"], data.train.labels, data.num_classes, got.parts.get("val"),
-                          data.val.labels if "val" in parts else None, trainer.class_weights)
+        head = fit_linear(
+            got.parts["train"],
+            data.train.labels,
+            data.num_classes,
+            got.parts.get("val"),
+            data.val.labels if "val" in parts else None,
+            trainer.class_weights,
+        )
         set_head(model, head)
         if trainer.ema is not None:  # the average starts from the network as fine-tuning starts it
             trainer.ema.module.load_state_dict(model.state_dict())
         seconds = time.perf_counter() - start
-        self.result = {"val_acc": head.val_acc, "val_loss": head.val_loss, "train_acc": head.train_acc, "l2": head.l2,
-                       "seconds": round(seconds, 2), "cached": got.cached}
+        self.result = {
+            "val_acc": head.val_acc,
+            "val_loss": head.val_loss,
+            "train_acc": head.train_acc,
+            "l2": head.l2,
+            "seconds": round(seconds, 2),
+            "cached": got.cached,
+        }
         where = "read from the cache" if got.cached else f"embedded in {got.seconds:.1f} s"
-        score = (f"validation accuracy {100 * head.val_acc:.2f}% ({len(data.val)} images)" if head.val_acc is not None
-                 else f"training accuracy {100 * head.train_acc:.2f}% (no validation images)")
+        score = (
+            f"validation accuracy {100 * head.val_acc:.2f}% ({len(data.val)} images)"
+            if head.val_acc is not None
+            else f"training accuracy {100 * head.train_acc:.2f}% (no validation images)"
+        )
         after = "" if self.probe_only else "; fine-tuning starts from this head"
-        log.info("linear probe on %s's features: %s; features of %d images %s, head fitted in %.1f s%s", trainer.arch.name,
-                 score, sum(len(p) for p in parts.values()), where, time.perf_counter() - fit_start, after)
+        log.info(
+            "linear probe on %s's features: %s; features of %d images %s, head fitted in %.1f s%s",
+            trainer.arch.name,
+            score,
+            sum(len(p) for p in parts.values()),
+            where,
+            time.perf_counter() - fit_start,
+            after,
+        )
         if self.probe_only:
             trainer.best = {"val_acc": head.val_acc if head.val_acc is not None else head.train_acc, "epoch": 0}
 

@@ -71,9 +71,13 @@ def enlarged(config: Config, data: ImageData) -> ImageData:
         return data
     scale = MIN_SIDE / min(h, w)
     size = (round(h * scale), round(w * scale))
-    return data.resized(size, config.data.resize, f"image size {size[0]}x{size[1]} (enlarged from the images' {h}x{w}: "
-                                                  f"the default network needs {MIN_SIDE} px or more; --image-size sets it)",
-                        **config.data.framing())
+    return data.resized(
+        size,
+        config.data.resize,
+        f"image size {size[0]}x{size[1]} (enlarged from the images' {h}x{w}: "
+        f"the default network needs {MIN_SIDE} px or more; --image-size sets it)",
+        **config.data.framing(),
+    )
 
 
 def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool = True) -> tuple[Config, list[str]]:
@@ -93,12 +97,16 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
     if batch is None:
         batch = fitted_batch(n)
         if batch < MAX_BATCH:
-            notes.append(f"batch size {batch}: {n} training images make {steps_per_epoch(n, batch)} steps an epoch "
-                         f"(batches of {MAX_BATCH} would make {steps_per_epoch(n, MAX_BATCH)}); --batch-size sets it")
+            notes.append(
+                f"batch size {batch}: {n} training images make {steps_per_epoch(n, batch)} steps an epoch "
+                f"(batches of {MAX_BATCH} would make {steps_per_epoch(n, MAX_BATCH)}); --batch-size sets it"
+            )
         if world_size > 1:
             per = max(1, batch // world_size)
-            notes.append(f"global batch {per * world_size}: {world_size} processes x {per}; the lr ({lr:g}) is the one for that "
-                         "global batch, as in one process")
+            notes.append(
+                f"global batch {per * world_size}: {world_size} processes x {per}; the lr ({lr:g}) is the one for that "
+                "global batch, as in one process"
+            )
             batch = per
     else:
         if batch * world_size > n:
@@ -107,10 +115,12 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
             batch = max(1, n // world_size)
         if world_size > 1:
             how = t.lr_scaling if scale_lr else "none"
-            scale = {"none": 1.0, "linear": float(world_size), "sqrt": world_size ** 0.5}[how]
-            rule = {"none": f"kept at {lr:g}, as given for the global batch (--lr-scaling linear or sqrt scales it from a batch "
-                            f"of {batch})", "linear": f"{lr:g} x {world_size} = {lr * scale:g} (linear scaling)",
-                    "sqrt": f"{lr:g} x sqrt({world_size}) = {lr * scale:g} (square-root scaling)"}[how]
+            scale = {"none": 1.0, "linear": float(world_size), "sqrt": world_size**0.5}[how]
+            rule = {
+                "none": f"kept at {lr:g}, as given for the global batch (--lr-scaling linear or sqrt scales it from a batch of {batch})",
+                "linear": f"{lr:g} x {world_size} = {lr * scale:g} (linear scaling)",
+                "sqrt": f"{lr:g} x sqrt({world_size}) = {lr * scale:g} (square-root scaling)",
+            }[how]
             notes.append(f"global batch {batch * world_size}: {world_size} processes x --batch-size {batch}; lr {rule}")
             lr *= scale
     steps = steps_per_epoch(n, batch * world_size)
@@ -118,16 +128,28 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
     if epochs is None:
         epochs = fitted_epochs(steps)
         if epochs > EPOCHS:
-            notes.append(f"{epochs} epochs: {steps} steps an epoch make {epochs * steps:,} steps in all ({EPOCHS} epochs would make "
-                         f"{EPOCHS * steps:,}); --epochs sets it")
+            notes.append(
+                f"{epochs} epochs: {steps} steps an epoch make {epochs * steps:,} steps in all ({EPOCHS} epochs would make "
+                f"{EPOCHS * steps:,}); --epochs sets it"
+            )
     t = dataclasses.replace(t, epochs=epochs)
     augment, aug_cfg = _augmentation(dataclasses.replace(config, train=t), data, steps, notes)
     model = t.model or (None if t.init_from else default_model_name(data.image_size, t.pretrained))
-    train = dataclasses.replace(t, model=model, batch_size=batch, lr=lr, weight_decay=t.resolved_weight_decay(),
-                                warmup=t.resolved_warmup(), augment=augment,
-                                tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta,
-                                head_from_probe=bool(t.head_from_probe), freeze_stride=t.freeze_stride or 0,
-                                frozen_norms=bool(t.frozen_norms), adapt_norms=bool(t.adapt_norms), keep=t.keep or "best")
+    train = dataclasses.replace(
+        t,
+        model=model,
+        batch_size=batch,
+        lr=lr,
+        weight_decay=t.resolved_weight_decay(),
+        warmup=t.resolved_warmup(),
+        augment=augment,
+        tta=bool(augment and aug_cfg.hflip) if t.tta is None else t.tta,
+        head_from_probe=bool(t.head_from_probe),
+        freeze_stride=t.freeze_stride or 0,
+        frozen_norms=bool(t.frozen_norms),
+        adapt_norms=bool(t.adapt_norms),
+        keep=t.keep or "best",
+    )
     if (line := transfer_recipe.suggestion(config, data)) is not None:
         notes.append(line)
     data_config = dataclasses.replace(config.data, image_size=tuple(data.image_size), channels=data.channels, augment=aug_cfg)
@@ -146,9 +168,13 @@ def _augmentation(config: Config, data: ImageData, steps: int, notes: list[str])
         flips = data.hflip if cfg.hflip is None else cfg.hflip
         if not augment and t.epochs >= FLIPS_FROM_EPOCHS and flips and cfg.crop_padding is None:
             augment, cfg = True, dataclasses.replace(cfg, crop_padding=0)
-            notes.append(f"augmentation: flips only in a run of this length ({run}; crops and shifts from "
-                         f"{AUGMENT_FROM_EPOCHS} epochs and {AUGMENT_FROM_STEPS:,} steps); --no-augment turns it off")
+            notes.append(
+                f"augmentation: flips only in a run of this length ({run}; crops and shifts from "
+                f"{AUGMENT_FROM_EPOCHS} epochs and {AUGMENT_FROM_STEPS:,} steps); --no-augment turns it off"
+            )
         elif not augment:
-            notes.append(f"augmentation off: in a run this short ({run}) it slows learning more than it helps (flips from "
-                         f"{FLIPS_FROM_EPOCHS} epochs, crops from {AUGMENT_FROM_EPOCHS}); --augment turns it on")
+            notes.append(
+                f"augmentation off: in a run this short ({run}) it slows learning more than it helps (flips from "
+                f"{FLIPS_FROM_EPOCHS} epochs, crops from {AUGMENT_FROM_EPOCHS}); --augment turns it on"
+            )
     return augment, decided(cfg, data.image_size, data.hflip)

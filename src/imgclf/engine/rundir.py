@@ -37,8 +37,9 @@ def choose_run_dir(out: str, name: str | None, default_name: str, force: bool) -
     if name:
         path = root / slug(name)
         if _holds_something(path) and not force:
-            raise ImgclfError(f"{path} already holds a run; choose another --name, resume it with --resume {path}, "
-                              "or pass --force to replace it.")
+            raise ImgclfError(
+                f"{path} already holds a run; choose another --name, resume it with --resume {path}, or pass --force to replace it."
+            )
         return path
     base = slug(default_name)
     for i in range(1, 10_000):

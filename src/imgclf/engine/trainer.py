@@ -48,16 +48,26 @@ def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, Architectu
         model, spec = load_bundle(t.init_from)
         arch = spec.architecture
         if arch.in_channels != data.channels:
-            raise ImgclfError(f"--init-from {t.init_from}: that model takes {arch.in_channels}-channel images, this data has "
-                              f"{data.channels}; pass --channels {arch.in_channels}.")
+            raise ImgclfError(
+                f"--init-from {t.init_from}: that model takes {arch.in_channels}-channel images, this data has "
+                f"{data.channels}; pass --channels {arch.in_channels}."
+            )
         if list(spec.classes) != data.classes:
             model.reset_classifier(data.num_classes)
             log.info("init-from %s: new head for %d classes (the bundle had %d)", t.init_from, data.num_classes, len(spec.classes))
         return model.train(), dataclasses.replace(arch, num_classes=data.num_classes, image_size=tuple(data.image_size))
     name = t.model or default_model_name(data.image_size, t.pretrained)
     kwargs = fitted_kwargs(name, data.image_size)
-    model = create_model(name, data.channels, data.num_classes, data.image_size, pretrained=t.pretrained, weights=t.weights,
-                         partial_weights=t.partial_weights, **kwargs)
+    model = create_model(
+        name,
+        data.channels,
+        data.num_classes,
+        data.image_size,
+        pretrained=t.pretrained,
+        weights=t.weights,
+        partial_weights=t.partial_weights,
+        **kwargs,
+    )
     return model, Architecture(name, data.channels, data.num_classes, tuple(data.image_size), kwargs)
 
 
@@ -71,8 +81,16 @@ class Trainer:
     run.json, ...): a run that fails before it has an epoch to keep leaves nothing behind.
     """
 
-    def __init__(self, data: ImageData, config: Config, run_dir: Path, *, replace: bool = False, world: World = SINGLE,
-                 callbacks: list[Callback] = ()):
+    def __init__(
+        self,
+        data: ImageData,
+        config: Config,
+        run_dir: Path,
+        *,
+        replace: bool = False,
+        world: World = SINGLE,
+        callbacks: list[Callback] = (),
+    ):
         from imgclf.models.transfer import freeze_early_layers, param_groups
 
         t = config.train
@@ -88,8 +106,10 @@ class Trainer:
         model, self.arch = _build_model(config, data)
         if world.distributed and t.sync_bn:
             if self.device.type != "cuda":
-                raise ImgclfError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); leave it out on CPUs, where "
-                                  "BatchNorm statistics are measured again and averaged over the processes before each validation.")
+                raise ImgclfError(
+                    "--sync-bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); leave it out on CPUs, where "
+                    "BatchNorm statistics are measured again and averaged over the processes before each validation."
+                )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.fixed = freeze_early_layers(model, t.freeze_stride or 0)  # kept at their pretrained weights throughout
         self.model = model.to(self.device)
@@ -111,13 +131,22 @@ class Trainer:
         self.optimizer = self._optimizer(groups)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         shard = dict(rank=world.rank, world_size=world.world_size)
-        self.preprocessing = Preprocessing(data.channels, tuple(data.image_size), config.data.resize, tuple(data.mean),
-                                           tuple(data.std), **config.data.framing())
-        loader_args = dict(mean=self.preprocessing.mean, std=self.preprocessing.std, device=self.device,
-                           channels_last=self.channels_last)
-        self.train_loader = DeviceLoader(data.train, t.batch_size, train=True, augment=config.data.augment if t.augment else None,
-                                         hflip_default=data.hflip, seed=config.data.seed, sampler=t.sampler,
-                                         drop_last=len(data.train) > t.batch_size * world.world_size, **shard, **loader_args)
+        self.preprocessing = Preprocessing(
+            data.channels, tuple(data.image_size), config.data.resize, tuple(data.mean), tuple(data.std), **config.data.framing()
+        )
+        loader_args = dict(mean=self.preprocessing.mean, std=self.preprocessing.std, device=self.device, channels_last=self.channels_last)
+        self.train_loader = DeviceLoader(
+            data.train,
+            t.batch_size,
+            train=True,
+            augment=config.data.augment if t.augment else None,
+            hflip_default=data.hflip,
+            seed=config.data.seed,
+            sampler=t.sampler,
+            drop_last=len(data.train) > t.batch_size * world.world_size,
+            **shard,
+            **loader_args,
+        )
         self.class_weights = class_weights(data.train.labels, data.num_classes, self.device) if t.class_weights == "balanced" else None
         self.mix_gen = torch.Generator(device=self.device) if t.mixup or t.cutmix else None
         self.compile_seconds = 0.0
@@ -137,8 +166,9 @@ class Trainer:
     def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         t = self.config.train
         if t.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=self.base_lr, momentum=t.momentum, nesterov=t.momentum > 0,
-                                   weight_decay=t.resolved_weight_decay())
+            return torch.optim.SGD(
+                groups, lr=self.base_lr, momentum=t.momentum, nesterov=t.momentum > 0, weight_decay=t.resolved_weight_decay()
+            )
         cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
         return cls(groups, lr=self.base_lr, weight_decay=t.resolved_weight_decay())
 
@@ -172,16 +202,28 @@ class Trainer:
     def state(self, within_epoch: bool = False) -> dict:
         """Everything a resume needs, tensors and plain containers only. within_epoch: a checkpoint in the
         middle of an epoch, with how far the epoch had got and its sums so far."""
-        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": dict(self.best),
-                 "top": dict(self.top), "history": list(self.history), "rng": rng_state(), "world_size": self.world.world_size,
-                 "batch_size": self.config.train.batch_size,
-                 "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks if cb.key}}
+        state = {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": dict(self.best),
+            "top": dict(self.top),
+            "history": list(self.history),
+            "rng": rng_state(),
+            "world_size": self.world.world_size,
+            "batch_size": self.config.train.batch_size,
+            "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks if cb.key},
+        }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if within_epoch:  # this rank's sums: rank 0 writes, and a resumed epoch's figures are its own (see _epoch)
-            state["within_epoch"] = {"batches": self.batch_in_epoch, "served": self.train_loader.served(self.batch_in_epoch),
-                                     **self._sums_so_far()}
+            state["within_epoch"] = {
+                "batches": self.batch_in_epoch,
+                "served": self.train_loader.served(self.batch_in_epoch),
+                **self._sums_so_far(),
+            }
         return state
 
     def best_state(self) -> dict:
@@ -214,8 +256,12 @@ class Trainer:
         within = state.get("within_epoch")
         if within:
             self.train_loader.set_epoch(self.epoch)
-            self.train_loader.resume_within_epoch(within["served"], int(state.get("world_size", 1)),
-                                                  int(state.get("batch_size") or self.config.train.batch_size), int(within["batches"]))
+            self.train_loader.resume_within_epoch(
+                within["served"],
+                int(state.get("world_size", 1)),
+                int(state.get("batch_size") or self.config.train.batch_size),
+                int(within["batches"]),
+            )
             self._partial = {k: v for k, v in within.items() if k != "served"}
             if self.world.distributed:  # rank 0's sums stand for its own shard; the others start theirs anew
                 scale = 1.0 if self.world.is_main else 0.0
@@ -235,17 +281,23 @@ class Trainer:
                     cb.on_epoch_end(self, row)
         except KeyboardInterrupt:
             if self.world.is_main and self.last_path.is_file():
-                log.warning("interrupted in epoch %d; %s holds the last checkpoint: resume with: imgclf train --resume %s",
-                            self.epoch + 1, self.last_path, self.run_dir)
+                log.warning(
+                    "interrupted in epoch %d; %s holds the last checkpoint: resume with: imgclf train --resume %s",
+                    self.epoch + 1,
+                    self.last_path,
+                    self.run_dir,
+                )
             elif self.world.is_main:
                 log.warning("interrupted in epoch 1, before any epoch completed: nothing was saved")
             raise
         except torch.OutOfMemoryError:
             h, w = self.data.image_size
-            raise ImgclfError(f"the {self.device.type} ran out of memory at batch size {t.batch_size} ({self.arch.name}, "
-                              f"{self.data.channels}x{h}x{w} images); try --batch-size {max(1, t.batch_size // 2)}"
-                              + (", --precision 16" if self.dtype is None and self.device.type == "cuda" else "")
-                              + " or a smaller --image-size.") from None
+            raise ImgclfError(
+                f"the {self.device.type} ran out of memory at batch size {t.batch_size} ({self.arch.name}, "
+                f"{self.data.channels}x{h}x{w} images); try --batch-size {max(1, t.batch_size // 2)}"
+                + (", --precision 16" if self.dtype is None and self.device.type == "cuda" else "")
+                + " or a smaller --image-size."
+            ) from None
 
     def _set_lr(self, progress: float) -> float:
         """The schedule at `progress` epochs: a function of how far training is, so that a run resumed
@@ -271,16 +323,30 @@ class Trainer:
             params = list(self.model.parameters())
             training = sum(p.numel() for p in params if p.requires_grad)
             if frozen:
-                log.info("epoch %d: backbone frozen until epoch %d; %s of %s parameters train (the head and the normalisation "
-                         "layers)", epoch + 1, t.freeze_epochs, f"{training:,}", f"{sum(p.numel() for p in params):,}")
+                log.info(
+                    "epoch %d: backbone frozen until epoch %d; %s of %s parameters train (the head and the normalisation layers)",
+                    epoch + 1,
+                    t.freeze_epochs,
+                    f"{training:,}",
+                    f"{sum(p.numel() for p in params):,}",
+                )
             else:
-                log.info("epoch %d: backbone unfrozen; all %s parameters train%s", epoch + 1, f"{training:,}",
-                         f", the backbone at {t.backbone_lr_scale:g} x lr" if t.backbone_lr_scale != 1 else "")
+                log.info(
+                    "epoch %d: backbone unfrozen; all %s parameters train%s",
+                    epoch + 1,
+                    f"{training:,}",
+                    f", the backbone at {t.backbone_lr_scale:g} x lr" if t.backbone_lr_scale != 1 else "",
+                )
             self._frozen = frozen
 
     def _sums_so_far(self) -> dict:
-        return {"loss_sum": float(self._loss_sum.item()), "correct": int(self._correct.item()), "seen": self._seen,
-                "seconds": self._seconds_before + time.perf_counter() - self._start, "fraction": self._fraction()}
+        return {
+            "loss_sum": float(self._loss_sum.item()),
+            "correct": int(self._correct.item()),
+            "seen": self._seen,
+            "seconds": self._seconds_before + time.perf_counter() - self._start,
+            "fraction": self._fraction(),
+        }
 
     def _fraction(self) -> float:
         """The share of this epoch served so far, all ranks together: what the schedule goes by. An epoch
@@ -310,8 +376,14 @@ class Trainer:
         self._seen, self._seconds_before = int(partial.get("seen", 0)), float(partial.get("seconds", 0.0))
         self._start = time.perf_counter()
         check_every = FINITE_CHECK_EVERY.get(self.device.type, DEFAULT_FINITE_CHECK)
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False,
-                   disable=None if self.world.is_main else True, total=self.batches_in_epoch - self._first_batch)
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None if self.world.is_main else True,
+            total=self.batches_in_epoch - self._first_batch,
+        )
         lr = self.base_lr
         for x, y in bar:
             lr = self._set_lr(self.epoch + self._fraction())
@@ -333,11 +405,20 @@ class Trainer:
                 bar.set_postfix(loss=f"{self._loss_sum.item() / max(self._seen, 1):.4f}")
         self._check_finite(lr)
         seconds = self._seconds_before + time.perf_counter() - self._start
-        sums = self.world.sum(torch.stack([self._loss_sum.double(), self._correct.double(),
-                                           torch.tensor(float(self._seen), device=self.device, dtype=torch.float64)]))
+        sums = self.world.sum(
+            torch.stack(
+                [self._loss_sum.double(), self._correct.double(), torch.tensor(float(self._seen), device=self.device, dtype=torch.float64)]
+            )
+        )
         loss_sum, correct, seen = (float(v) for v in sums)
-        row = {"epoch": self.epoch + 1, "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
-               "lr": float(f"{lr:.6g}"), "seconds": round(seconds, 2), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
+        row = {
+            "epoch": self.epoch + 1,
+            "train_loss": round(loss_sum / max(seen, 1), 5),
+            "train_acc": round(correct / max(seen, 1), 5),
+            "lr": float(f"{lr:.6g}"),
+            "seconds": round(seconds, 2),
+            "images_per_s": round(seen / max(seconds, 1e-9), 1),
+        }
         self.recalibrate_norms()
         if self.val_loader is not None:
             val = evaluate_loader(self.scored_model, self.val_loader, self.device, self.dtype, self.world)
@@ -363,7 +444,7 @@ class Trainer:
         t = self.config.train
         target = y
         if self.mix_gen is not None:
-            self.mix_gen.manual_seed((self.config.data.seed * 1_000_003 + self.step * 7_919 + self.world.rank) % 2 ** 63)
+            self.mix_gen.manual_seed((self.config.data.seed * 1_000_003 + self.step * 7_919 + self.world.rank) % 2**63)
             x, target = mix(x, y, self.data.num_classes, t.mixup, t.cutmix, self.mix_gen)
         with hardware.autocast(self.device, self.dtype):
             out = self.net(x)
@@ -386,16 +467,20 @@ class Trainer:
         if self.config.train.frozen_norms:
             return
         model = unwrap(self.scored_model)
-        if recalibrate(model, self.train_loader.sample(CALIBRATION_IMAGES), lambda: hardware.autocast(self.device, self.dtype)) \
-                and self.world.distributed:
+        if (
+            recalibrate(model, self.train_loader.sample(CALIBRATION_IMAGES), lambda: hardware.autocast(self.device, self.dtype))
+            and self.world.distributed
+        ):
             for norm in batch_norms(model):
                 for buf in (norm.running_mean, norm.running_var):
                     buf.copy_(self.world.sum(buf.clone()) / self.world.world_size)
 
     def _non_finite(self, step_in_epoch: int, lr: float) -> None:
         kept = f"{self.last_path} keeps epoch {self.epoch}" if self.epoch else "no epoch had completed, so nothing was saved"
-        raise ImgclfError(f"the training loss became non-finite in epoch {self.epoch + 1} at step {step_in_epoch + 1} "
-                          f"(learning rate {lr:.3g}); {kept}; try a lower --lr such as {lr / 10:.2g}.")
+        raise ImgclfError(
+            f"the training loss became non-finite in epoch {self.epoch + 1} at step {step_in_epoch + 1} "
+            f"(learning rate {lr:.3g}); {kept}; try a lower --lr such as {lr / 10:.2g}."
+        )
 
     @property
     def tta(self) -> bool:

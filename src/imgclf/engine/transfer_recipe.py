@@ -70,16 +70,21 @@ def before_loading(config: Config) -> tuple[Config, list[str]]:
         d = dataclasses.replace(d, image_size=pre.size)
         notes.append(f"image size {pre.size[0]}x{pre.size[1]}: the size {pre.tag}'s weights were trained at (--image-size sets it)")
     if d.interpolation is None or d.crop_fraction is None:
-        d = dataclasses.replace(d, interpolation=d.interpolation or INTERPOLATION,
-                                crop_fraction=CROP_FRACTION if d.crop_fraction is None else d.crop_fraction)
+        d = dataclasses.replace(
+            d, interpolation=d.interpolation or INTERPOLATION, crop_fraction=CROP_FRACTION if d.crop_fraction is None else d.crop_fraction
+        )
         whole = "the whole centred square" if d.crop_fraction == 1.0 else f"a {d.crop_fraction:g} centre crop"
-        notes.append(f"framing: {d.interpolation} resampling, {whole}; {pre.tag}'s weights were evaluated with {pre.interpolation} "
-                     f"resampling and a {pre.crop_pct:g} centre crop, which scored lower on pictures that fill their frame "
-                     f"(--interpolation {pre.interpolation} --crop-fraction {pre.crop_pct:g} follow them)")
+        notes.append(
+            f"framing: {d.interpolation} resampling, {whole}; {pre.tag}'s weights were evaluated with {pre.interpolation} "
+            f"resampling and a {pre.crop_pct:g} centre crop, which scored lower on pictures that fill their frame "
+            f"(--interpolation {pre.interpolation} --crop-fraction {pre.crop_pct:g} follow them)"
+        )
     if d.channels is None:
         d = dataclasses.replace(d, channels=3)
-        notes.append(f"3 channels: {name}'s weights take RGB, so gray images are given as three equal channels "
-                     "(--channels 1 adapts the first layer instead)")
+        notes.append(
+            f"3 channels: {name}'s weights take RGB, so gray images are given as three equal channels "
+            "(--channels 1 adapts the first layer instead)"
+        )
     return dataclasses.replace(config, data=d), notes
 
 
@@ -91,8 +96,10 @@ def normalised(config: Config, data: ImageData) -> tuple[ImageData, list[str]]:
     mean, std = pre.mean, pre.std
     if data.channels == 1:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    note = (f"normalisation: the mean {_fmt(mean)} and std {_fmt(std)} {pre.tag}'s weights were trained with (the data's "
-            f"own are {_fmt(data.mean)} and {_fmt(data.std)})")
+    note = (
+        f"normalisation: the mean {_fmt(mean)} and std {_fmt(std)} {pre.tag}'s weights were trained with (the data's "
+        f"own are {_fmt(data.mean)} and {_fmt(data.std)})"
+    )
     return dataclasses.replace(data, mean=tuple(mean), std=tuple(std)), [note]
 
 
@@ -128,22 +135,30 @@ def decide(config: Config, data: ImageData) -> tuple[Config, list[str]]:
         flips = data.hflip if aug.hflip is None else aug.hflip
         crop = MIN_AREA if aug.resized_crop is None else aug.resized_crop
         aug = dataclasses.replace(aug, resized_crop=crop, crop_padding=0 if aug.crop_padding is None else aug.crop_padding)
-        notes.append(f"augmentation: random resized crops of {crop:.0%} of the area or more{' and flips' if flips else ''}, "
-                     "as pretrained networks are fine-tuned on photos (--no-augment turns it off)")
+        notes.append(
+            f"augmentation: random resized crops of {crop:.0%} of the area or more{' and flips' if flips else ''}, "
+            "as pretrained networks are fine-tuned on photos (--no-augment turns it off)"
+        )
     if t.freeze_stride is None:
         changes["freeze_stride"] = FREEZE_STRIDE
-        notes.append(f"the layers down to 1/{FREEZE_STRIDE} of the image's side keep their pretrained weights: generic low-level "
-                     "features, and the costliest backward pass (--freeze-stride 0 trains them too)")
+        notes.append(
+            f"the layers down to 1/{FREEZE_STRIDE} of the image's side keep their pretrained weights: generic low-level "
+            "features, and the costliest backward pass (--freeze-stride 0 trains them too)"
+        )
     if t.frozen_norms is None:
         changes["frozen_norms"] = True
         adapted = changes.get("adapt_norms", t.adapt_norms)
         which = "measured on your images before the first epoch" if adapted else "of the pretrained weights"
-        notes.append(f"BatchNorm keeps the statistics {which} while fine-tuning (its scale and shift still learn): batches of "
-                     "a few dozen photos estimate them worse, and the fitted head was fitted on them (--no-frozen-norms)")
+        notes.append(
+            f"BatchNorm keeps the statistics {which} while fine-tuning (its scale and shift still learn): batches of "
+            "a few dozen photos estimate them worse, and the fitted head was fitted on them (--no-frozen-norms)"
+        )
     if t.keep is None:
         changes["keep"] = "last"
-        notes.append("the run ends with its last epoch's weights: a short cosine run settles there, and the best epoch on a few "
-                     "dozen validation images is chance (--keep best)")
+        notes.append(
+            "the run ends with its last epoch's weights: a short cosine run settles there, and the best epoch on a few "
+            "dozen validation images is chance (--keep best)"
+        )
     if t.tta is None:
         changes["tta"] = False
     t = dataclasses.replace(t, **changes)
@@ -162,6 +177,8 @@ def suggestion(config: Config, data: ImageData) -> str | None:
         return None
     if min(data.image_size) < SUGGEST_FROM_SIDE or len(data.train) >= SUGGEST_UNDER:
         return None
-    return (f"{len(data.train):,} colour images of {data.image_size[0]}x{data.image_size[1]} px trained from scratch: on sets like "
-            "this, a network starting from pretrained ImageNet weights usually scores far higher (README 'Your own photos'); "
-            "try --pretrained --model efficientnet_lite0, or --weights FILE --model NAME for weights on disk")
+    return (
+        f"{len(data.train):,} colour images of {data.image_size[0]}x{data.image_size[1]} px trained from scratch: on sets like "
+        "this, a network starting from pretrained ImageNet weights usually scores far higher (README 'Your own photos'); "
+        "try --pretrained --model efficientnet_lite0, or --weights FILE --model NAME for weights on disk"
+    )

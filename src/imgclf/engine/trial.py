@@ -15,9 +15,14 @@ from imgclf.engine.checkpoint import rng_state, set_rng_state
 
 def snapshot(trainer) -> dict:
     """The trainer's weights, optimizer, grad scaler, weight average and random state, copied to the CPU."""
-    return {"model": _on_cpu(trainer.model.state_dict()), "optimizer": _on_cpu(trainer.optimizer.state_dict()),
-            "scaler": _on_cpu(trainer.scaler.state_dict()), "training": trainer.model.training, "rng": rng_state(),
-            "ema": _on_cpu(trainer.ema.state_dict()) if trainer.ema is not None else None}
+    return {
+        "model": _on_cpu(trainer.model.state_dict()),
+        "optimizer": _on_cpu(trainer.optimizer.state_dict()),
+        "scaler": _on_cpu(trainer.scaler.state_dict()),
+        "training": trainer.model.training,
+        "rng": rng_state(),
+        "ema": _on_cpu(trainer.ema.state_dict()) if trainer.ema is not None else None,
+    }
 
 
 def put_back(trainer, saved: dict) -> None:

@@ -35,8 +35,9 @@ def can_embed(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def embed(model: nn.Module, images: ImageSet, mean, std, device: torch.device, batch: int = BATCH,
-          channels_last: bool = False) -> np.ndarray:
+def embed(
+    model: nn.Module, images: ImageSet, mean, std, device: torch.device, batch: int = BATCH, channels_last: bool = False
+) -> np.ndarray:
     """float32 N x F features of a split, the network in evaluation mode (its own BatchNorm statistics);
     the batches normalised by the training loader's own code, in order."""
     from imgclf.data.loader import DeviceLoader
@@ -115,8 +116,9 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def features(model: nn.Module, parts: dict[str, ImageSet], mean, std, device: torch.device, cache_dir: Path,
-             channels_last: bool = False) -> Features:
+def features(
+    model: nn.Module, parts: dict[str, ImageSet], mean, std, device: torch.device, cache_dir: Path, channels_last: bool = False
+) -> Features:
     """The features of every split in `parts`, from the cache in cache_dir/features when they are there."""
     start = time.perf_counter()
     path = Path(cache_dir) / "features" / f"{cache_key(model, parts, mean, std)}.npz"

@@ -60,8 +60,14 @@ def _is_plain_2x2(pool: nn.MaxPool2d) -> bool:
     def pair(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
-    return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
-            and pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
+    return (
+        pair(pool.kernel_size) == (2, 2)
+        and pair(pool.stride) == (2, 2)
+        and pair(pool.padding) == (0, 0)
+        and pair(pool.dilation) == (1, 1)
+        and not pool.ceil_mode
+        and not pool.return_indices
+    )
 
 
 def _swap_pools(module: nn.Module) -> None:

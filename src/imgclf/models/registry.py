@@ -47,16 +47,27 @@ class Architecture:
         return create_model(self.name, self.in_channels, self.num_classes, self.image_size, fit=False, **self.kwargs)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "in_channels": self.in_channels, "num_classes": self.num_classes,
-                "image_size": list(self.image_size), "kwargs": dict(self.kwargs)}
+        return {
+            "name": self.name,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "image_size": list(self.image_size),
+            "kwargs": dict(self.kwargs),
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> Architecture:
         return cls(str(d["name"]), int(d["in_channels"]), int(d["num_classes"]), _size(d["image_size"]), dict(d.get("kwargs", {})))
 
 
-def register_model(name: str, factory: Callable[..., nn.Module], description: str, origin: str,
-                   is_default: bool = False, fitted: Callable[[tuple[int, int]], dict] | None = None) -> None:
+def register_model(
+    name: str,
+    factory: Callable[..., nn.Module],
+    description: str,
+    origin: str,
+    is_default: bool = False,
+    fitted: Callable[[tuple[int, int]], dict] | None = None,
+) -> None:
     """Add a built-in network; factory(in_channels, num_classes, image_size, **kwargs) builds it."""
     _REGISTRY[name] = ModelEntry(name, factory, description, origin, is_default, fitted)
 
@@ -88,8 +99,18 @@ def _size(image_size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def create_model(name: str, in_channels: int, num_classes: int, image_size, *, pretrained: bool = False,
-                 weights: str | None = None, partial_weights: bool = False, fit: bool = True, **kwargs) -> nn.Module:
+def create_model(
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    image_size,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    partial_weights: bool = False,
+    fit: bool = True,
+    **kwargs,
+) -> nn.Module:
     """A network by name, for these channels, classes and image size.
 
     pretrained loads published weights (timm models, through the Hugging Face hub); weights loads a local
@@ -114,8 +135,7 @@ def create_model(name: str, in_channels: int, num_classes: int, image_size, *, p
     if state_dict is not None:
         state_dict, loaded = timm_models.fit_weights(name, weights, state_dict, partial_weights, num_classes)
         log.info(loaded)
-    return timm_models.create(name, in_channels, num_classes, pretrained=pretrained, state_dict=state_dict,
-                              weights_name=weights, **kwargs)
+    return timm_models.create(name, in_channels, num_classes, pretrained=pretrained, state_dict=state_dict, weights_name=weights, **kwargs)
 
 
 def check_model_name(name: str, pretrained: bool = False) -> None:

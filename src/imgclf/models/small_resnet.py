@@ -60,8 +60,7 @@ def conv_relu(cin: int, cout: int) -> nn.Sequential:
 def conv_pool_bn(cin: int, cout: int) -> nn.Sequential:
     """conv_bn then pooling, with the pooling moved before the norm: the same function wherever a norm's
     scale is positive (max-pooling commutes with an increasing map), at a quarter of the norm's cost."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class SpaceToDepth(nn.Module):
@@ -91,9 +90,17 @@ class Residual(nn.Module):
 
 
 class SmallResNet(Classifier):
-    def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
-                 widths: tuple[int, ...] = (16, 32, 64), dropout: float = 0.0, patch: int = 1, pool_first: bool = False,
-                 min_pooled_side: int = 0):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        widths: tuple[int, ...] = (16, 32, 64),
+        dropout: float = 0.0,
+        patch: int = 1,
+        pool_first: bool = False,
+        min_pooled_side: int = 0,
+    ):
         super().__init__()
         stem = conv_relu if pool_first else conv_bn
         if patch > 1:  # each output pixel sees a patch x patch block whole; the first conv mixes neighbouring blocks
@@ -121,8 +128,19 @@ class SmallResNet(Classifier):
         return self.head(self.dropout(self.pool(self.features(x)).flatten(1)))
 
 
-register_model("small_resnet", SmallResNet, "3 stages conv + max-pool + norm + residual pair, widths 16/32/64, global max-pool; "
-               f"a patch stem (space-to-depth) above {PATCH_ABOVE} px", "imgclf's default", is_default=True,
-               fitted=fitted_kwargs)
-register_model("small_resnet_wide", partial(SmallResNet, widths=(16, 32, 96)), "small_resnet with 96 channels in its last stage "
-               "(1.2x the time per epoch): the network of --preset best", "imgclf", fitted=fitted_kwargs)
+register_model(
+    "small_resnet",
+    SmallResNet,
+    "3 stages conv + max-pool + norm + residual pair, widths 16/32/64, global max-pool; "
+    f"a patch stem (space-to-depth) above {PATCH_ABOVE} px",
+    "imgclf's default",
+    is_default=True,
+    fitted=fitted_kwargs,
+)
+register_model(
+    "small_resnet_wide",
+    partial(SmallResNet, widths=(16, 32, 96)),
+    "small_resnet with 96 channels in its last stage (1.2x the time per epoch): the network of --preset best",
+    "imgclf",
+    fitted=fitted_kwargs,
+)

@@ -37,9 +37,11 @@ class Summary:
         widths = [max(len(x[i]) for x in [head, *body]) for i in range(5)]
         line = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         rule = "-" * len(line(head))
-        totals = [f"total params: {self.params:,} ({self.trainable:,} trainable)",
-                  f"total FLOPs per image: {self.flops:,} ({self.flops / 1e6:,.2f} MFLOPs)",
-                  f"input {'x'.join(map(str, self.input_shape))} -> output {'x'.join(map(str, self.output_shape))}"]
+        totals = [
+            f"total params: {self.params:,} ({self.trainable:,} trainable)",
+            f"total FLOPs per image: {self.flops:,} ({self.flops / 1e6:,.2f} MFLOPs)",
+            f"input {'x'.join(map(str, self.input_shape))} -> output {'x'.join(map(str, self.output_shape))}",
+        ]
         return "\n".join([line(head), rule, *map(line, body), rule, *totals])
 
 

@@ -40,8 +40,16 @@ def list_matching(pattern: str = "*") -> tuple[list[str], set[str]]:
     return archs, with_weights
 
 
-def create(name: str, in_channels: int, num_classes: int, *, pretrained: bool = False,
-           state_dict: dict[str, torch.Tensor] | None = None, weights_name=None, **kwargs) -> nn.Module:
+def create(
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    weights_name=None,
+    **kwargs,
+) -> nn.Module:
     """timm.create_model with in_chans and num_classes; weights from the hub or from a state dict we read.
 
     A local state dict goes through timm's own loading path, so timm's key filters (torchvision names to
@@ -63,8 +71,10 @@ def create(name: str, in_channels: int, num_classes: int, *, pretrained: bool = 
     try:
         return timm.create_model(name, pretrained=True, **args)
     except Exception as err:  # hub refused, no published weights: one message with the way out
-        raise ImgclfError(f"could not get the pretrained weights of {name} ({_short(err)}); download them on a machine with "
-                          "a network, or pass a local state dict with --weights FILE.") from None
+        raise ImgclfError(
+            f"could not get the pretrained weights of {name} ({_short(err)}); download them on a machine with "
+            "a network, or pass a local state dict with --weights FILE."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -101,16 +111,21 @@ def check_pretrained_reachable(name: str) -> None:
     if repo and any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
         return
     where = f"the Hugging Face hub ({repo})" if repo else "the internet"
-    fix = (f"download them on a machine with a network (they are kept in {constants.HF_HUB_CACHE}), or pass a local "
-           "state dict with --weights FILE")
+    fix = (
+        f"download them on a machine with a network (they are kept in {constants.HF_HUB_CACHE}), or pass a local "
+        "state dict with --weights FILE"
+    )
     if constants.HF_HUB_OFFLINE:
-        raise ImgclfError(f"the pretrained weights of {name} are not in the local cache and HF_HUB_OFFLINE is set, so they "
-                          f"cannot come from {where}; {fix}.")
+        raise ImgclfError(
+            f"the pretrained weights of {name} are not in the local cache and HF_HUB_OFFLINE is set, so they "
+            f"cannot come from {where}; {fix}."
+        )
     try:
         socket.create_connection(HUB_HOST, timeout=CONNECT_TIMEOUT).close()
     except OSError as err:
-        raise ImgclfError(f"the pretrained weights of {name} come from {where}, which this machine cannot reach "
-                          f"({err.strerror or err}); {fix}.") from None
+        raise ImgclfError(
+            f"the pretrained weights of {name} come from {where}, which this machine cannot reach ({err.strerror or err}); {fix}."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -134,8 +149,9 @@ def weights_preprocessing(name: str) -> WeightsPreprocessing | None:
     if cfg is None or not getattr(cfg, "mean", None):
         return None
     tag = f"{name}.{cfg.tag}" if getattr(cfg, "tag", None) else name
-    return WeightsPreprocessing(tag, tuple(cfg.mean), tuple(cfg.std), tuple(int(v) for v in cfg.input_size[1:]),
-                                str(cfg.interpolation), float(cfg.crop_pct))
+    return WeightsPreprocessing(
+        tag, tuple(cfg.mean), tuple(cfg.std), tuple(int(v) for v in cfg.input_size[1:]), str(cfg.interpolation), float(cfg.crop_pct)
+    )
 
 
 @dataclass
@@ -194,14 +210,15 @@ def by_order(name: str, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, 
             found = f"'{theirs[i][0]}' {list(theirs[i][1].shape)}" if i < len(theirs) else "nothing (the file ends)"
             return None, f"tensor {i + 1} of {name} is '{key}' {list(shape)}, the file's is {found}"
     out = {key: theirs[i][1] for i, (key, _) in enumerate(own)}
-    tail = theirs[len(own):]
+    tail = theirs[len(own) :]
     if len(heads) == 1 and len(tail) == 2 and tail[0][1].ndim == 2 and tail[1][1].shape == tail[0][1].shape[:1]:
         out[f"{heads[0]}.weight"], out[f"{heads[0]}.bias"] = tail[0][1], tail[1][1]
     return out, ""
 
 
-def fit_weights(name: str, weights: str, state_dict: dict[str, torch.Tensor], partial: bool,
-                num_classes: int = 2) -> tuple[dict[str, torch.Tensor], str]:
+def fit_weights(
+    name: str, weights: str, state_dict: dict[str, torch.Tensor], partial: bool, num_classes: int = 2
+) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict to load into `name` and a sentence saying how much it fills and by which rule: by
     name (timm's, torchvision's, with wrappers' prefixes stripped), else by order and shape. An error when
     neither fills 90% of the backbone (unless partial)."""
@@ -217,10 +234,12 @@ def fit_weights(name: str, weights: str, state_dict: dict[str, torch.Tensor], pa
                 state_dict, got = remapped, again
     if got.share < MIN_BACKBONE_SHARE and not partial:
         order = f"; nor do its tensors line up with {name}'s in order ({why_not})" if why_not else ""
-        raise ImgclfError(f"{weights}: by name it fills only {got.loaded} of the {got.backbone} backbone tensors of {name} "
-                          f"({got.share:.0%}; missing e.g. {', '.join(got.missing[:3])}){order}, so it holds another "
-                          f"architecture's weights; pass weights of {name} (or the --model they belong to), or "
-                          "--partial-weights to train with the rest left random.")
+        raise ImgclfError(
+            f"{weights}: by name it fills only {got.loaded} of the {got.backbone} backbone tensors of {name} "
+            f"({got.share:.0%}; missing e.g. {', '.join(got.missing[:3])}){order}, so it holds another "
+            f"architecture's weights; pass weights of {name} (or the --model they belong to), or "
+            "--partial-weights to train with the rest left random."
+        )
     left = f"; {len(got.missing)} left random (e.g. {', '.join(got.missing[:3])})" if got.missing else ""
     head = f"; a new head for {num_classes} classes" if got.new_head else ""
     unused = f"; {got.unused} tensors of the file unused" if got.unused else ""

@@ -28,8 +28,9 @@ def unfreeze(model: nn.Module) -> None:
         p.requires_grad_(True)
 
 
-def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float = 1.0, weight_decay: float = 0.0,
-                 decay_norms: bool = True) -> list[dict]:
+def param_groups(
+    model: nn.Module, lr: float, backbone_lr_scale: float = 1.0, weight_decay: float = 0.0, decay_norms: bool = True
+) -> list[dict]:
     """Optimizer groups: the head at lr, the backbone at lr * backbone_lr_scale (discriminative rates).
 
     Without decay_norms, normalisation weights and biases (every 1-D tensor) get no weight decay: pulling
@@ -37,12 +38,15 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float = 1.0, we
     """
     head = head_parameter_ids(model)
     groups = []
-    for name, scale, params in (("backbone", backbone_lr_scale, [p for p in model.parameters() if id(p) not in head]),
-                                ("head", 1.0, [p for p in model.parameters() if id(p) in head])):
+    for name, scale, params in (
+        ("backbone", backbone_lr_scale, [p for p in model.parameters() if id(p) not in head]),
+        ("head", 1.0, [p for p in model.parameters() if id(p) in head]),
+    ):
         flat = [] if decay_norms else [p for p in params if p.ndim <= 1]
         flat_ids = {id(p) for p in flat}
-        groups.append({"params": [p for p in params if id(p) not in flat_ids], "lr": lr * scale, "name": name,
-                       "weight_decay": weight_decay})
+        groups.append(
+            {"params": [p for p in params if id(p) not in flat_ids], "lr": lr * scale, "name": name, "weight_decay": weight_decay}
+        )
         groups.append({"params": flat, "lr": lr * scale, "name": f"{name} norms and biases", "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
 

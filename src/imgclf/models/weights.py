@@ -28,11 +28,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0][:200]
-        raise ImgclfError(f"{path}: refused, it holds pickled objects other than tensors ({first}); only plain "
-                          "state dicts are loaded: save one with torch.save(model.state_dict(), path) or as safetensors.") from None
+        raise ImgclfError(
+            f"{path}: refused, it holds pickled objects other than tensors ({first}); only plain "
+            "state dicts are loaded: save one with torch.save(model.state_dict(), path) or as safetensors."
+        ) from None
     except Exception as err:  # a damaged or foreign file: say which and why, never a traceback
-        raise ImgclfError(f"{path}: not a readable weights file ({type(err).__name__}: {str(err)[:160]}); "
-                          "pass a .safetensors file or a state dict saved with torch.save.") from None
+        raise ImgclfError(
+            f"{path}: not a readable weights file ({type(err).__name__}: {str(err)[:160]}); "
+            "pass a .safetensors file or a state dict saved with torch.save."
+        ) from None
     return clean_state_dict(state, path)
 
 
@@ -48,7 +52,7 @@ def clean_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -78,9 +82,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
     unexpected = [k for k in state if k not in own]
     if bad or unexpected:
         example = (bad or unexpected)[0]
-        raise ImgclfError(f"{source}: does not fit {type(model).__name__} ({len(bad)} missing or mismatched, {len(unexpected)} "
-                          f"unexpected tensors, e.g. '{example}'); pass weights saved from the same architecture, or name the "
-                          "architecture they belong to with --model (e.g. --model efficientnet_lite0).")
+        raise ImgclfError(
+            f"{source}: does not fit {type(model).__name__} ({len(bad)} missing or mismatched, {len(unexpected)} "
+            f"unexpected tensors, e.g. '{example}'); pass weights saved from the same architecture, or name the "
+            "architecture they belong to with --model (e.g. --model efficientnet_lite0)."
+        )
     model.load_state_dict(fitted, strict=False)
     backbone = [k for k in own if k not in head_keys]
     head = f"; a new head for {model.get_classifier().out_features} classes" if skipped_head else ""

@@ -32,11 +32,18 @@ def _class_table(m: dict) -> str:
     weakest = min(r["f1"] for r in m["per_class"])
     rows = "".join(
         f'<tr class="{"weak" if r["f1"] == weakest else ""}"><td>{html.escape(r["class"])}</td><td>{r["precision"]:.4f}</td>'
-        f'<td>{r["recall"]:.4f}</td><td>{r["f1"]:.4f}</td><td>{r["support"]}</td></tr>' for r in m["per_class"])
-    avg = "".join(f'<tr><td><i>{name}</i></td><td>{a["precision"]:.4f}</td><td>{a["recall"]:.4f}</td><td>{a["f1"]:.4f}</td>'
-                  f'<td>{a["support"]}</td></tr>' for name, a in (("macro avg", m["macro_avg"]), ("weighted avg", m["weighted_avg"])))
-    return ('<table id="class-table"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>'
-            f"</tr></thead><tbody>{rows}{avg}</tbody></table>")
+        f"<td>{r['recall']:.4f}</td><td>{r['f1']:.4f}</td><td>{r['support']}</td></tr>"
+        for r in m["per_class"]
+    )
+    avg = "".join(
+        f"<tr><td><i>{name}</i></td><td>{a['precision']:.4f}</td><td>{a['recall']:.4f}</td><td>{a['f1']:.4f}</td>"
+        f"<td>{a['support']}</td></tr>"
+        for name, a in (("macro avg", m["macro_avg"]), ("weighted avg", m["weighted_avg"]))
+    )
+    return (
+        '<table id="class-table"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>'
+        f"</tr></thead><tbody>{rows}{avg}</tbody></table>"
+    )
 
 
 def write_plots(run_dir: Path, evaluation) -> dict[str, Path]:
@@ -54,13 +61,20 @@ def write_plots(run_dir: Path, evaluation) -> dict[str, Path]:
     sample = np.sort(rng.choice(len(labels), size=min(32, len(labels)), replace=False))
     wrong = np.flatnonzero(pred != labels)[:32]
     worst = np.array([t["index"] for t in m["top_losses"]], dtype=np.int64)
-    for name, rows, title in (("samples", sample, "random predictions (wrong ones in red)"),
-                              ("misclassified", wrong, "misclassified images"),
-                              ("top_losses", worst, "highest-loss images: the model's surest mistakes first")):
+    for name, rows, title in (
+        ("samples", sample, "random predictions (wrong ones in red)"),
+        ("misclassified", wrong, "misclassified images"),
+        ("top_losses", worst, "highest-loss images: the model's surest mistakes first"),
+    ):
         if len(rows):
-            made[name] = plots.image_grid(evaluation.images.take(rows), [classes[labels[i]] for i in rows],
-                                          [classes[pred[i]] for i in rows], [float(evaluation.probs[i, pred[i]]) for i in rows],
-                                          out / f"{name}.png", title)
+            made[name] = plots.image_grid(
+                evaluation.images.take(rows),
+                [classes[labels[i]] for i in rows],
+                [classes[pred[i]] for i in rows],
+                [float(evaluation.probs[i, pred[i]]) for i in rows],
+                out / f"{name}.png",
+                title,
+            )
     return made
 
 
@@ -68,8 +82,10 @@ def _audit_section(audit) -> str:
     if audit is None:
         return ""
     items = "".join(f"<li>{html.escape(line)}</li>" for line in audit.summary_lines())
-    return (f'<h2>Data audit</h2><ul id="audit">{items}</ul><p class="muted">Each finding (paths, labels, distance) in '
-            f"audit.csv beside this page.</p>")
+    return (
+        f'<h2>Data audit</h2><ul id="audit">{items}</ul><p class="muted">Each finding (paths, labels, distance) in '
+        f"audit.csv beside this page.</p>"
+    )
 
 
 def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Path:
@@ -93,18 +109,18 @@ def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Pa
 <html lang="en"><head><meta charset="utf-8"><title>imgclf report: {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(run_dir.name)}</h1>
-<p class="muted">imgclf report, written {time.strftime('%Y-%m-%d %H:%M')}; model {html.escape(arch)},
+<p class="muted">imgclf report, written {time.strftime("%Y-%m-%d %H:%M")}; model {html.escape(arch)},
 {len(evaluation.classes)} classes; scored on the {html.escape(evaluation.split)} split{views}.</p>
 <h2>Figures</h2><div class="figures">{figure_html}</div>
-{section('curves', 'Training curves')}
+{section("curves", "Training curves")}
 <h2>Classification report</h2>{_class_table(m)}
-{section('f1', 'F1 per class')}
-{section('confusion', 'Confusion matrix')}
-<h2>Most confused classes</h2><ul>{confused or '<li>none</li>'}</ul>
-{section('misclassified', 'Misclassified examples')}
-{section('top_losses', 'Top losses')}
-{section('samples', 'Sample predictions')}
-<h2>Dataset</h2><pre>{html.escape(summary or '(not recorded)')}</pre>
+{section("f1", "F1 per class")}
+{section("confusion", "Confusion matrix")}
+<h2>Most confused classes</h2><ul>{confused or "<li>none</li>"}</ul>
+{section("misclassified", "Misclassified examples")}
+{section("top_losses", "Top losses")}
+{section("samples", "Sample predictions")}
+<h2>Dataset</h2><pre>{html.escape(summary or "(not recorded)")}</pre>
 {_audit_section(audit)}
 <h2>Configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>

@@ -67,14 +67,20 @@ def confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:
             hi = values.max() / 2 if values.size else 0
             for i in range(k):
                 for j in range(k):
-                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
-                            color="white" if values[i, j] > hi else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(values[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if values[i, j] > hi else "black",
+                    )
         fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
 
 
-def image_grid(images: np.ndarray, true: list[str], pred: list[str], conf: list[float], path: Path, title: str,
-               columns: int = 8) -> Path:
+def image_grid(images: np.ndarray, true: list[str], pred: list[str], conf: list[float], path: Path, title: str, columns: int = 8) -> Path:
     """Images with their true and predicted labels and confidence; wrong predictions in red."""
     plt = _pyplot()
     n = max(1, len(images))
@@ -113,8 +119,7 @@ def f1_bars(per_class: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def lr_range(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, recipe_lr: float,
-             path: Path) -> Path:
+def lr_range(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, recipe_lr: float, path: Path) -> Path:
     """Loss against learning rate (log axis) from a range test, the suggestion and the recipe's lr marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))

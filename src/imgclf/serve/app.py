@@ -77,19 +77,50 @@ def _errors(*codes: int) -> dict:
     return {c: {"model": ErrorAnswer} for c in codes}
 
 
-_PREDICT_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    "image/png": {"schema": {"type": "string", "format": "binary"}},
-    "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}
-_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"},
-        "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-            "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-            "datatype": {"type": "string"}, "data": {"type": "array"}, "parameters": {"type": "object"}}}},
-        "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
-        "parameters": {"type": "object"}}}}}}}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string"},
+                                    "data": {"type": "array"},
+                                    "parameters": {"type": "object"},
+                                },
+                            },
+                        },
+                        "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+                        "parameters": {"type": "object"},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 class Service:
@@ -113,16 +144,27 @@ class Service:
         try:
             self.model = ServedModel(self.settings)
             self._start_batcher()
-            log.debug("loaded: %s (%s, %d classes), warmed up in %.2f s", self.model.name, self.model.spec.architecture.name,
-                     len(self.model.classes), self.model.warm_s)
+            log.debug(
+                "loaded: %s (%s, %d classes), warmed up in %.2f s",
+                self.model.name,
+                self.model.spec.architecture.name,
+                len(self.model.classes),
+                self.model.warm_s,
+            )
         except Exception as err:  # shown by /readyz and the log; the process stays up to say so
             self.failed = f"{type(err).__name__}: {err}"
             log.error("the model did not load: %s", self.failed)
 
     def _start_batcher(self) -> None:
         s = self.settings
-        self.batcher = MicroBatcher(self.model.clf.predict_pixels, s.max_batch, s.max_wait_ms / 1000, s.max_queue,
-                                    observe=self.metrics.batch.observe, arriving=lambda: self.arriving)
+        self.batcher = MicroBatcher(
+            self.model.clf.predict_pixels,
+            s.max_batch,
+            s.max_wait_ms / 1000,
+            s.max_queue,
+            observe=self.metrics.batch.observe,
+            arriving=lambda: self.arriving,
+        )
 
     @property
     def ready(self) -> bool:
@@ -180,8 +222,9 @@ class Service:
             raise ServeError(400, "no image in the request: send multipart files in the field 'file', or one image as the body", "no_image")
         if n > self.settings.max_images:
             self.metrics.rejections.labels("too_many_images").inc()
-            raise ServeError(413, f"{n} images in one request, more than the {self.settings.max_images} allowed (--max-images)",
-                             "too_many_images")
+            raise ServeError(
+                413, f"{n} images in one request, more than the {self.settings.max_images} allowed (--max-images)", "too_many_images"
+            )
 
 
 class Arrival:
@@ -226,8 +269,9 @@ class Guard:
             await send(message)
 
         service = self.service
-        predicting = scope["method"] == "POST" and (scope["path"] == "/predict" or
-                                                    (scope["path"].startswith("/v2/models/") and scope["path"].endswith("/infer")))
+        predicting = scope["method"] == "POST" and (
+            scope["path"] == "/predict" or (scope["path"].startswith("/v2/models/") and scope["path"].endswith("/infer"))
+        )
         if predicting:
             service.in_flight += 1
         try:
@@ -236,8 +280,9 @@ class Guard:
                 # Admission before any work: under overload the event loop, not the model, is what saturates
                 # first, and requests let in beyond this would only wait past their deadline (504) and hold memory.
                 service.metrics.rejections.labels("queue_full").inc()
-                refusal = _json_error(503, "the service is busy (too many requests in progress); retry shortly", "queue_full",
-                                      {"Retry-After": "1"})
+                refusal = _json_error(
+                    503, "the service is busy (too many requests in progress); retry shortly", "queue_full", {"Retry-After": "1"}
+                )
             if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, refusal = await self._read_body(scope, receive)
                 if refusal is None:
@@ -264,13 +309,15 @@ class Guard:
         if hmac.compare_digest(given, expected):
             return None
         self.service.metrics.rejections.labels("unauthorized").inc()
-        return _json_error(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'", "unauthorized",
-                           {"WWW-Authenticate": "Bearer"})
+        return _json_error(
+            401, "missing or wrong token: send the header 'Authorization: Bearer <token>'", "unauthorized", {"WWW-Authenticate": "Bearer"}
+        )
 
     async def _read_body(self, scope, receive):
         limit = self.service.settings.max_body
-        too_big = _json_error(413, f"the body is larger than the {self.service.settings.max_upload_mb:g} MB allowed (--max-upload-mb)",
-                              "body_too_large")
+        too_big = _json_error(
+            413, f"the body is larger than the {self.service.settings.max_upload_mb:g} MB allowed (--max-upload-mb)", "body_too_large"
+        )
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             try:
@@ -326,8 +373,9 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
         if service.batcher is not None:
             await run_in_threadpool(service.batcher.close)
 
-    app = FastAPI(title="imgclf", summary="An image classifier trained with imgclf", lifespan=lifespan,
-                  version=__import__("imgclf").__version__)
+    app = FastAPI(
+        title="imgclf", summary="An image classifier trained with imgclf", lifespan=lifespan, version=__import__("imgclf").__version__
+    )
     app.state.service = service
 
     @app.exception_handler(ServeError)
@@ -369,10 +417,18 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
     async def info():
         service.require_ready()
         s = settings
-        return {**service.model.info(),
-                "limits": {"max_upload_mb": s.max_upload_mb, "max_images": s.max_images, "max_pixels": s.max_pixels,
-                           "timeout_s": s.timeout_s, "max_queue": s.max_queue},
-                "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms}, "workers": s.workers}
+        return {
+            **service.model.info(),
+            "limits": {
+                "max_upload_mb": s.max_upload_mb,
+                "max_images": s.max_images,
+                "max_pixels": s.max_pixels,
+                "timeout_s": s.timeout_s,
+                "max_queue": s.max_queue,
+            },
+            "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms},
+            "workers": s.workers,
+        }
 
     @app.get("/metrics", summary="Prometheus text format")
     async def metrics():
@@ -381,8 +437,13 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
     # -- imgclf's own route ------------------------------------------------------------------------
-    @app.post("/predict", summary="classify images: multipart files (field 'file'), or one image as the body",
-              response_model=PredictAnswer, responses=_errors(400, 401, 413, 415, 422, 503, 504), openapi_extra=_PREDICT_BODY)
+    @app.post(
+        "/predict",
+        summary="classify images: multipart files (field 'file'), or one image as the body",
+        response_model=PredictAnswer,
+        responses=_errors(400, 401, 413, 415, 422, 503, 504),
+        openapi_extra=_PREDICT_BODY,
+    )
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000, description="classes per image (default 5)")):
         started = request.scope["state"]["started"]
         with service.arrival() as arrival:
@@ -395,10 +456,19 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
         predictions = []
         for (name, _), p in zip(blobs, probs):
             order = ranked(p, k)
-            predictions.append({"file": name, "label": classes[order[0]],
-                                "top_k": [{"label": classes[j], "probability": round(float(p[j]), 6)} for j in order]})
-        return {"model": service.model.name, "sha256": service.model.sha256, "predictions": predictions,
-                "latency_ms": round((time.monotonic() - started) * 1000, 3)}
+            predictions.append(
+                {
+                    "file": name,
+                    "label": classes[order[0]],
+                    "top_k": [{"label": classes[j], "probability": round(float(p[j]), 6)} for j in order],
+                }
+            )
+        return {
+            "model": service.model.name,
+            "sha256": service.model.sha256,
+            "predictions": predictions,
+            "latency_ms": round((time.monotonic() - started) * 1000, 3),
+        }
 
     # -- the open inference protocol ---------------------------------------------------------------
     @app.get("/v2", summary="v2 server metadata")
@@ -420,8 +490,11 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
     def _model(name: str, version: str | None = None):
         service.require_ready()
         if name != service.model.name or version not in (None, "1"):
-            raise ServeError(404, f"no model {name!r}{f' version {version!r}' if version else ''}; this server has "
-                                  f"{service.model.name!r} version 1", "unknown_model")
+            raise ServeError(
+                404,
+                f"no model {name!r}{f' version {version!r}' if version else ''}; this server has {service.model.name!r} version 1",
+                "unknown_model",
+            )
         return service.model
 
     @app.get("/v2/models/{name}", summary="v2 model metadata", responses=_errors(404, 503))
@@ -437,8 +510,12 @@ def create_app(settings: ServeSettings, model=None) -> FastAPI:
         _model(name)
         return Response(status_code=200)
 
-    @app.get("/v2/models/{name}/versions/{version}/ready", summary="v2 model readiness (a version)", response_class=Response,
-             responses=_errors(404, 503))
+    @app.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        summary="v2 model readiness (a version)",
+        response_class=Response,
+        responses=_errors(404, 503),
+    )
     async def v2_model_version_ready(name: str = PathParam(**name_doc), version: str = PathParam(examples=["1"])):
         _model(name, version)
         return Response(status_code=200)
@@ -493,8 +570,12 @@ async def _uploaded(request: Request, service: Service) -> list[tuple[str, bytes
         try:
             for field, value in form.multi_items():
                 if field not in IMAGE_FIELDS or isinstance(value, str):
-                    raise ServeError(400, f"unexpected form field {field[:60]!r}{' (text, not a file)' if isinstance(value, str) else ''}: "
-                                          "send the images as files in the field 'file'", "wrong_field")
+                    raise ServeError(
+                        400,
+                        f"unexpected form field {field[:60]!r}{' (text, not a file)' if isinstance(value, str) else ''}: "
+                        "send the images as files in the field 'file'",
+                        "wrong_field",
+                    )
                 blobs.append((value.filename or f"{field} {len(blobs)}", await value.read()))
         finally:
             await form.close()
@@ -502,5 +583,9 @@ async def _uploaded(request: Request, service: Service) -> list[tuple[str, bytes
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         body = await request.body()
         return [("body", body)] if body else []
-    raise ServeError(415, f"Content-Type {ctype[:60] or '(none)'!r} is not accepted: send multipart/form-data with files in the "
-                          "field 'file', or one image with Content-Type image/png, image/jpeg, ...", "content_type")
+    raise ServeError(
+        415,
+        f"Content-Type {ctype[:60] or '(none)'!r} is not accepted: send multipart/form-data with files in the "
+        "field 'file', or one image with Content-Type image/png, image/jpeg, ...",
+        "content_type",
+    )

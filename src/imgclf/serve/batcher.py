@@ -132,7 +132,7 @@ class MicroBatcher:
                     else:
                         start = 0
                         for job in live:
-                            job.future.set_result(probs[start:start + len(job.pixels)])
+                            job.future.set_result(probs[start : start + len(job.pixels)])
                             start += len(job.pixels)
             finally:
                 self._busy.clear()

@@ -17,8 +17,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("imgclf_requests_total", "HTTP requests answered, by route and status", ["route", "status"], registry=r)
-        self.latency = Histogram("imgclf_request_seconds", "Time from a request's arrival to its answer, by route", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "imgclf_request_seconds",
+            "Time from a request's arrival to its answer, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch = Histogram("imgclf_batch_images", "Images per forward pass", buckets=BATCH_BUCKETS, registry=r)
         self.images = Counter("imgclf_images_total", "Images classified", registry=r)
         self.queue = Gauge("imgclf_queue_depth", "Requests waiting for the model", registry=r)

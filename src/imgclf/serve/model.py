@@ -55,7 +55,7 @@ class ServedModel:
         """A forward pass at every batch size the batcher makes often (powers of two up to max_batch), so
         the first requests do not pay for allocations and kernel choices."""
         start = time.perf_counter()
-        sizes = sorted({min(2 ** i, self.settings.max_batch) for i in range(0, 16) if 2 ** (i - 1) < self.settings.max_batch} | {1})
+        sizes = sorted({min(2**i, self.settings.max_batch) for i in range(0, 16) if 2 ** (i - 1) < self.settings.max_batch} | {1})
         for n in sizes:
             self.clf.predict_pixels(np.zeros((n, *self.pre.shape), np.uint8))
         return time.perf_counter() - start
@@ -64,8 +64,14 @@ class ServedModel:
         import imgclf
 
         metrics = self.spec.metrics
-        return {"name": self.name, "sha256": self.sha256, "architecture": self.spec.architecture.name,
-                "classes": self.classes, "input": self.pre.describe(),
-                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None},
-                "tta": self.clf.tta, "device": str(self.clf.device_),
-                "versions": {"imgclf": imgclf.__version__, "torch": torch.__version__, **self.spec.versions}}
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "architecture": self.spec.architecture.name,
+            "classes": self.classes,
+            "input": self.pre.describe(),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None},
+            "tta": self.clf.tta,
+            "device": str(self.clf.device_),
+            "versions": {"imgclf": imgclf.__version__, "torch": torch.__version__, **self.spec.versions},
+        }

@@ -63,12 +63,23 @@ def serve(settings: ServeSettings, ready_line=print) -> None:
     """Run until SIGTERM or Ctrl-C; returns after the drain."""
     settings.check()
     if not settings.is_loopback() and not settings.token_env:
-        log.warning("listening on %s without a token: anyone who can reach this address can use the model; "
-                    "pass --token-env VAR (and set VAR) to require 'Authorization: Bearer <token>'", settings.host)
+        log.warning(
+            "listening on %s without a token: anyone who can reach this address can use the model; "
+            "pass --token-env VAR (and set VAR) to require 'Authorization: Bearer <token>'",
+            settings.host,
+        )
     os.environ[ENV] = settings.to_env()
-    config = uvicorn.Config("imgclf.serve.server:app_from_env", factory=True, host=settings.host, port=settings.port,
-                            workers=settings.workers, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=max(1, int(settings.drain_s)), lifespan="on")
+    config = uvicorn.Config(
+        "imgclf.serve.server:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.drain_s)),
+        lifespan="on",
+    )
     if settings.workers > 1:
         # uvicorn's supervisor: worker processes each load the bundle. Its workers are uvicorn's own Server, so
         # SIGTERM is uvicorn's graceful exit in each: the socket closes at once, requests in progress finish
@@ -102,8 +113,10 @@ def _announce(server: DrainingServer, settings: ServeSettings, ready_line) -> No
             port = settings.port
             if server.servers and server.servers[0].sockets:
                 port = server.servers[0].sockets[0].getsockname()[1]
-            ready_line(f"ready: {service.model.name} on http://{settings.host}:{port} (page /, docs /docs, "
-                       f"v2 /v2/models/{service.model.name}); Ctrl-C or SIGTERM drains and stops")
+            ready_line(
+                f"ready: {service.model.name} on http://{settings.host}:{port} (page /, docs /docs, "
+                f"v2 /v2/models/{service.model.name}); Ctrl-C or SIGTERM drains and stops"
+            )
             return
         time.sleep(0.05)
 
@@ -123,8 +136,10 @@ def _announce_workers(settings: ServeSettings, port: int, ready_line, timeout: f
             with urllib.request.urlopen(url, timeout=2) as answer:
                 if answer.status == 200:
                     name = settings.name or model_name(settings.model)
-                    ready_line(f"ready: {name} on http://{settings.host}:{port} ({settings.workers} worker processes; page /, "
-                               f"docs /docs, v2 /v2/models/{name}); Ctrl-C or SIGTERM drains and stops")
+                    ready_line(
+                        f"ready: {name} on http://{settings.host}:{port} ({settings.workers} worker processes; page /, "
+                        f"docs /docs, v2 /v2/models/{name}); Ctrl-C or SIGTERM drains and stops"
+                    )
                     return
         except (urllib.error.URLError, OSError):
             pass

@@ -41,8 +41,9 @@ class ServeSettings:
             return None
         value = os.environ.get(self.token_env, "")
         if not value:
-            raise ImgclfError(f"--token-env {self.token_env}: that environment variable is empty or unset; "
-                              f"export {self.token_env}=<a long random token>.")
+            raise ImgclfError(
+                f"--token-env {self.token_env}: that environment variable is empty or unset; export {self.token_env}=<a long random token>."
+            )
         return value
 
     def check(self) -> ServeSettings:

@@ -36,12 +36,21 @@ class ProtocolError(Exception):
 
 def metadata(model) -> dict:
     c, h, w = model.pre.shape
-    return {"name": model.name, "versions": ["1"], "platform": "pytorch_imgclf",
-            "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [-1, c, h, w]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.classes)]},
-                        {"name": "label", "datatype": "BYTES", "shape": [-1]}],
-            "parameters": {"classes": [str(k) for k in model.classes], "sha256": model.sha256,
-                           "accepted_inputs": "UINT8 or FP32 [N,C,H,W] or [N,H,W,C] pixels 0..255; BYTES [N] encoded images"}}
+    return {
+        "name": model.name,
+        "versions": ["1"],
+        "platform": "pytorch_imgclf",
+        "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [-1, c, h, w]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.classes)]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ],
+        "parameters": {
+            "classes": [str(k) for k in model.classes],
+            "sha256": model.sha256,
+            "accepted_inputs": "UINT8 or FP32 [N,C,H,W] or [N,H,W,C] pixels 0..255; BYTES [N] encoded images",
+        },
+    }
 
 
 def parse(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -127,7 +136,7 @@ def _bytes_elements(raw: bytes | None, data, count: int) -> list[bytes]:
             at += 4
             if at + n > len(raw):
                 raise ProtocolError("BYTES data ends inside an element")
-            out.append(raw[at:at + n])
+            out.append(raw[at : at + n])
             at += n
     else:
         if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
@@ -148,8 +157,11 @@ def to_nchw(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
         return array
     if array.ndim == 4 and array.shape[1:] == (h, w, c):
         return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
-    raise ProtocolError(f"input shape {list(array.shape)} does not fit the model: send [N, {c}, {h}, {w}] or [N, {h}, {w}, {c}] "
-                        "pixels, or BYTES encoded images of any size", 400)
+    raise ProtocolError(
+        f"input shape {list(array.shape)} does not fit the model: send [N, {c}, {h}, {w}] or [N, {h}, {w}, {c}] "
+        "pixels, or BYTES encoded images of any size",
+        400,
+    )
 
 
 def requested_outputs(request: dict) -> tuple[list[str], bool]:
