@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data browser test test-fast demo bench clean
+.PHONY: install data browser lint test test-fast demo bench clean
 
 install: $(BIN)/imgclf
 
@@ -28,12 +28,17 @@ browser:
 		(apt-get install -y -q chromium chromium-driver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)); \
 	else echo "Chromium is missing: install chromium and chromedriver for the browser test"; fi
 
-test: install data browser
+# ruff's checks and its formatting (configured in pyproject.toml) on the package: style never waits for a review.
+lint: install
+	$(BIN)/ruff check src
+	$(BIN)/ruff format --check src
+
+test: install data browser lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The lane a developer runs while working: every test but those marked slow (they train for more than a
 # few seconds or start processes); `make test` (CI) runs them all.
-test-fast: install data browser
+test-fast: install data browser lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: install data
