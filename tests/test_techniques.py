@@ -35,15 +35,14 @@ def _weights(path) -> dict:
 @pytest.mark.slow
 def test_ema_is_scored_saved_and_resumed(fmnist, tmp_path):
     data = _subset(fmnist, 40)
-    run = imgclf.train(data, epochs=2, ema=True, ema_decay=0.9, out=str(tmp_path), name="ema", **FAST)
+    run = imgclf.train(data, epochs=2, ema=True, ema_decay=0.9, keep="last", out=str(tmp_path), name="ema", **FAST)
     last, best = _weights(run.run_dir / "checkpoints/last.pt"), _weights(run.run_dir / "checkpoints/best.pt")
     assert "ema" in last and int(last["ema"]["updates"]) == 2 * (len(run.data.train) // 64)
     averaged = last["ema"]["model"]
     raw = last["model"]
     key = "head.weight"
     assert not torch.equal(averaged[key], raw[key])  # the average is not the raw weights
-    if best["epoch"] == 2:  # best.pt holds the average, not the raw weights
-        assert torch.equal(best["model"][key], averaged[key])
+    assert best["epoch"] == 2 and torch.equal(best["model"][key], averaged[key])  # the kept weights are the average
 
 
 @pytest.mark.slow
@@ -108,15 +107,18 @@ def test_mixup_and_cutmix_targets(fmnist):
     torch.manual_seed(0)
     mixed, target = mix(x, y, 10, mixup=0.4, cutmix=0.0, gen=gen)
     assert torch.allclose(target.sum(1), torch.ones(len(y)))
-    lam = float(target[0, y[0]]) if y[0] != y[-1] else None
-    if lam is not None:
-        assert torch.allclose(mixed[0], lam * x[0] + (1 - lam) * x[-1], atol=1e-4)
+    assert y[0] != y[-1]  # image 0 is mixed with the last (the batch reversed), of another class
+    lam = float(target[0, y[0]])
+    assert 0 < lam < 1 and torch.allclose(mixed[0], lam * x[0] + (1 - lam) * x[-1], atol=1e-4)
+    same = y == y.flip(0)
+    pasted_in_all = 0.0
     for _ in range(5):
         cut, target = mix(x, y, 10, mixup=0.0, cutmix=1.0, gen=gen)
         pasted = (cut != x).any(1).float().mean((1, 2))  # share of pixels taken from the partner image
         share = 1 - target[torch.arange(len(y)), y]
-        same = y == y.flip(0)
         assert torch.all(pasted[~same] <= share[~same] + 1e-6)  # pasted pixels that happen to be equal are not seen
+        pasted_in_all += float(pasted[~same].mean())
+    assert pasted_in_all > 0.05  # the boxes are really pasted (a cutmix that did nothing would pass the line above)
 
 
 def test_alternating_flips_mirror_every_image_once_in_two_epochs(fmnist):

@@ -28,6 +28,14 @@ def _free_bytes(device: torch.device) -> int:
         return 2**31
 
 
+def fits_resident(nbytes: int, free_bytes: int) -> bool:
+    """Whether a split's uint8 pixels live on the device for the whole run (one copy, then batches are
+    indexed there) rather than streamed from the memory map batch by batch: when they take at most
+    RESIDENT_SHARE of the device's free memory, leaving the rest to the model, its activations and the
+    other splits."""
+    return nbytes <= RESIDENT_SHARE * free_bytes
+
+
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A distinct, reproducible seed per (run seed, epoch, rank)."""
     return (seed * 1_000_003 + epoch * 10_007 + rank) % (2**63)
@@ -88,7 +96,7 @@ class DeviceLoader:
         self._scale, self._shift = scale_shift(mean, std, self.device)
         self.augment = Augment.resolve(augment, images.images.shape[2:], hflip_default) if train and augment else None
         nbytes = len(images) * int(np.prod(images.images.shape[1:]))
-        self.resident = nbytes <= RESIDENT_SHARE * _free_bytes(self.device) if resident is None else resident
+        self.resident = fits_resident(nbytes, _free_bytes(self.device)) if resident is None else resident
         self._images = torch.from_numpy(images.array()).to(self.device) if self.resident else None
         self._labels = torch.from_numpy(images.labels).to(self.device)
         self._weights = None  # the balanced sampler's draw weight per image: 1 / its class's count

@@ -46,22 +46,43 @@ def cpu_has_bf16() -> bool:
     return bool((check and check()) or (amx and amx()))
 
 
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain float32. bf16 never on a CPU that lacks it natively."""
+def pick_precision(name: str, device: torch.device, bf16_units: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32. bf16 never on a CPU that lacks it natively.
+
+    bf16_units: whether the device computes bfloat16 natively (a CUDA GPU's support, a CPU's AVX512-BF16 or
+    AMX); None asks the device. The rule itself is device-independent, so it is tested on any machine."""
     if name == "32":
         return None
     if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported() if bf16_units is None else bf16_units
         if name == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if name == "bf16" and not torch.cuda.is_bf16_supported():
+            return torch.bfloat16 if bf16 else torch.float16
+        if name == "bf16" and not bf16:
             raise ImgclfError("--precision bf16: this GPU has no bfloat16 support; use --precision 16.")
         return torch.bfloat16 if name == "bf16" else torch.float16
     if name == "auto":
         return None
-    if name == "bf16" and device.type == "cpu" and cpu_has_bf16():
+    if name == "bf16" and device.type == "cpu" and (cpu_has_bf16() if bf16_units is None else bf16_units):
         return torch.bfloat16
     raise ImgclfError(
         f"--precision {name} is not supported on this {device.type} (it would be slower or emulated); use --precision 32 or auto."
+    )
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Loss scaling only for float16, whose narrow exponent lets small gradients underflow; bfloat16 has
+    float32's range and float32 needs none."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def out_of_memory_advice(device: torch.device, batch_size: int, arch: str, shape: tuple[int, int, int], dtype: torch.dtype | None) -> str:
+    """The one line a run ends with when the device runs out of memory: what ran out, at what, and what to
+    change (half the batch; float16 on a GPU still in float32; a smaller image)."""
+    c, h, w = shape
+    half = ", --precision 16" if dtype is None and device.type == "cuda" else ""
+    return (
+        f"the {device.type} ran out of memory at batch size {batch_size} ({arch}, {c}x{h}x{w} images); "
+        f"try --batch-size {max(1, batch_size // 2)}{half} or a smaller --image-size."
     )
 
 

@@ -129,7 +129,7 @@ class Trainer:
         for g in groups:
             g["scale"] = g["lr"] / self.base_lr
         self.optimizer = self._optimizer(groups)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler = hardware.grad_scaler(self.device, self.dtype)
         shard = dict(rank=world.rank, world_size=world.world_size)
         self.preprocessing = Preprocessing(
             data.channels, tuple(data.image_size), config.data.resize, tuple(data.mean), tuple(data.std), **config.data.framing()
@@ -291,13 +291,8 @@ class Trainer:
                 log.warning("interrupted in epoch 1, before any epoch completed: nothing was saved")
             raise
         except torch.OutOfMemoryError:
-            h, w = self.data.image_size
-            raise ImgclfError(
-                f"the {self.device.type} ran out of memory at batch size {t.batch_size} ({self.arch.name}, "
-                f"{self.data.channels}x{h}x{w} images); try --batch-size {max(1, t.batch_size // 2)}"
-                + (", --precision 16" if self.dtype is None and self.device.type == "cuda" else "")
-                + " or a smaller --image-size."
-            ) from None
+            advice = hardware.out_of_memory_advice(self.device, t.batch_size, self.arch.name, self.preprocessing.shape, self.dtype)
+            raise ImgclfError(advice) from None
 
     def _set_lr(self, progress: float) -> float:
         """The schedule at `progress` epochs: a function of how far training is, so that a run resumed
