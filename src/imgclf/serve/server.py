@@ -38,21 +38,21 @@ class DrainingServer(uvicorn.Server):
         threading.Thread(target=self._drain, name="imgclf-drain", daemon=True).start()
 
     def _drain(self) -> None:
-        service = _service(self.config.loaded_app)
-        if service is not None:
-            service.draining = True
+        plane = _plane(self.config.loaded_app)
+        if plane is not None:
+            plane.draining = True
             until = time.monotonic() + self.drain_s
-            while time.monotonic() < until and service.batcher is not None and not service.batcher.idle():
+            while time.monotonic() < until and plane.batcher is not None and not plane.batcher.idle():
                 time.sleep(0.02)
             time.sleep(0.1)  # answers of the last batch reach their sockets
         self.should_exit = True
 
 
-def _service(app):
-    """The Service behind uvicorn's wrappers (its proxy-headers and lifespan layers keep .app)."""
+def _plane(app):
+    """The DataPlane behind uvicorn's wrappers (its proxy-headers and lifespan layers keep .app)."""
     for _ in range(8):
-        if hasattr(app, "service"):
-            return app.service
+        if hasattr(app, "plane"):
+            return app.plane
         app = getattr(app, "app", None)
         if app is None:
             return None
@@ -104,18 +104,18 @@ def serve(settings: ServeSettings, ready_line=print) -> None:
 def _announce(server: DrainingServer, settings: ServeSettings, ready_line) -> None:
     """One line once the model is loaded and warmed, with the address (the real port when 0 was asked)."""
     while not server.should_exit:
-        service = _service(server.config.loaded_app) if server.started else None
-        if service is not None and (service.ready or service.failed):
-            if service.failed:
-                ready_line(f"imgclf: error: the model did not load: {service.failed}")
+        plane = _plane(server.config.loaded_app) if server.started else None
+        if plane is not None and (plane.ready or plane.failed):
+            if plane.failed:
+                ready_line(f"imgclf: error: the model did not load: {plane.failed}")
                 server.should_exit = True
                 return
             port = settings.port
             if server.servers and server.servers[0].sockets:
                 port = server.servers[0].sockets[0].getsockname()[1]
             ready_line(
-                f"ready: {service.model.name} on http://{settings.host}:{port} (page /, docs /docs, "
-                f"v2 /v2/models/{service.model.name}); Ctrl-C or SIGTERM drains and stops"
+                f"ready: {plane.model.name} on http://{settings.host}:{port} (page /, docs /docs, "
+                f"v2 /v2/models/{plane.model.name}); Ctrl-C or SIGTERM drains and stops"
             )
             return
         time.sleep(0.05)
