@@ -149,21 +149,23 @@ class DataPlane:
     async def infer(self, pixels: np.ndarray, started: float, arrival: Arrival) -> np.ndarray:
         """Through the batcher, within what is left of the request's deadline (counted from `started`)."""
         remaining = self.settings.timeout_s - (time.monotonic() - started)
+        batcher = self.batcher
+        assert batcher is not None  # arrival() let the request in only when ready
         try:
-            future = self.batcher.submit(pixels, remaining)
+            future = batcher.submit(pixels, remaining)
         except QueueFull:
             arrival.done()
             self.metrics.rejections.labels("queue_full").inc()
             raise ServeError(503, "the service is busy (its queue is full); retry shortly", "queue_full", {"Retry-After": "1"}) from None
         arrival.done()
-        self.metrics.queue.set(self.batcher.depth())
+        self.metrics.queue.set(batcher.depth())
         try:
             probs = await asyncio.wait_for(asyncio.wrap_future(future), max(remaining, 0.001))
         except (TimeoutError, Expired):
             self.metrics.rejections.labels("deadline").inc()
             raise ServeError(504, f"no answer within the {self.settings.timeout_s:g} s deadline", "deadline") from None
         finally:
-            self.metrics.queue.set(self.batcher.depth())
+            self.metrics.queue.set(batcher.depth())
         self.metrics.images.inc(len(pixels))
         return probs
 

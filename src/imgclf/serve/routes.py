@@ -132,7 +132,7 @@ async def _uploaded(request: Request, plane: DataPlane) -> list[tuple[str, bytes
             what = "more than the allowed images or fields" if too_many else "unreadable multipart body"
             code = "too_many_images" if too_many else "bad_multipart"
             raise ServeError(413 if too_many else 400, f"{what}: {err.detail}", code) from None
-        blobs = []
+        blobs: list[tuple[str, bytes]] = []
         try:
             for field, value in form.multi_items():
                 if field not in IMAGE_FIELDS or isinstance(value, str):

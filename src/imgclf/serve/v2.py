@@ -93,7 +93,7 @@ def input_tensor(request: dict, binary: bytes, max_images: int, max_body: int):
     count = int(np.prod(shape, dtype=np.int64))
     if shape[0] > max_images:
         raise ProtocolError(f"{shape[0]} images in one request, more than the {max_images} allowed", 413)
-    params = t.get("parameters") if isinstance(t.get("parameters"), dict) else {}
+    params: dict = t["parameters"] if isinstance(t.get("parameters"), dict) else {}
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size != len(binary):
@@ -167,7 +167,7 @@ def to_nchw(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def requested_outputs(request: dict) -> tuple[list[str], bool]:
     """Which outputs to send and whether in binary: Triton sends every output in binary when the request
     names none and sets parameters.binary_data_output, and each named output may ask for binary."""
-    params = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
+    params: dict = request["parameters"] if isinstance(request.get("parameters"), dict) else {}
     default_binary = params.get("binary_data_output") is True
     wanted = request.get("outputs")
     if wanted is None:
@@ -188,7 +188,7 @@ def response(model, request: dict, probs: np.ndarray, names: list[str], binary: 
     for name in names:
         if name == "probabilities":
             values = probs.astype("<f4")
-            tensor = {"name": name, "datatype": "FP32", "shape": list(values.shape)}
+            tensor: dict = {"name": name, "datatype": "FP32", "shape": list(values.shape)}
             blob, data = values.tobytes(), values.ravel().tolist()
         else:
             labels = [str(model.classes[i]) for i in probs.argmax(1)]

@@ -112,13 +112,15 @@ def v2_routes(plane: DataPlane, version: str) -> APIRouter:
         body, headers = v2.response(model, req, probs, names, as_binary)
         return Response(body, media_type="application/octet-stream" if headers else "application/json", headers=headers)
 
-    infer_doc = {"responses": errors(400, 401, 404, 413, 415, 503, 504), "openapi_extra": _INFER_BODY}
+    infer_errors = errors(400, 401, 404, 413, 415, 503, 504)
 
-    @router.post("/v2/models/{name}/infer", summary="v2 inference", **infer_doc)
+    @router.post("/v2/models/{name}/infer", summary="v2 inference", responses=infer_errors, openapi_extra=_INFER_BODY)
     async def v2_infer(request: Request, name: str = name_path()):
         return await infer(request, name, None)
 
-    @router.post("/v2/models/{name}/versions/{version}/infer", summary="v2 inference (a version)", **infer_doc)
+    @router.post(
+        "/v2/models/{name}/versions/{version}/infer", summary="v2 inference (a version)", responses=infer_errors, openapi_extra=_INFER_BODY
+    )
     async def v2_infer_version(request: Request, name: str = name_path(), version: str = PathParam(examples=["1"])):
         return await infer(request, name, version)
 
