@@ -89,6 +89,7 @@ def test_test_csv_with_unknown_label_is_skipped(csv_layout, tmp_path):
     assert len(data.test) == 1 and any("label outside the known set: 'banana'" in s.reason for s in data.skipped)
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_without_traceback(messy_tree):
     root, _ = messy_tree
     proc = subprocess.run([sys.executable, "-m", "imgclf", "data", "inspect", str(root), "--strict"], capture_output=True, text=True)
@@ -159,6 +160,7 @@ def test_every_file_pillow_decodes_is_loaded_and_the_terminal_stays_quiet(corpus
     assert "warned about" in proc.stderr and "warnings.csv" in proc.stdout
 
 
+@pytest.mark.slow
 def test_predict_keeps_the_libraries_quiet_too(corpus, tiny_bundle, tmp_path):
     root, _ = corpus
     out = tmp_path / "preds.csv"

@@ -31,6 +31,7 @@ def test_time_to_accuracy_quick_writes_every_section(tmp_path):
     assert "Command:" in (tmp_path / "time_to_accuracy.md").read_text()
 
 
+@pytest.mark.slow
 def test_unknown_section_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "fashon", "--results", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown section" in proc.stderr and "Traceback" not in proc.stderr

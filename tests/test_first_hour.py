@@ -335,6 +335,7 @@ def test_did_you_mean(tmp_path):
         imgclf.train("digits", epohcs=3)
 
 
+@pytest.mark.slow
 def test_a_batch_larger_than_the_data_is_capped_in_one_line(fmnist_small, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     images, labels = fmnist_small

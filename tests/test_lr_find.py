@@ -38,6 +38,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_the_range_test_puts_weights_and_optimizer_back_exactly(fmnist_small, tmp_path):
     trainer = _trainer(*fmnist_small, tmp_path, **SMALL)
     x, y = next(iter(trainer.train_loader))
@@ -56,6 +57,7 @@ def test_the_range_test_puts_weights_and_optimizer_back_exactly(fmnist_small, tm
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_the_lr_grows_exponentially_with_each_group_at_its_share(fmnist_small, tmp_path):
     trainer = _trainer(*fmnist_small, tmp_path, device="cpu")
     for g in trainer.optimizer.param_groups:

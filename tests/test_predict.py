@@ -77,6 +77,7 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_folder_with_bad_files_reports_them_in_place(run, held_out, tmp_path):
     images, _ = held_out
     folder = tmp_path / "mixed"
@@ -145,6 +146,7 @@ def test_many_files_go_through_worker_processes_with_the_same_answers(run, fmnis
     assert np.allclose(probs[good], serial.predict_proba(images), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_single_image_prints_its_top_5(run, held_out, tmp_path):
     Image.fromarray(held_out[0][0], "L").save(tmp_path / "one.png")
     proc = run_cli("predict", str(run.run_dir), str(tmp_path / "one.png"))
@@ -173,6 +175,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_malicious_pickles_as_models_are_refused_and_run_nothing(run, tmp_path):
     marker = tmp_path / "pwned"
     evil_dir = tmp_path / "evil"

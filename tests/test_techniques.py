@@ -164,6 +164,7 @@ def test_weight_decay_skips_norms_and_biases_unless_asked():
     assert all(g["weight_decay"] == 0.05 for g in param_groups(model, 0.01, weight_decay=0.05, decay_norms=True))
 
 
+@pytest.mark.slow
 def test_gradient_clipping_bounds_the_step(fmnist, tmp_path):
     from imgclf.engine import recipe
     from imgclf.engine.trainer import Trainer
@@ -223,6 +224,7 @@ def test_time_budget_plans_the_epochs_and_records_them(fmnist, tmp_path):
     assert len(again.history) == planned
 
 
+@pytest.mark.slow
 def test_time_budget_shrinks_the_run_when_the_clock_runs_out(fmnist, tmp_path):
     from imgclf.engine import recipe
     from imgclf.engine.budget import TimeBudget

@@ -115,6 +115,7 @@ def test_inspect_counts_the_same(jupyter_tree, loop_tree):
         assert rows == {"cat": "6", "dog": "6"}, proc.stdout
 
 
+@pytest.mark.slow
 def test_predict_lists_the_same_files_and_writes_what_it_left_out(jupyter_tree, tiny_bundle, tmp_path):
     os.symlink("..", jupyter_tree / "dog" / "loop")
     out = tmp_path / "new" / "preds.csv"  # a folder that does not exist yet
@@ -154,6 +155,7 @@ def test_loose_files_beside_the_class_folders_are_reported(jupyter_tree):
     assert "not an image" in skipped[str(jupyter_tree / "README.txt")]
 
 
+@pytest.mark.slow
 def test_predict_on_several_folders_keeps_ids_apart(jupyter_tree, loop_tree, tiny_bundle, tmp_path):
     out = tmp_path / "preds.csv"
     proc = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(tiny_bundle), str(jupyter_tree), str(loop_tree), "--out", str(out)],
