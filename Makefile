@@ -28,10 +28,12 @@ browser:
 		(apt-get install -y -q chromium chromium-driver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)); \
 	else echo "Chromium is missing: install chromium and chromedriver for the browser test"; fi
 
-# ruff's checks and its formatting (configured in pyproject.toml) on the package: style never waits for a review.
+# ruff's checks and its formatting, and mypy (all configured in pyproject.toml), on the package: style and
+# types never wait for a review.
 lint: install
 	$(BIN)/ruff check src
 	$(BIN)/ruff format --check src
+	$(BIN)/mypy
 
 test: install data browser lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,11 +107,13 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
         **({"torchrun_id": distributed.run_id()} if distributed.run_id() else {}),
     }
     if plan.resuming:
+        assert plan.checkpoint is not None  # resuming: a checkpoint was loaded
         trainer.restore(plan.checkpoint)
         info["changes"] = [*plan.info.get("changes", []), *plan.changes]
         if world.is_main:
             (plan.run_dir / "config.yaml").write_text(config.to_yaml())
             (plan.run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        assert config.train.epochs is not None  # recipe.resolve decided it
         if trainer.epoch >= config.train.epochs:
             log.info(
                 "%s has done all its %d epochs: nothing to train; its bundle and report are written again (a larger --epochs extends it)",
@@ -162,6 +165,7 @@ def _per_process(plan: RunPlan, world: distributed.World) -> Config:
     config = plan.config
     if not plan.resuming:
         return config
+    assert plan.checkpoint is not None  # resuming: a checkpoint was loaded
     before = int(plan.checkpoint.get("world_size", 1))
     batch = config.train.batch_size
     if before == world.world_size or batch is None:
@@ -369,7 +373,8 @@ def _load(plan: RunPlan) -> ImageData:
     for what in ("val", "test"):
         extra = plan.extra.get(what) or getattr(plan.config.train, what)
         if extra is not None:
-            data = dataclasses.replace(data, **{what: _extra_split(extra, data, plan.config, what)})
+            split: dict[str, Any] = {what: _extra_split(extra, data, plan.config, what)}
+            data = dataclasses.replace(data, **split)
             where = extra if isinstance(extra, (str, Path)) else "in-memory arrays"
             log.info("%s: %d images from %s", {"val": "validation", "test": "test"}[what], len(getattr(data, what)), where)
     return data
@@ -404,10 +409,11 @@ def _check_duplicates(data: ImageData, config: Config) -> tuple[ImageData, list[
 
 def _splits(data: ImageData, config: Config, plan: RunPlan) -> dict:
     """How each split came about, so that evaluate, report and resume rebuild the same held-out images."""
-    out = {"train": {"images": len(data.train)}}
+    out: dict[str, dict[str, Any]] = {"train": {"images": len(data.train)}}
     for what, part in (("val", data.val), ("test", data.test)):
         if part is None:
             continue
+        origin: dict[str, Any]
         if what in plan.extra:
             origin = {"from": "in-memory arrays"}
         elif getattr(config.train, what):
@@ -470,6 +476,7 @@ def _log_start(trainer: Trainer, config: Config) -> None:
         )
         if on
     ]
+    assert t.batch_size is not None  # recipe.resolve decided it
     batch = f"{t.batch_size}" if not world.distributed else f"{t.batch_size} per process ({t.batch_size * world.world_size} in all)"
     log.info(
         "training: %d epoch%s, batch %s, %s lr %g, %s schedule (warmup %.0f%%), weight decay %g, label smoothing %g, "

@@ -25,7 +25,7 @@ def flags_of(section: type) -> dict[str, tuple[object, str]]:
     config.setting() gave it, with "(default: X)" added when the default is a value. Every flag defaults
     to None, so that an unset flag leaves the field to the config file, the preset or the recipe."""
     hints = typing.get_type_hints(section)
-    flags = {}
+    flags: dict[str, tuple[object, str]] = {}
     for f in dataclasses.fields(section):
         if "help" not in f.metadata:
             continue
@@ -220,6 +220,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if w.skipped:
         print(f"{w.skipped_summary}; each with its reason in {w.skipped}")
     if w.warnings:
+        assert w.warned is not None  # write_predictions sets warnings only when something warned
         print(warnings_summary(w.warned, w.warnings))
         for image_id, text in w.warned.items():
             log.debug("  %s: %s", image_id, text)

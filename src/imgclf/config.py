@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from imgclf.errors import ImgclfError
 
@@ -326,7 +326,8 @@ class Config:
             for key in homes[name]:
                 target = target[key]
             target[name] = value
-        return Config(data=sections["data"], train=sections["train"])
+        # dicts: Config.__post_init__ builds (and validates) the sections from them
+        return Config(data=cast(DataConfig, sections["data"]), train=cast(TrainConfig, sections["train"]))
 
     def to_yaml(self) -> str:
         import yaml
@@ -347,7 +348,8 @@ class Config:
         if not isinstance(values, dict) or set(values) - {"data", "train"}:
             found = sorted(values) if isinstance(values, dict) else type(values).__name__
             raise ImgclfError(f"{path}: a config has two sections, data: and train:; found {found}.")
-        return cls(data=dict(values.get("data") or {}), train=dict(values.get("train") or {}))
+        # dicts: __post_init__ builds the sections from them, naming any unknown key
+        return cls(data=cast(DataConfig, dict(values.get("data") or {})), train=cast(TrainConfig, dict(values.get("train") or {})))
 
 
 def parse_duration(text: str) -> float:

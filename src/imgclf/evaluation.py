@@ -128,6 +128,7 @@ def _labeled_split(data: ImageData, split: str | None, held_out: bool) -> tuple[
     """The split to score: the one asked for, else test, else validation; training images only on request
     when the data is the run's own (they are what it learnt from)."""
     splits = data.splits()
+    choice: str | None
     if split:
         if split not in splits:
             raise ImgclfError(f"the data has no {split} split (it has {', '.join(splits)}); choose one of those.")

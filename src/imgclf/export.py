@@ -115,6 +115,7 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, out: Path, dynamic_batch: 
         program = torch.onnx.export(
             model, (example,), input_names=["pixels"], output_names=["logits"], dynamic_shapes=shapes, dynamo=True, verbose=False
         )
+        assert program is not None  # dynamo=True: export returns the ONNXProgram
         program.save(str(out))
 
 

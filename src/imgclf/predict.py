@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -57,6 +59,7 @@ def _adopt(clf: ImageClassifier | str, tta: bool) -> None:
 
 def _decode_and_predict(paths: list[str]) -> tuple[list[str | None], np.ndarray, dict[str, str]]:
     """A worker's job: decode a chunk of files and run the model on it."""
+    assert _WORKER is not None  # set by the pool's initializer (_adopt) before any job runs
     decoded, noise = _WORKER.pre_.read_files(paths)
     return (*_WORKER.predict_decoded(decoded), noise)
 
@@ -98,7 +101,9 @@ class ImageClassifier:
         self.spec_ = spec
         self.model_ = for_inference(model, self.device_)
         self.channels_last_ = use_channels_last(None, self.device_)
-        self.model_.to(self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format)
+        self.model_.to(  # type: ignore[call-overload]  # torch's stubs lack to(device, memory_format=), which Module.to accepts
+            self.device_, memory_format=torch.channels_last if self.channels_last_ else torch.preserve_format
+        )
         self.classes_ = spec.labels
         self.pre_ = spec.preprocessing
         self.channels_ = self.pre_.channels
@@ -126,7 +131,7 @@ class ImageClassifier:
             return self._array_items(x)
         raise ImgclfError(f"cannot predict on a {type(x).__name__}; pass a path, a folder, paths, a PIL image, or an array.")
 
-    def bytes_items(self, blobs: list[bytes], ids: list[str] | None = None, max_pixels: int | None = None) -> list[Item]:
+    def bytes_items(self, blobs: Sequence[bytes], ids: list[str] | None = None, max_pixels: int | None = None) -> list[Item]:
         """Encoded images (uploads, database blobs) as items: pixels, or the reason, with the same checks as files."""
         items = []
         for i, blob in enumerate(blobs):
@@ -163,10 +168,11 @@ class ImageClassifier:
         own_pool = pool is None and len(paths) >= PARALLEL_FROM and worker_count(self.workers) > 1
         if own_pool:
             pool = self.worker_pool()
-        workers = pool._max_workers if pool is not None else 1
+        workers = pool._max_workers if pool is not None else 1  # type: ignore[attr-defined]  # private, absent from the stubs
         in_workers = pool is not None and self.device_.type == "cpu"
         spans = chunks(len(paths), workers, size=self.batch_size)
         present = [[p for p in paths[a:b] if p] for a, b in spans]
+        fn: Callable[[list[str]], Any]
         if in_workers:
             fn, jobs = _decode_and_predict, [(ps,) for ps in present]
         else:
@@ -185,13 +191,14 @@ class ImageClassifier:
                     items.append(Item(image_id, None, error, noise.get(path)))
         finally:
             if own_pool:
+                assert pool is not None  # own_pool: made above
                 pool.shutdown(cancel_futures=True)
         return items, probs
 
     def predict_decoded(self, decoded: list[np.ndarray | str]) -> tuple[list[str | None], np.ndarray]:
         """decode_many's output (pixels, or a reason) as (reason or None, probabilities) per file."""
         errors = [r if isinstance(r, str) else None for r in decoded]
-        items = [Item("", None if e else r, e) for r, e in zip(decoded, errors)]
+        items = [Item("", None if e else cast(np.ndarray, r), e) for r, e in zip(decoded, errors)]  # no reason: r is pixels
         return errors, self.probabilities(items)
 
     def _array_items(self, x) -> list[Item]:
@@ -214,7 +221,7 @@ class ImageClassifier:
         rows = [i for i, it in enumerate(items) if it.pixels is not None]
         for a in range(0, len(rows), self.batch_size):
             part = rows[a : a + self.batch_size]
-            out[part] = self.predict_pixels(np.stack([items[i].pixels for i in part]))
+            out[part] = self.predict_pixels(np.stack([cast(np.ndarray, items[i].pixels) for i in part]))  # rows with pixels
         return out
 
     def predict_split(self, images) -> np.ndarray:

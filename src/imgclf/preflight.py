@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from imgclf.config import PRESETS, Config, to_dict
 from imgclf.errors import ImgclfError
@@ -81,10 +82,11 @@ def _run_to_continue(config: Config | None, settings: dict) -> Path | None:
     restarted = distributed.restart_count() > 0
     if not (settings.get("resume_if_exists") or t.resume_if_exists or restarted):
         return None
+    path: Path | None
     if name:
         path = Path(out) / slug(name)
     elif restarted and distributed.run_id():
-        path = _run_of_job(Path(out), distributed.run_id())
+        path = _run_of_job(Path(out), cast(str, distributed.run_id()))  # just checked: an id
     else:
         return None
     return path if path is not None and (path / "checkpoints" / "last.pt").is_file() else None

@@ -8,6 +8,7 @@ JPEG uploaded to a server is converted exactly as the training folder was.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ class Preprocessing:
         inp, norm = spec["input"], spec["normalization"]
         return cls(
             int(inp["channels"]),
-            tuple(int(v) for v in inp["size"]),
+            cast("tuple[int, int]", tuple(int(v) for v in inp["size"])),  # (height, width)
             inp["resize"],
             tuple(float(v) for v in norm["mean"]),
             tuple(float(v) for v in norm["std"]),
@@ -114,6 +115,9 @@ class Preprocessing:
 
 class WithNormalisation(nn.Module):
     """A model behind fixed normalisation buffers: raw 0..255 pixels in, logits out."""
+
+    scale: torch.Tensor  # buffers, registered in __init__
+    shift: torch.Tensor
 
     def __init__(self, model: nn.Module, scale: torch.Tensor, shift: torch.Tensor):
         super().__init__()

@@ -79,7 +79,7 @@ def labels_and_classes(labels, classes: list[str] | None = None) -> tuple[np.nda
     if classes is not None:
         classes = [str(c) for c in classes]
         if not np.issubdtype(y.dtype, np.integer):
-            index = {c: i for i, c in enumerate(classes)}
+            index: dict[str | int, int] = {c: i for i, c in enumerate(classes)}
             unknown = sorted({str(v) for v in y} - set(index))
             if unknown:
                 raise DataError(f"labels {unknown[:5]} are not among classes={classes}; add them to classes.")

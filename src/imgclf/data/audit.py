@@ -153,7 +153,7 @@ def _split_order(name: str) -> int:
     return {"train": 0, "val": 1, "test": 2}.get(name, 3)
 
 
-def _label(data: ImageData, labels: np.ndarray, pos: int) -> str:
+def _label(data: ImageData, labels: np.ndarray, pos: int | np.integer) -> str:
     return data.classes[labels[pos]] if labels[pos] >= 0 else ""
 
 

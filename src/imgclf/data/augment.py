@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -112,13 +113,15 @@ class Augment:
     def resolve(cls, cfg: AugmentConfig, image_size: tuple[int, int], hflip_default: bool) -> Augment:
         h, w = image_size
         cfg = decided(cfg, image_size, hflip_default)
+        # decided() has filled each of these in
+        pad, hflip, min_area = cast(int, cfg.crop_padding), cast(bool, cfg.hflip), cast(float, cfg.resized_crop)
         return cls(
-            cfg.crop_padding + round(cfg.translate * h),
-            cfg.crop_padding + round(cfg.translate * w),
-            cfg.hflip,
+            pad + round(cfg.translate * h),
+            pad + round(cfg.translate * w),
+            hflip,
             cfg.erasing,
-            cfg.hflip and cfg.alternate_flips,
-            cfg.resized_crop,
+            hflip and cfg.alternate_flips,
+            min_area,
         )
 
     def on_uint8(self, x: torch.Tensor, gen: torch.Generator, mirrored: torch.Tensor | None = None) -> torch.Tensor:

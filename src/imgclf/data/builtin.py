@@ -10,6 +10,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def _find_folder(spec: Builtin, roots: list[Path], required: list[str]) -> Path 
 
 
 def _load_idx_set(folder: Path) -> tuple[tuple, tuple]:
-    arrays = [read_idx(_idx_file(folder, stem)) for stem in IDX_FILES]
+    arrays = [read_idx(cast(Path, _idx_file(folder, stem))) for stem in IDX_FILES]  # locate() found each in folder
     return (arrays[0][:, None], arrays[1].astype(np.int64)), (arrays[2][:, None], arrays[3].astype(np.int64))
 
 

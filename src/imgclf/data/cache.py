@@ -17,6 +17,7 @@ import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -224,7 +225,7 @@ def _build(listing: FileListing, config: DataConfig, skips: SkipLog, key_dir: Pa
     np.save(tmp / "original_sizes.npy", original_sizes)
     write_skipped(decode_skips, tmp / "decode_skipped.csv")
     write_warnings(noise, tmp / "warnings.csv")
-    manifest = {
+    manifest: dict[str, Any] = {
         "version": CACHE_VERSION,
         "fingerprint": stamp,
         "root": str(listing.root),

@@ -11,11 +11,15 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgclf.data.noise import NoiseCatcher
+
+if TYPE_CHECKING:
+    from PIL import ImageFile
 
 GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
@@ -57,7 +61,7 @@ def _open(source: Source, max_pixels: int | None = None) -> Image.Image:
     in_memory = isinstance(source, (bytes, bytearray, memoryview))
     if in_memory and not len(source):
         raise BadImage("empty file (0 bytes)", "empty")
-    data = io.BytesIO(source) if in_memory else source
+    data = io.BytesIO(cast(bytes, source)) if in_memory else source  # in_memory: bytes, bytearray or memoryview
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; a bomb is a bomb either way.
@@ -70,7 +74,7 @@ def _open(source: Source, max_pixels: int | None = None) -> Image.Image:
         if not in_memory and os.path.getsize(source) == 0:
             raise BadImage("empty file (0 bytes)", "empty") from None
         if in_memory:
-            data.seek(0)
+            cast(io.BytesIO, data).seek(0)
         other = _format_name(data)
         if other:
             raise BadImage(
@@ -93,7 +97,7 @@ def _open(source: Source, max_pixels: int | None = None) -> Image.Image:
 def _palette_is_gray(img: Image.Image) -> bool:
     palette = getattr(img, "palette", None)
     raw = getattr(palette, "palette", None)
-    mode = getattr(palette, "rawmode", None) or getattr(palette, "mode", "")
+    mode = cast(str, getattr(palette, "rawmode", None) or getattr(palette, "mode", ""))
     if not isinstance(raw, (bytes, bytearray)) or not mode.startswith("RGB"):
         return False
     stride = len(mode)
@@ -168,7 +172,8 @@ def _to_uint8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # Pillow's filters, antialiased when shrinking
+# Pillow's filters, antialiased when shrinking (Image.Resampling: the values of Image.BILINEAR and Image.BICUBIC)
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def fit(
@@ -246,7 +251,7 @@ def prepare(
                 # Pillow 13 memory-maps a one-strip uncompressed TIFF at its upright size, which scrambles
                 # orientations 5-8 (it rotates TIFFs itself in load()); without a file name it reads the
                 # strip at the stored size and then rotates it correctly.
-                original.filename = ""
+                cast("ImageFile.ImageFile", original).filename = ""  # a TIFF: opened from a file, an ImageFile
             original.load()
             oriented = ImageOps.exif_transpose(original) if _has_orientation(original) else original
             img = _to_uint8(oriented)

@@ -114,7 +114,7 @@ def near_pairs(
     """(query, base, distance) for each query image whose closest base image is within threshold.
 
     skip: (query, base) pairs not to report (exact copies, already reported as such)."""
-    found = []
+    found: list[tuple[int, int, float]] = []
     k = min(CANDIDATES, len(base.spectrum))
     if not len(queries.spectrum) or not k:
         return found

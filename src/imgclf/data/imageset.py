@@ -143,6 +143,7 @@ class ImageData:
             return ImageSet(done[id(part.images)], part.index, part.labels, part.all_origins)
 
         train = one(self.train)
+        assert train is not None  # one() of a split that is there
         mean, std = channel_stats(train)
         notes = [note if n.startswith("image size") else n for n in self.notes]
         return dataclasses.replace(self, train=train, val=one(self.val), test=one(self.test), mean=mean, std=std, notes=notes)
@@ -187,7 +188,9 @@ def channel_stats(images: ImageSet, chunk: int = 8192) -> tuple[tuple[float, ...
     c = images.images.shape[1]
     total, sq, n = np.zeros(c), np.zeros(c), 0
     for a in range(0, len(images), chunk):
-        x = images.take(np.arange(a, min(len(images), a + chunk))).reshape(-1, c, images.images.shape[2] * images.images.shape[3])
+        x: np.ndarray = images.take(np.arange(a, min(len(images), a + chunk))).reshape(
+            -1, c, images.images.shape[2] * images.images.shape[3]
+        )
         x = x.transpose(1, 0, 2).reshape(c, -1).astype(np.float32)
         total += x.sum(axis=1, dtype=np.float64)
         sq += np.square(x).sum(axis=1, dtype=np.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def describe(data: ImageData, audit=None) -> str:
     if len(data.skipped) > SKIPS_SHOWN:
         lines.append(f"  ... and {len(data.skipped) - SKIPS_SHOWN} more")
     if data.decode_warnings:
-        lines.append(f"warnings: {warnings_summary(data.decode_warnings, data.cache_dir / 'warnings.csv')}")
+        lines.append(f"warnings: {warnings_summary(data.decode_warnings, cast(Path, data.cache_dir) / 'warnings.csv')}")
     if audit is not None:
         lines.append(f"audit ({audit.seconds:.1f} s; each finding: imgclf data audit {data.source}):")
         lines += [f"  {line}" for line in audit.summary_lines()]
@@ -65,8 +66,8 @@ def save_grid(data: ImageData, path: str | Path, per_class: int = 8, max_classes
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.1, len(classes) * 1.15), squeeze=False)
     for r, c in enumerate(classes):
         rows = np.flatnonzero(data.train.labels == c)
-        pick = np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False)) if len(rows) else []
-        images = data.train.take(pick) if len(pick) else []
+        pick: np.ndarray | list[int] = np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False)) if len(rows) else []
+        images: np.ndarray | list[np.ndarray] = data.train.take(cast(np.ndarray, pick)) if len(pick) else []  # non-empty: an array
         for k in range(per_class):
             ax = axes[r][k]
             ax.set_xticks([])

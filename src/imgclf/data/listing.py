@@ -10,6 +10,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from imgclf.data.skips import SkipLog
 from imgclf.data.walk import Walker, is_hidden, is_image_name, is_system_folder
@@ -109,7 +110,7 @@ def list_folders(root: Path, skips: SkipLog) -> FileListing:
 
 def _labeled_files(walker: Walker, folders: list[Path], index: dict[str, int], skips: SkipLog) -> list[tuple[str, int]]:
     """(path, label) for a val or test split's class folders, labeled by the training classes."""
-    pairs = []
+    pairs: list[tuple[str, int]] = []
     for folder in folders:
         paths = walker.images(folder)
         if folder.name not in index:
@@ -181,7 +182,7 @@ def read_csv_rows(csv_path: Path, id_column: str | None, label_column: str | Non
         raise DataError(f"{csv_path}: cannot read it as CSV ({err}); save it as UTF-8 comma-separated text.") from None
     if not rows:
         raise DataError(f"{csv_path}: no rows; it needs a header line and one row per image.")
-    id_col = _pick_column(header, id_column, ID_COLUMNS, csv_path, "id", "--id-column")
+    id_col = cast(str, _pick_column(header, id_column, ID_COLUMNS, csv_path, "id", "--id-column"))  # "id": a column, or DataError
     label_col = _pick_column(header, label_column, LABEL_COLUMNS, csv_path, "label", "--label-column")
     return rows, id_col, label_col
 
@@ -211,7 +212,7 @@ def list_csv(
     root: Path, skips: SkipLog, id_column: str | None = None, label_column: str | None = None, train_csv: Path | None = None
 ) -> FileListing:
     """train.csv (+ val.csv, test.csv) of id,label rows naming images in a folder beside them."""
-    csvs = {"train": train_csv or find_csv(root, "train")}
+    csvs = {"train": cast(Path, train_csv or find_csv(root, "train"))}  # the caller found a train.csv
     for split in ("val", "test"):
         found = find_csv(root, split)
         if found:
@@ -264,7 +265,7 @@ def _resolve_rows(rows, id_col, label_col, index, folder: FolderIndex, csv_path:
             label = index[_normal_label(raw_label)]
         if image_id in seen:
             first = seen[image_id]
-            if out[first] is not None and out[first][1] != label:
+            if out[first] is not None and cast("tuple[str, int]", out[first])[1] != label:
                 skips.add(where, f"duplicate id '{image_id}' with a conflicting label; both rows skipped", fix="keep one row per image")
                 skips.add(
                     f"{csv_path} line {first + 2}",

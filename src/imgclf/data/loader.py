@@ -181,6 +181,7 @@ class DeviceLoader:
 
     def _batch(self, rows: torch.Tensor, rows_on_device: torch.Tensor) -> torch.Tensor:
         if self.resident:
+            assert self._images is not None  # resident: the split was put on the device in __init__
             return self._images[rows_on_device]
         x = torch.from_numpy(self.split.take(rows.numpy()))
         return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x.to(self.device)

@@ -84,6 +84,7 @@ def largest_batch(trainer) -> BatchFit:
         fit.largest = min(2 * fit.largest, fit.cap)
     failed = min((b for b, peak in fit.tried.items() if peak is None and b > fit.largest), default=None)
     for _ in range(REFINE if failed else 0):
+        assert failed is not None  # the loop runs only when a larger batch failed
         middle = (fit.largest + failed) // 2
         if middle == fit.largest:
             break

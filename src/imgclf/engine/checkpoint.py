@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -59,7 +60,8 @@ def deferred_interrupts():
 def rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        # the legacy state (get_state's default) is a tuple; numpy's stubs give the no-argument call a dict
+        "numpy": torch.from_numpy(cast(tuple, np.random.get_state())[1].astype(np.int64)),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
     if torch.cuda.is_available():

@@ -14,6 +14,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -124,7 +125,7 @@ def join(device_setting: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
         threads = max(1, cores // world.local_world_size)
         torch.set_num_threads(threads)
     if not dist.is_initialized():
-        kwargs = {"device_id": torch.device("cuda", world.local_rank)} if cuda else {}
+        kwargs: dict[str, Any] = {"device_id": torch.device("cuda", world.local_rank)} if cuda else {}
         timeout = datetime.timedelta(seconds=timeout_s)
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
         # torchrun's agent keeps one store (same port) across restarts of its workers: without a prefix of

@@ -28,7 +28,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self._decay()
-        own = list(self.module.parameters())
+        own: list[torch.Tensor] = list(self.module.parameters())
         torch._foreach_lerp_(own, [p.detach() for p in model.parameters()], 1 - d)
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
             mine.copy_(theirs)

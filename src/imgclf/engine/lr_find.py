@@ -6,7 +6,9 @@ loss curve. The weights and the optimizer are put back afterwards, so the traine
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from imgclf.engine.trial import kept_state
 from imgclf.errors import ImgclfError
@@ -58,7 +60,7 @@ class LrCurve:
         span = min(max(1, self.steps // 10), len(usable) - 1)
         log_lrs = [math.log(lr) for lr in self.lrs]
         slopes = {i: (self.smoothed[i + span] - self.smoothed[i]) / (log_lrs[i + span] - log_lrs[i]) for i in usable[:-span]}
-        i = min(slopes, key=slopes.get)
+        i = min(slopes, key=cast(Callable[[int], float], slopes.get))  # every key is in slopes: never None
         return math.exp((log_lrs[i] + log_lrs[i + span]) / 2)  # the middle of the steepest stretch
 
     def min_loss_lr(self) -> float:

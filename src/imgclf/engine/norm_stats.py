@@ -16,9 +16,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine.bundle import unwrap
@@ -31,7 +32,9 @@ ADAPT_DRAW_SEED = 0  # the fixed draw of training images a large set's statistic
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
-def batch_norms(model: nn.Module) -> list[nn.Module]:
+# Norms that track running statistics: their running_mean, running_var and num_batches_tracked are tensors (torch types
+# them Tensor | None, None in the norms that do not track them).
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats]
 
 
@@ -45,7 +48,15 @@ def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor], autocast: Cal
     if not norms:
         return 0
     was_training = model.training
-    kept = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    kept = [
+        (
+            m.momentum,
+            cast(Tensor, m.running_mean).clone(),
+            cast(Tensor, m.running_var).clone(),
+            cast(Tensor, m.num_batches_tracked).clone(),
+        )
+        for m in norms
+    ]
     model.eval()
     for m in norms:
         m.reset_running_stats()
@@ -61,7 +72,11 @@ def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor], autocast: Cal
         for m, (momentum, mean, var, count) in zip(norms, kept):
             m.momentum = momentum
             if not used:
-                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+                (
+                    cast(Tensor, m.running_mean).copy_(mean),
+                    cast(Tensor, m.running_var).copy_(var),
+                    cast(Tensor, m.num_batches_tracked).copy_(count),
+                )
         model.train(was_training)
     return used
 
@@ -80,7 +95,7 @@ class AdaptNorms(Callback):
 
     key = "adapt_norms"
 
-    def __init__(self, cache_dir):
+    def __init__(self, cache_dir) -> None:
         self.cache_dir = cache_dir
         self.result: dict = {}
 
@@ -126,8 +141,8 @@ def _adapted(model: nn.Module, images, mean, std, device: torch.device, cache_di
         try:
             with torch.no_grad():
                 for i, norm in enumerate(norms):
-                    norm.running_mean.copy_(torch.from_numpy(stored[f"mean{i}"]))
-                    norm.running_var.copy_(torch.from_numpy(stored[f"var{i}"]))
+                    cast(Tensor, norm.running_mean).copy_(torch.from_numpy(stored[f"mean{i}"]))
+                    cast(Tensor, norm.running_var).copy_(torch.from_numpy(stored[f"var{i}"]))
             return True
         except RuntimeError:  # of other shapes: measured again
             pass

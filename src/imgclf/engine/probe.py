@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from torch import nn
 
 from imgclf.engine.callbacks import Callback
 from imgclf.errors import ImgclfError
+
+if TYPE_CHECKING:
+    from imgclf.models.base import Classifier
 
 log = logging.getLogger("imgclf")
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # penalty on the summed squared weights of standardised features, tried on validation
@@ -72,7 +76,7 @@ def fit_linear(
     have_val = val_x is not None and val_y is not None and len(val_y) > 0
     vz = (torch.from_numpy(np.asarray(val_x, np.float32)) - mu) / sd if have_val else None
     vy = torch.from_numpy(np.asarray(val_y)).long() if have_val else None
-    best = None
+    best: tuple[tuple[float, float] | None, float, torch.Tensor, torch.Tensor] | None = None
     w, b = torch.zeros(z.shape[1], classes), torch.zeros(classes)
     with torch.enable_grad():
         # From the strongest penalty to the weakest, each fit starting from the one before: a few
@@ -81,12 +85,15 @@ def fit_linear(
             w, b = _fit(z, y, l2, weight, (w, b))
             score = None
             if have_val:
+                assert vz is not None and vy is not None  # have_val: both made above
                 logits = vz @ w + b
                 acc = float((logits.argmax(1) == vy).double().mean())
                 loss = float(F.cross_entropy(logits, vy))
                 score = (acc, -loss)
-            if best is None or (score is not None and score > best[0]):
+            # with validation every fit has a score, so best's is one too
+            if best is None or (score is not None and score > cast("tuple[float, float]", best[0])):
                 best = (score, l2, w, b)
+    assert best is not None  # the grid has at least one penalty
     score, l2, w, b = best
     train_acc = float(((z @ w + b).argmax(1) == y).double().mean())
     weight_raw = (w / sd[:, None]).T.contiguous()
@@ -96,7 +103,7 @@ def fit_linear(
 
 def set_head(model: nn.Module, head: LinearHead) -> None:
     """The network's classifier takes the fitted weights (timm's get_classifier(): a Linear layer)."""
-    layer = model.get_classifier()
+    layer = cast("Classifier", model).get_classifier()  # a built-in network or a timm one: both have it
     if not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != tuple(head.weight.shape):
         raise ImgclfError(
             f"{type(model).__name__}'s classifier is not a linear layer of {tuple(head.weight.shape)}; "

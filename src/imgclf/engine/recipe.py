@@ -23,6 +23,7 @@ full set in 12 epochs) decides the defaults here:
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 from imgclf.config import AugmentConfig, Config
 from imgclf.data.augment import decided
@@ -152,7 +153,8 @@ def resolve(config: Config, data: ImageData, world_size: int = 1, scale_lr: bool
     )
     if (line := transfer_recipe.suggestion(config, data)) is not None:
         notes.append(line)
-    data_config = dataclasses.replace(config.data, image_size=tuple(data.image_size), channels=data.channels, augment=aug_cfg)
+    size = cast("tuple[int, int]", tuple(data.image_size))
+    data_config = dataclasses.replace(config.data, image_size=size, channels=data.channels, augment=aug_cfg)
     return Config(data=data_config, train=train), notes
 
 
@@ -162,6 +164,7 @@ def _augmentation(config: Config, data: ImageData, steps: int, notes: list[str])
     t, cfg = config.train, config.data.augment
     augment = t.augment
     if augment is None:
+        assert t.epochs is not None  # resolve() decided it before asking
         total = steps * t.epochs
         run = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, {total:,} step{'s' if total != 1 else ''}"
         augment = t.epochs >= AUGMENT_FROM_EPOCHS and total >= AUGMENT_FROM_STEPS

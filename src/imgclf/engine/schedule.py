@@ -8,7 +8,7 @@ START_FACTOR = 1 / 25  # warmup starts at lr/25, as PyTorch's OneCycleLR does
 END_FACTOR = 1e-4
 
 
-def lr_factor(schedule: str, step: int, total: int, warmup: float) -> float:
+def lr_factor(schedule: str, step: float, total: int, warmup: float) -> float:
     """The multiplier of the base learning rate at `step` (0-based) of `total`."""
     warm = int(round(warmup * total))
     if step < warm:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,9 @@ from imgclf.errors import ImgclfError
 from imgclf.models.registry import Architecture
 from imgclf.preprocessing import Preprocessing
 
+if TYPE_CHECKING:
+    from imgclf.models.base import Classifier
+
 log = logging.getLogger("imgclf")
 FINITE_CHECK_EVERY = {"cpu": 1}  # steps between non-finite checks; a check costs a sync on a GPU
 DEFAULT_FINITE_CHECK = 20
@@ -53,9 +58,10 @@ def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, Architectu
                 f"{data.channels}; pass --channels {arch.in_channels}."
             )
         if list(spec.classes) != data.classes:
-            model.reset_classifier(data.num_classes)
+            cast("Classifier", model).reset_classifier(data.num_classes)  # a built-in network or a timm one: both have it
             log.info("init-from %s: new head for %d classes (the bundle had %d)", t.init_from, data.num_classes, len(spec.classes))
-        return model.train(), dataclasses.replace(arch, num_classes=data.num_classes, image_size=tuple(data.image_size))
+        size = cast("tuple[int, int]", tuple(data.image_size))
+        return model.train(), dataclasses.replace(arch, num_classes=data.num_classes, image_size=size)
     name = t.model or default_model_name(data.image_size, t.pretrained)
     kwargs = fitted_kwargs(name, data.image_size)
     model = create_model(
@@ -68,7 +74,7 @@ def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, Architectu
         partial_weights=t.partial_weights,
         **kwargs,
     )
-    return model, Architecture(name, data.channels, data.num_classes, tuple(data.image_size), kwargs)
+    return model, Architecture(name, data.channels, data.num_classes, cast("tuple[int, int]", tuple(data.image_size)), kwargs)
 
 
 class Trainer:
@@ -89,7 +95,7 @@ class Trainer:
         *,
         replace: bool = False,
         world: World = SINGLE,
-        callbacks: list[Callback] = (),
+        callbacks: Sequence[Callback] = (),
     ):
         from imgclf.models.transfer import freeze_early_layers, param_groups
 
@@ -120,7 +126,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if t.compile:
-            self.net = torch.compile(self.net)
+            self.net = cast(nn.Module, torch.compile(self.net))  # a module compiles to an OptimizedModule, a Module
         if world.rank:
             torch.manual_seed(config.data.seed + world.rank)  # dropout and the like differ between ranks
         self.ema = WeightAverage(self.model, t.ema_decay) if t.ema else None
@@ -130,11 +136,19 @@ class Trainer:
             g["scale"] = g["lr"] / self.base_lr
         self.optimizer = self._optimizer(groups)
         self.scaler = hardware.grad_scaler(self.device, self.dtype)
-        shard = dict(rank=world.rank, world_size=world.world_size)
+        shard: dict[str, Any] = dict(rank=world.rank, world_size=world.world_size)
         self.preprocessing = Preprocessing(
-            data.channels, tuple(data.image_size), config.data.resize, tuple(data.mean), tuple(data.std), **config.data.framing()
+            data.channels,
+            cast("tuple[int, int]", tuple(data.image_size)),
+            config.data.resize,
+            tuple(data.mean),
+            tuple(data.std),
+            **config.data.framing(),
         )
-        loader_args = dict(mean=self.preprocessing.mean, std=self.preprocessing.std, device=self.device, channels_last=self.channels_last)
+        assert t.batch_size is not None  # recipe.resolve decided it
+        loader_args: dict[str, Any] = dict(
+            mean=self.preprocessing.mean, std=self.preprocessing.std, device=self.device, channels_last=self.channels_last
+        )
         self.train_loader = DeviceLoader(
             data.train,
             t.batch_size,
@@ -259,7 +273,7 @@ class Trainer:
             self.train_loader.resume_within_epoch(
                 within["served"],
                 int(state.get("world_size", 1)),
-                int(state.get("batch_size") or self.config.train.batch_size),
+                int(cast(int, state.get("batch_size") or self.config.train.batch_size)),  # recipe.resolve decided it
                 int(within["batches"]),
             )
             self._partial = {k: v for k, v in within.items() if k != "served"}
@@ -273,7 +287,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
-            while self.epoch < self.config.train.epochs and not self.should_stop:
+            while self.epoch < cast(int, self.config.train.epochs) and not self.should_stop:  # recipe.resolve decided it
                 row = self._epoch()
                 self.epoch += 1
                 self.history.append(row)
@@ -291,7 +305,9 @@ class Trainer:
                 log.warning("interrupted in epoch 1, before any epoch completed: nothing was saved")
             raise
         except torch.OutOfMemoryError:
-            advice = hardware.out_of_memory_advice(self.device, t.batch_size, self.arch.name, self.preprocessing.shape, self.dtype)
+            advice = hardware.out_of_memory_advice(
+                self.device, cast(int, t.batch_size), self.arch.name, self.preprocessing.shape, self.dtype
+            )
             raise ImgclfError(advice) from None
 
     def _set_lr(self, progress: float) -> float:
@@ -299,7 +315,8 @@ class Trainer:
         in another number of processes (other steps an epoch) keeps its place in it."""
         t = self.config.train
         per_epoch = max(1, len(self.train_loader))
-        lr = self.base_lr * lr_factor(t.schedule, progress * per_epoch, t.epochs * per_epoch, t.resolved_warmup())
+        epochs = cast(int, t.epochs)  # recipe.resolve decided it
+        lr = self.base_lr * lr_factor(t.schedule, progress * per_epoch, epochs * per_epoch, t.resolved_warmup())
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("scale", 1.0)
         return lr
@@ -467,7 +484,7 @@ class Trainer:
             and self.world.distributed
         ):
             for norm in batch_norms(model):
-                for buf in (norm.running_mean, norm.running_var):
+                for buf in (cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)):  # tracked: tensors
                     buf.copy_(self.world.sum(buf.clone()) / self.world.world_size)
 
     def _non_finite(self, step_in_epoch: int, lr: float) -> None:

@@ -21,6 +21,7 @@ values below; a setting the user gave is never changed.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from imgclf.config import Config
 from imgclf.data.imageset import ImageData
@@ -114,13 +115,13 @@ def decide(config: Config, data: ImageData) -> tuple[Config, list[str]]:
         return config, []
     t, aug, notes = config.train, config.data.augment, []
     name = transfer_model(config)
-    adapt = {} if t.adapt_norms is not None else {"adapt_norms": True}
+    adapt: dict[str, Any] = {} if t.adapt_norms is not None else {"adapt_norms": True}
     if t.probe:
         epochs = 0 if t.epochs is None else t.epochs
         t = dataclasses.replace(t, epochs=epochs, augment=bool(t.augment), tta=bool(t.tta), **adapt)
         notes.append(f"linear probe: a head fitted on {name}'s features, no fine-tuning")
         return dataclasses.replace(config, train=t), notes
-    changes = dict(adapt)
+    changes: dict[str, Any] = dict(adapt)
     if t.epochs is None:
         changes["epochs"] = EPOCHS
         notes.append(f"{EPOCHS} epochs: fine-tuning pretrained weights converges in a few (--epochs sets it)")

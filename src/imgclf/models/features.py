@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ BATCH = 64  # images a forward pass: a 224 px batch of 64 is about 40 MB of inpu
 
 def pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The features the classifier takes (timm's forward_head with pre_logits): pooled, before the head."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    timm_model = cast(Any, model)  # a timm network (can_embed): torch types its methods as tensors or modules
+    return timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
 
 
 def can_embed(model: nn.Module) -> bool:
@@ -112,7 +114,7 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     leaves no partial file under the key (and two runs writing one key each write a whole file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **cast(dict[str, Any], arrays))  # numpy's stubs match **arrays against savez's allow_pickle: bool
     os.replace(tmp, path)
 
 

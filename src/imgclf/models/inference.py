@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
@@ -29,11 +30,12 @@ def for_inference(model: nn.Module, device: torch.device | str = "cpu") -> nn.Mo
 def _fold(module: nn.Module) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.Sequential):
+            out: list[nn.Module]
             layers, out, i = list(child), [], 0
             while i < len(layers):
                 pair = i + 1 < len(layers) and isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.BatchNorm2d)
                 if pair and layers[i + 1].track_running_stats:
-                    out.append(fuse_conv_bn_eval(layers[i], layers[i + 1]))
+                    out.append(fuse_conv_bn_eval(cast(nn.Conv2d, layers[i]), cast(nn.BatchNorm2d, layers[i + 1])))  # a pair, as checked
                     i += 2
                 else:
                     out.append(layers[i])

@@ -9,6 +9,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from torch import nn
 
@@ -133,7 +134,7 @@ def create_model(
         return model
     state_dict = weight_files.read_state_dict(weights) if weights else None
     if state_dict is not None:
-        state_dict, loaded = timm_models.fit_weights(name, weights, state_dict, partial_weights, num_classes)
+        state_dict, loaded = timm_models.fit_weights(name, cast(str, weights), state_dict, partial_weights, num_classes)  # read above
         log.info(loaded)
     return timm_models.create(name, in_channels, num_classes, pretrained=pretrained, state_dict=state_dict, weights_name=weights, **kwargs)
 

@@ -7,6 +7,7 @@ import functools
 import logging
 import socket
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -150,7 +151,12 @@ def weights_preprocessing(name: str) -> WeightsPreprocessing | None:
         return None
     tag = f"{name}.{cfg.tag}" if getattr(cfg, "tag", None) else name
     return WeightsPreprocessing(
-        tag, tuple(cfg.mean), tuple(cfg.std), tuple(int(v) for v in cfg.input_size[1:]), str(cfg.interpolation), float(cfg.crop_pct)
+        tag,
+        tuple(cfg.mean),
+        tuple(cfg.std),
+        cast("tuple[int, int]", tuple(int(v) for v in cfg.input_size[1:])),  # input_size is (channels, height, width)
+        str(cfg.interpolation),
+        float(cfg.crop_pct),
     )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from imgclf.models.base import Classifier
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
 def head_parameter_ids(model: nn.Module) -> set[int]:
-    return {id(p) for p in model.get_classifier().parameters()}
+    return {id(p) for p in cast("Classifier", model).get_classifier().parameters()}  # a built-in network or a timm one: both have it
 
 
 def freeze_backbone(model: nn.Module, train_norms: bool = True) -> None:

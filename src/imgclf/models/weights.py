@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from imgclf.errors import ImgclfError
+
+if TYPE_CHECKING:
+    from imgclf.models.base import Classifier
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net")
 _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
@@ -65,7 +69,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
     from timm.models import adapt_input_conv
 
     own = model.state_dict()
-    head_keys = {f"head.{k}" for k in model.get_classifier().state_dict()}
+    head_keys = {f"head.{k}" for k in cast("Classifier", model).get_classifier().state_dict()}  # a built-in network
     fitted, skipped_head = {}, False
     for key, value in state.items():
         if key not in own:
@@ -89,5 +93,5 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
         )
     model.load_state_dict(fitted, strict=False)
     backbone = [k for k in own if k not in head_keys]
-    head = f"; a new head for {model.get_classifier().out_features} classes" if skipped_head else ""
+    head = f"; a new head for {cast('Classifier', model).get_classifier().out_features} classes" if skipped_head else ""
     return f"weights {source}: all {len(backbone)} backbone tensors of {type(model).__name__} loaded{head}"
