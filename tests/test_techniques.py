@@ -266,3 +266,76 @@ def test_bad_technique_settings_are_one_line(tmp_path):
             imgclf.train("digits", out=str(tmp_path), **settings)
         assert "\n" not in str(err.value)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_callbacks_see_each_event_in_order_and_keep_their_state(fmnist, tmp_path):
+    """The loop's events, in the order engine/callbacks.py says, around the techniques (built by the trainer
+    from its config, before the run's own callbacks); a callback's state goes into the checkpoint and
+    comes back on restore."""
+    from imgclf.engine import recipe
+    from imgclf.engine.callbacks import Callback, RunFiles
+    from imgclf.engine.techniques import ClipGradients, KeepEpoch, MixBatches, PreciseNorms, WeightAveraging
+    from imgclf.engine.trainer import Trainer
+
+    class Recorder(Callback):
+        key = "recorder"
+
+        def __init__(self):
+            self.events, self.steps = [], 0
+
+        def on_fit_start(self, trainer):
+            self.events.append("fit")
+
+        def on_epoch_start(self, trainer):
+            self.events.append("epoch")
+
+        def on_batch_start(self, trainer, x, y):
+            assert y.ndim == 2  # the mixing technique acted first: soft targets
+            self.events.append("batch")
+            return x, y
+
+        def on_after_backward(self, trainer):
+            assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+            self.events.append("backward")
+
+        def on_optimizer_step(self, trainer):
+            self.events.append("optimizer")
+
+        def on_step_end(self, trainer):
+            self.steps += 1
+            self.events.append("step")
+
+        def on_validation_start(self, trainer):
+            self.events.append("validation")
+
+        def on_validation_end(self, trainer, row):
+            assert "val_acc" in row and "kept" in row  # KeepEpoch decided before this one
+            self.events.append("validated")
+
+        def on_epoch_end(self, trainer, row):
+            self.events.append("end")
+
+        def state_dict(self):
+            return {"steps": self.steps}
+
+        def load_state_dict(self, state):
+            self.steps = int(state["steps"])
+
+    images, labels = _subset(fmnist, 10)
+    data = imgclf.load_data((images, labels))
+    config, _ = recipe.resolve(imgclf.Config().override(device="cpu", epochs=1, batch_size=32, mixup=0.2, clip_grad=5.0, ema=True), data)
+    recorder = Recorder()
+    trainer = Trainer(data, config, tmp_path / "run", callbacks=[RunFiles(), recorder], files={"note.txt": "made with the run"})
+    kinds = [type(cb) for cb in trainer.callbacks]
+    assert kinds == [MixBatches, ClipGradients, WeightAveraging, PreciseNorms, KeepEpoch, RunFiles, Recorder]
+    trainer.fit()
+    steps = len(trainer.train_loader)
+    assert recorder.events == ["fit", "epoch", *(["batch", "backward", "optimizer", "step"] * steps), "validation", "validated", "end"]
+    assert (tmp_path / "run" / "note.txt").read_text() == "made with the run"  # the files given at construction
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["callbacks"]["recorder"] == {"steps": steps} and saved["best"]["epoch"] == 1 and "ema" in saved
+    again = Trainer(data, config, tmp_path / "again", callbacks=[Recorder()])
+    again.restore(saved)
+    assert again.callbacks[-1].steps == steps and again.best == trainer.best
+    assert torch.equal(again.ema.module.state_dict()["head.weight"], trainer.ema.module.state_dict()["head.weight"])

@@ -23,6 +23,7 @@ from imgclf.data.sources import source_id
 from imgclf.engine import distributed, recipe, transfer_recipe
 from imgclf.engine.budget import TimeBudget
 from imgclf.engine.bundle import BundleSpec
+from imgclf.engine.callbacks import KeepToBudget
 from imgclf.engine.trainer import Trainer
 from imgclf.errors import ImgclfError
 from imgclf.preflight import RunPlan, plan_run
@@ -90,15 +91,13 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     budget = TimeBudget(parse_duration(plan.config.train.time)) if plan.config.train.time and not plan.resuming else None
     config, notes = recipe.resolve(_per_process(plan, world), data_obj, world.world_size, scale_lr=not plan.resuming)
     data_obj, dropped = _check_duplicates(data_obj, config)
-    callbacks = _callbacks(config)
-    trainer = Trainer(data_obj, config, plan.run_dir, replace=config.train.force and not plan.resuming, world=world, callbacks=callbacks)
+    replace = config.train.force and not plan.resuming
     if budget is not None:
-        trainer, config, notes = _plan_to_budget(budget, trainer, plan, data_obj)
+        measured = Trainer(data_obj, config, plan.run_dir, replace=replace, world=world, callbacks=_callbacks(config))
+        config, notes = _plan_to_budget(budget, measured, plan, data_obj)
     for note in notes:
         log.info(note)
-    if config.train.model is None:  # started from a run or bundle: its architecture
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, model=trainer.arch.name))
-        trainer.config = config
+    config = _with_network_name(config, data_obj)
     info = {
         **plan.info,
         "requested": _plain(plan.requested) if not plan.resuming else plan.info.get("requested", {}),
@@ -106,6 +105,15 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
         "processes": world.world_size,
         **({"torchrun_id": distributed.run_id()} if distributed.run_id() else {}),
     }
+    files = {}  # written with the run directory, at the first checkpoint
+    if not plan.resuming:
+        files = {"config.yaml": config.to_yaml(), "run.json": json.dumps(info, indent=2)}
+        if dropped:
+            from imgclf.data.audit import dropped_csv
+
+            files["dedupe.csv"] = dropped_csv(dropped)
+    callbacks = [*_callbacks(config), *([KeepToBudget(budget)] if budget is not None else [])]
+    trainer = Trainer(data_obj, config, plan.run_dir, replace=replace, world=world, callbacks=callbacks, files=files)
     if plan.resuming:
         assert plan.checkpoint is not None  # resuming: a checkpoint was loaded
         trainer.restore(plan.checkpoint)
@@ -124,12 +132,6 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
             within = plan.checkpoint.get("within_epoch")
             where = f"within epoch {trainer.epoch + 1} ({int(within['batches'])} batches in)" if within else f"after epoch {trainer.epoch}"
             log.info("resuming %s %s of %d", plan.run_dir, where, config.train.epochs)
-    else:
-        trainer.pending = {"config.yaml": config.to_yaml(), "run.json": json.dumps(info, indent=2)}
-        if dropped:
-            from imgclf.data.audit import dropped_csv
-
-            trainer.pending["dedupe.csv"] = dropped_csv(dropped)
     _log_start(trainer, config)
     trainer.fit()
     if world.is_main:
@@ -338,20 +340,26 @@ def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_
     return write_report(run_dir, ev, data.summary(), findings)
 
 
-def _plan_to_budget(budget: TimeBudget, trainer: Trainer, plan: RunPlan, data: ImageData) -> tuple[Trainer, Config, list[str]]:
-    """The epochs that fit the time budget, measured on this trainer, and the recipe decided again for them
-    (augmentation depends on the run's length). config.yaml gets the epochs, not the budget, so that it
-    repeats the same run anywhere."""
-    from imgclf.engine.callbacks import KeepToBudget
-
+def _plan_to_budget(budget: TimeBudget, trainer: Trainer, plan: RunPlan, data: ImageData) -> tuple[Config, list[str]]:
+    """The epochs that fit the time budget, measured on this trainer (put back as it was), and the recipe
+    decided again for them (augmentation depends on the run's length): the config the run's trainer is
+    built with. config.yaml gets the epochs, not the budget, so that it repeats the same run anywhere."""
     epochs = budget.plan(trainer)
     planned = dataclasses.replace(plan.config, train=dataclasses.replace(plan.config.train, epochs=epochs, time=None))
-    config, notes = recipe.resolve(planned, data)
-    if config.train.augment != trainer.config.train.augment:
-        trainer = Trainer(data, config, trainer.run_dir, replace=trainer.replace, world=trainer.world, callbacks=_callbacks(config))
-    trainer.config = config
-    trainer.callbacks.append(KeepToBudget(budget))
-    return trainer, config, notes
+    return recipe.resolve(planned, data)
+
+
+def _with_network_name(config: Config, data: ImageData) -> Config:
+    """The config with the network named, as config.yaml records it: the one a run or bundle given to
+    init-from was trained with, else the default for the data."""
+    if config.train.model is not None:
+        return config
+    from imgclf.engine.bundle import read_spec
+    from imgclf.models.registry import default_model_name
+
+    t = config.train
+    name = read_spec(t.init_from).architecture.name if t.init_from else default_model_name(data.image_size, t.pretrained)
+    return dataclasses.replace(config, train=dataclasses.replace(t, model=name))
 
 
 def _load(plan: RunPlan) -> ImageData:

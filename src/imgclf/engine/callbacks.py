@@ -1,4 +1,5 @@
-"""What happens at the end of a step or an epoch, apart from the loop that trains (Lightning's habit).
+"""The run's callbacks on the loop's events (Lightning's habit): its files, its log line, early stopping,
+the time budget; the training techniques are callbacks too (engine/techniques.py).
 
 Each callback keeps its state in the checkpoint (state_dict / load_state_dict under its key), so that a
 resumed run continues its early stopping count or its save clock where they stood. The ones that write
@@ -24,15 +25,49 @@ log = logging.getLogger("imgclf")
 
 
 class Callback:
+    """The loop's events, in the order they come, and a place in the checkpoint.
+
+    A step: on_batch_start (may replace the inputs and targets), forward and backward, on_after_backward,
+    the optimizer's step, on_optimizer_step (also for the steps lr-find and the time budget take outside
+    the loop), then, in the loop, on_step_end. An epoch: on_epoch_start, its steps, on_validation_start
+    (before the model is scored, also when there is no validation split), on_validation_end (the row has
+    its figures), on_epoch_end. state_dict/load_state_dict keep a callback's own state under its key;
+    on_save_checkpoint/on_load_checkpoint see the whole checkpoint (for state that has its own place there).
+    """
+
     key = ""  # its state's name in the checkpoint; "" keeps none
 
     def on_fit_start(self, trainer) -> None:
         pass
 
+    def on_epoch_start(self, trainer) -> None:
+        pass
+
+    def on_batch_start(self, trainer, x, y):
+        return x, y
+
+    def on_after_backward(self, trainer) -> None:
+        pass
+
+    def on_optimizer_step(self, trainer) -> None:
+        pass
+
     def on_step_end(self, trainer) -> None:
         pass
 
+    def on_validation_start(self, trainer) -> None:
+        pass
+
+    def on_validation_end(self, trainer, row: dict) -> None:
+        pass
+
     def on_epoch_end(self, trainer, row: dict) -> None:
+        pass
+
+    def on_save_checkpoint(self, trainer, state: dict) -> None:
+        pass
+
+    def on_load_checkpoint(self, trainer, state: dict) -> None:
         pass
 
     def state_dict(self) -> dict:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.config import Config
-from imgclf.data.augment import mix, test_time_views
+from imgclf.data.augment import test_time_views
 from imgclf.data.imageset import ImageData
 from imgclf.data.loader import DeviceLoader
 from imgclf.engine import hardware
@@ -29,7 +29,7 @@ from imgclf.engine.callbacks import Callback
 from imgclf.engine.checkpoint import rng_state, set_rng_state
 from imgclf.engine.distributed import SINGLE, World, device_for
 from imgclf.engine.ema import WeightAverage
-from imgclf.engine.norm_stats import CALIBRATION_IMAGES, batch_norms, recalibrate
+from imgclf.engine.norm_stats import batch_norms
 from imgclf.engine.schedule import lr_factor
 from imgclf.errors import ImgclfError
 from imgclf.models.registry import Architecture
@@ -96,15 +96,14 @@ class Trainer:
         replace: bool = False,
         world: World = SINGLE,
         callbacks: Sequence[Callback] = (),
+        files: dict[str, str] | None = None,
     ):
         from imgclf.models.transfer import freeze_early_layers, param_groups
 
         t = config.train
         self.config, self.data, self.run_dir, self.world = config, data, run_dir, world
-        self.callbacks = list(callbacks)
-        self.pending: dict[str, str] = {}  # file name -> text, written when the run directory is made
+        self.pending: dict[str, str] = dict(files or {})  # file name -> text, written when the run directory is made
         self.replace = replace
-        self._frozen: bool | None = None
         self.device = device_for(world, hardware.pick_device(t.device))
         self.dtype = hardware.pick_precision(t.precision, self.device)
         self.channels_last = hardware.use_channels_last(t.channels_last, self.device)
@@ -129,7 +128,6 @@ class Trainer:
             self.net = cast(nn.Module, torch.compile(self.net))  # a module compiles to an OptimizedModule, a Module
         if world.rank:
             torch.manual_seed(config.data.seed + world.rank)  # dropout and the like differ between ranks
-        self.ema = WeightAverage(self.model, t.ema_decay) if t.ema else None
         self.base_lr = t.resolved_lr()
         groups = param_groups(self.model, self.base_lr, t.backbone_lr_scale, t.resolved_weight_decay(), t.decay_norms)
         for g in groups:
@@ -162,7 +160,6 @@ class Trainer:
             **loader_args,
         )
         self.class_weights = class_weights(data.train.labels, data.num_classes, self.device) if t.class_weights == "balanced" else None
-        self.mix_gen = torch.Generator(device=self.device) if t.mixup or t.cutmix else None
         self.compile_seconds = 0.0
         # Validation is shared out between the ranks, each image scored once; the test split is scored after
         # training, whole, by rank 0 (imgclf.api).
@@ -172,10 +169,14 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.batch_in_epoch, self.batches_in_epoch = 0, len(self.train_loader)
         self._partial: dict | None = None  # the sums of an epoch resumed from within
-        self.best = {"val_acc": -1.0, "epoch": 0}  # the kept epoch: best.pt, the bundle, results.json's best_epoch
-        self.top = {"val_acc": -1.0, "epoch": 0}  # the highest validation accuracy (the kept one, unless keep=last)
         self.history: list[dict] = []
         self.should_stop = False
+        from imgclf.engine.techniques import KeepEpoch, WeightAveraging, techniques
+
+        # The techniques first: a step or an epoch is done with before the run's files and log see it.
+        self.callbacks = [*techniques(self), *callbacks]
+        self._keep = next(cb for cb in self.callbacks if isinstance(cb, KeepEpoch))
+        self._average = next((cb for cb in self.callbacks if isinstance(cb, WeightAveraging)), None)
 
     def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         t = self.config.train
@@ -190,6 +191,25 @@ class Trainer:
     @property
     def last_path(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def ema(self) -> WeightAverage | None:
+        """The weight average when `ema` is on (engine/techniques.py WeightAveraging)."""
+        return self._average.average if self._average is not None else None
+
+    @property
+    def best(self) -> dict:
+        """The kept epoch and its metric (engine/techniques.py KeepEpoch decides)."""
+        return self._keep.best
+
+    @best.setter
+    def best(self, value: dict) -> None:
+        self._keep.best = dict(value)
+
+    @property
+    def top(self) -> dict:
+        """The epoch of the highest metric (the kept one, unless keep="last")."""
+        return self._keep.top
 
     @property
     def scored_model(self) -> nn.Module:
@@ -222,16 +242,14 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "best": dict(self.best),
-            "top": dict(self.top),
             "history": list(self.history),
             "rng": rng_state(),
             "world_size": self.world.world_size,
             "batch_size": self.config.train.batch_size,
             "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks if cb.key},
         }
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
+        for cb in self.callbacks:
+            cb.on_save_checkpoint(self, state)
         if within_epoch:  # this rank's sums: rank 0 writes, and a resumed epoch's figures are its own (see _epoch)
             state["within_epoch"] = {
                 "batches": self.batch_in_epoch,
@@ -247,15 +265,11 @@ class Trainer:
         """Continue from a checkpoint: at the end of its epoch, or within it (with the same world size and
         batch exactly as the epoch would have gone on; with others, over the images it had not reached)."""
         unwrap(self.model).load_state_dict(state["model"])
-        if self.ema is not None:
-            if "ema" in state:
-                self.ema.load_state_dict(state["ema"])
-            else:  # a run saved before its average existed starts the average from its weights
-                self.ema.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
-        self.top = dict(state.get("top", state["best"]))  # checkpoints made before keep=last kept the top epoch
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        for cb in self.callbacks:
+            cb.on_load_checkpoint(self, state)
         self.history = [dict(r) for r in state["history"]]
         saved_callbacks = dict(state.get("callbacks", {}))
         if "early_stop" in state and "early_stop" not in saved_callbacks:  # checkpoints made before callbacks
@@ -321,36 +335,6 @@ class Trainer:
             g["lr"] = lr * g.get("scale", 1.0)
         return lr
 
-    def _freeze_for(self, epoch: int) -> None:
-        from imgclf.models.transfer import freeze_backbone, unfreeze
-
-        t = self.config.train
-        if not t.freeze_epochs:
-            return
-        frozen = epoch < t.freeze_epochs
-        freeze_backbone(self.model) if frozen else unfreeze(self.model)
-        for p in self.fixed:
-            p.requires_grad_(False)
-        if frozen != self._frozen:
-            params = list(self.model.parameters())
-            training = sum(p.numel() for p in params if p.requires_grad)
-            if frozen:
-                log.info(
-                    "epoch %d: backbone frozen until epoch %d; %s of %s parameters train (the head and the normalisation layers)",
-                    epoch + 1,
-                    t.freeze_epochs,
-                    f"{training:,}",
-                    f"{sum(p.numel() for p in params):,}",
-                )
-            else:
-                log.info(
-                    "epoch %d: backbone unfrozen; all %s parameters train%s",
-                    epoch + 1,
-                    f"{training:,}",
-                    f", the backbone at {t.backbone_lr_scale:g} x lr" if t.backbone_lr_scale != 1 else "",
-                )
-            self._frozen = frozen
-
     def _sums_so_far(self) -> dict:
         return {
             "loss_sum": float(self._loss_sum.item()),
@@ -370,7 +354,8 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.config.train
-        self._freeze_for(self.epoch)
+        for cb in self.callbacks:
+            cb.on_epoch_start(self)
         self.model.train()
         if t.frozen_norms:  # their pretrained statistics, in training as in evaluation (the probe's head was fitted on those)
             for norm in batch_norms(self.model):
@@ -431,17 +416,13 @@ class Trainer:
             "seconds": round(seconds, 2),
             "images_per_s": round(seen / max(seconds, 1e-9), 1),
         }
-        self.recalibrate_norms()
+        for cb in self.callbacks:
+            cb.on_validation_start(self)
         if self.val_loader is not None:
             val = evaluate_loader(self.scored_model, self.val_loader, self.device, self.dtype, self.world)
             row.update(val_loss=round(val["loss"], 5), val_acc=round(val["acc"], 5))
-        metric = row.get("val_acc", row["train_acc"])
-        row["improved"] = metric > self.top["val_acc"]
-        if row["improved"]:
-            self.top = {"val_acc": metric, "epoch": row["epoch"]}
-        row["kept"] = row["improved"] or self.config.train.keep == "last"  # what best.pt holds and the run ends with
-        if row["kept"]:
-            self.best = {"val_acc": metric, "epoch": row["epoch"]}
+        for cb in self.callbacks:  # KeepEpoch marks the row "improved" and "kept" (what best.pt holds)
+            cb.on_validation_end(self, row)
         return row
 
     def _check_finite(self, lr: float) -> None:
@@ -452,40 +433,23 @@ class Trainer:
             self._non_finite(self.batch_in_epoch - 1, lr)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step (and the weight average's); the outputs and the loss."""
-        t = self.config.train
+        """One optimizer step, with the techniques' hooks (mixing, clipping, the weight average); the outputs
+        and the loss."""
         target = y
-        if self.mix_gen is not None:
-            self.mix_gen.manual_seed((self.config.data.seed * 1_000_003 + self.step * 7_919 + self.world.rank) % 2**63)
-            x, target = mix(x, y, self.data.num_classes, t.mixup, t.cutmix, self.mix_gen)
+        for cb in self.callbacks:
+            x, target = cb.on_batch_start(self, x, target)
         with hardware.autocast(self.device, self.dtype):
             out = self.net(x)
-            loss = F.cross_entropy(out, target, weight=self.class_weights, label_smoothing=t.label_smoothing)
+            loss = F.cross_entropy(out, target, weight=self.class_weights, label_smoothing=self.config.train.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if t.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+        for cb in self.callbacks:
+            cb.on_after_backward(self)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        for cb in self.callbacks:
+            cb.on_optimizer_step(self)
         return out, loss
-
-    def recalibrate_norms(self) -> None:
-        """BatchNorm statistics of the scored weights measured on training images (engine/norm_stats.py),
-        in eager mode (a compiled graph would be built again for it), then averaged over the ranks so that
-        every rank validates, and rank 0 saves, the same statistics. Frozen norms keep the statistics they have."""
-        if self.config.train.frozen_norms:
-            return
-        model = unwrap(self.scored_model)
-        if (
-            recalibrate(model, self.train_loader.sample(CALIBRATION_IMAGES), lambda: hardware.autocast(self.device, self.dtype))
-            and self.world.distributed
-        ):
-            for norm in batch_norms(model):
-                for buf in (cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)):  # tracked: tensors
-                    buf.copy_(self.world.sum(buf.clone()) / self.world.world_size)
 
     def _non_finite(self, step_in_epoch: int, lr: float) -> None:
         kept = f"{self.last_path} keeps epoch {self.epoch}" if self.epoch else "no epoch had completed, so nothing was saved"
