@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "src" / "imgclf"
-ABOVE = ("imgclf.api", "imgclf.cli", "imgclf.evaluation", "imgclf.report", "imgclf.predict", "imgclf.export", "imgclf.preflight")
+ABOVE = ("imgclf.api", "imgclf.cli", "imgclf.evaluation", "imgclf.report", "imgclf.predict", "imgclf.submission", "imgclf.export",
+         "imgclf.preflight", "imgclf.finish", "imgclf.trials")
 
 
 def imports(path: Path) -> set[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ from imgclf.data.imageset import ImageData, ImageSet
 from imgclf.data.sources import source_id
 from imgclf.engine import distributed, recipe, transfer_recipe
 from imgclf.engine.budget import TimeBudget
-from imgclf.engine.bundle import BundleSpec
 from imgclf.engine.callbacks import KeepToBudget
 from imgclf.engine.trainer import Trainer
 from imgclf.errors import ImgclfError
+from imgclf.finish import finish
 from imgclf.preflight import RunPlan, plan_run
 
 log = logging.getLogger("imgclf")
@@ -90,7 +89,7 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     data_obj = _load_once_per_machine(plan, world)
     budget = TimeBudget(parse_duration(plan.config.train.time)) if plan.config.train.time and not plan.resuming else None
     config, notes = recipe.resolve(_per_process(plan, world), data_obj, world.world_size, scale_lr=not plan.resuming)
-    data_obj, dropped = _check_duplicates(data_obj, config)
+    data_obj, dropped = drop_duplicates(data_obj, config)
     replace = config.train.force and not plan.resuming
     if budget is not None:
         measured = Trainer(data_obj, config, plan.run_dir, replace=replace, world=world, callbacks=_callbacks(config))
@@ -137,7 +136,7 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     if world.is_main:
         trainer.make_run_dir()  # a probe alone trains no epoch, so no checkpoint has made it yet
     world.barrier()  # every rank done; from here rank 0 works alone
-    test = _finish(trainer, source_id(plan.source)) if world.is_main else None
+    test = finish(trainer, source_id(plan.source)) if world.is_main else None
     if world.is_main:
         log.info(
             "done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)", trainer.run_dir
@@ -198,124 +197,10 @@ def _load_once_per_machine(plan: RunPlan, world: distributed.World) -> ImageData
     its cache by them: several processes decoding into one cache at once would each use every core."""
     if world.local_rank != 0:
         world.barrier()
-    data = _load(plan)
+    data = load_plan_data(plan)
     if world.local_rank == 0:
         world.barrier()
     return data
-
-
-def _finish(trainer: Trainer, source_text: str | None) -> dict | None:
-    """Best weights into the model, one scoring pass (test split, else validation) for the test figures
-    and the report, then the bundle, results.json and report.html (rank 0)."""
-    from imgclf.engine.bundle import save_bundle, unwrap
-    from imgclf.engine.checkpoint import load_checkpoint
-    from imgclf.report.page import write_report
-
-    best_path = trainer.run_dir / "checkpoints" / "best.pt"
-    if best_path.exists():
-        unwrap(trainer.model).load_state_dict(load_checkpoint(best_path)["model"])
-    evaluation = _score(trainer)
-    test = None
-    data = trainer.data
-    if data.test is not None and not data.test.labeled:
-        log.info(
-            "test: %d images without labels, not scored (the report scores the validation split); predict them with "
-            "imgclf predict %s <their folder or CSV of ids>",
-            len(data.test),
-            trainer.run_dir,
-        )
-    if evaluation is not None and evaluation.split == "test":
-        m = evaluation.metrics
-        test = {"loss": m["loss"], "acc": m["accuracy"], "images": m["images"]}
-        log.info(
-            "test: loss %.4f  accuracy %.2f%% on %d images (weights of epoch %d)",
-            test["loss"],
-            100 * test["acc"],
-            test["images"],
-            trainer.best["epoch"],
-        )
-    metrics = {
-        "best_epoch": trainer.best["epoch"],
-        "best_val_acc": trainer.best["val_acc"] if trainer.val_loader else None,
-        "epochs": trainer.epoch,
-        "test_loss": test["loss"] if test else None,
-        "test_acc": test["acc"] if test else None,
-        "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2),
-        "tta": trainer.tta,
-        "processes": trainer.world.world_size,
-        **({"compile_seconds": round(trainer.compile_seconds, 2)} if trainer.config.train.compile else {}),
-        **({"probe": probe} if (probe := _probe_result(trainer)) else {}),
-    }
-    save_bundle(trainer.run_dir, trainer.model, _spec(trainer, metrics, source_text))
-    (trainer.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
-    if evaluation is not None:
-        log.info("report: %s", write_report(trainer.run_dir, evaluation, data.summary(), _audit(trainer)))
-    else:
-        log.info("no labeled test or validation images: no report")
-    return test
-
-
-def _probe_result(trainer: Trainer) -> dict:
-    """What the linear probe scored before fine-tuning (empty without one)."""
-    return next((cb.state_dict() for cb in trainer.callbacks if cb.key == "probe"), {})
-
-
-def _audit(trainer: Trainer):
-    """The data audit for the report, its findings written to audit.csv in the run directory."""
-    from imgclf.data.audit import audit
-
-    result = audit(trainer.data)
-    result.write_csv(trainer.run_dir / "audit.csv")
-    return result
-
-
-def _score(trainer: Trainer):
-    """The Evaluation of the test split when it is labeled, else of validation; None without either. The
-    whole split, on rank 0."""
-    from imgclf.engine.bundle import unwrap
-    from imgclf.evaluation import Evaluation, compute_metrics
-    from imgclf.predict import ImageClassifier
-
-    d = trainer.data
-    split, part = ("test", d.test) if trainer.test_loader is not None else ("val", d.val)
-    if part is None or not len(part):
-        return None
-    clf = ImageClassifier.from_model(
-        unwrap(trainer.model), _spec(trainer), device=trainer.device, batch_size=trainer.eval_batch, tta=trainer.tta
-    )
-    probs = clf.predict_split(part)
-    metrics = {**compute_metrics(part.labels, probs, d.classes, part.origins), "split": split, "tta": trainer.tta}
-    return Evaluation(d.classes, split, part, probs, metrics)
-
-
-def _spec(trainer: Trainer, metrics: dict | None = None, source_text: str | None = None) -> BundleSpec:
-    """The bundle's spec of this run: what the run's own final score predicts with, and what model.json holds."""
-    from imgclf.engine.transfer_recipe import weights_preprocessing
-
-    d = trainer.data
-    integers = all(c.lstrip("-").isdigit() and str(int(c)) == c for c in d.classes)
-    pre = weights_preprocessing(trainer.config)
-    weights = (
-        {
-            "from": trainer.config.train.weights or "published weights (hub)",
-            "preprocessing_of": pre.tag,
-            "interpolation": pre.interpolation,
-            "crop_pct": pre.crop_pct,
-        }
-        if pre is not None
-        else None
-    )
-    return BundleSpec(
-        trainer.arch,
-        tuple(d.classes),
-        trainer.preprocessing,
-        class_type="int" if integers else "str",
-        hflip=trainer.hflip,
-        tta=trainer.tta,
-        pretrained=weights,
-        metrics=metrics or {},
-        source=source_text,
-    )
 
 
 def report(run_dir: str | Path, source=None, *, split: str | None = None, batch_size: int | None = None, device: str = "auto") -> Path:
@@ -362,7 +247,7 @@ def _with_network_name(config: Config, data: ImageData) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(t, model=name))
 
 
-def _load(plan: RunPlan) -> ImageData:
+def load_plan_data(plan: RunPlan) -> ImageData:
     """The training data with its separate validation and test sources, if any, attached."""
     from imgclf.data.sources import load_data
 
@@ -399,7 +284,7 @@ def _extra_split(source, data: ImageData, config: Config, what: str) -> ImageSet
     return extra.train.relabel(extra.classes, data.classes, f"training classes ({where})")
 
 
-def _check_duplicates(data: ImageData, config: Config) -> tuple[ImageData, list[dict]]:
+def drop_duplicates(data: ImageData, config: Config) -> tuple[ImageData, list[dict]]:
     """Exact duplicates by hash only (no slower start): dropped with --dedupe (returned as rows for
     dedupe.csv), else one line if validation or test images are also in training."""
     from imgclf.data.audit import drop_duplicates, leak_line
@@ -502,96 +387,3 @@ def _log_start(trainer: Trainer, config: Config) -> None:
         "".join(f", {e}" for e in extras),
         trainer.run_dir / "config.yaml",
     )
-
-
-@dataclass
-class LrFind:
-    """What a learning-rate range test found (fastai's lr_find): every step's lr and loss, the suggestion
-    and the plot."""
-
-    lrs: list[float]
-    losses: list[float]
-    smoothed: list[float]
-    suggestion: float  # where the smoothed loss falls fastest
-    min_loss_lr: float  # the lr of the lowest smoothed loss, / 10
-    recipe_lr: float  # what train() would use with the same settings
-    steps: int  # asked for; fewer ran when the loss diverged
-    plot: Path | None
-
-    def summary(self) -> str:
-        stop = ", then the loss diverged" if len(self.lrs) < self.steps else ""
-        lines = [
-            f"lr range test: {self.lrs[0]:.2g} to {self.lrs[-1]:.2g}, {len(self.lrs)} of {self.steps} steps{stop}",
-            f"suggested lr: {self.suggestion:.2g} (steepest fall of the smoothed loss; the lowest loss's lr / 10 is "
-            f"{self.min_loss_lr:.2g}); train with it: --lr {self.suggestion:.2g}",
-            f"the recipe's lr: {self.recipe_lr:g}",
-        ]
-        return "\n".join(lines + ([f"plot: {self.plot}"] if self.plot else []))
-
-    def __repr__(self) -> str:
-        return f"LrFind(suggestion {self.suggestion:.2g}, recipe lr {self.recipe_lr:g}, {len(self.lrs)} of {self.steps} steps)"
-
-
-def lr_find(
-    data=None,
-    config: Config | None = None,
-    *,
-    plot: str | Path | None = "lr_find.png",
-    start: float | None = None,
-    end: float | None = None,
-    steps: int | None = None,
-    **settings,
-) -> LrFind:
-    """fastai's learning-rate range test on the run train() would make with these settings: up to `steps`
-    steps with the lr growing exponentially from start to end, stopped once the loss diverges; nothing is
-    kept (no run directory, the weights put back). start, end, steps: None for 1e-6, 1 and 100
-    (engine/lr_find.py); plot: a PNG of loss against lr (None: no plot)."""
-    from imgclf.engine import lr_find as finder
-    from imgclf.engine.lr_find import check_range, range_test
-    from imgclf.logs import ensure_console
-
-    ensure_console()
-    start, end = finder.START if start is None else start, finder.END if end is None else end
-    steps = finder.STEPS if steps is None else steps
-    check_range(start, end, steps)
-    trainer = _trial_trainer(_trial_plan(data, config, settings))
-    curve = range_test(trainer, start, end, steps)
-    recipe_lr = trainer.config.train.resolved_lr()
-    suggestion = curve.steepest()
-    if plot is not None:
-        from imgclf.report.plots import lr_range
-
-        plot = lr_range(curve.lrs, curve.losses, curve.smoothed, suggestion, recipe_lr, Path(plot))
-    return LrFind(curve.lrs, curve.losses, curve.smoothed, suggestion, curve.min_loss_lr(), recipe_lr, steps, plot)
-
-
-def batch_find(data=None, config: Config | None = None, **settings):
-    """The largest training batch of the run train() would make that fits in GPU memory, and a size to train
-    with (a BatchFit); nothing is kept. CUDA only: elsewhere the batch size is not a memory question."""
-    from imgclf.engine import hardware
-    from imgclf.engine.batch_find import check_gpu, largest_batch
-    from imgclf.logs import ensure_console
-
-    ensure_console()
-    plan = _trial_plan(data, config, settings)
-    check_gpu(hardware.pick_device(plan.config.train.device))  # before any image is decoded
-    return largest_batch(_trial_trainer(plan))
-
-
-def _trial_plan(data, config: Config | None, settings: dict) -> RunPlan:
-    """A checked request for a trial: --name and --force are left out, as a trial makes no run directory
-    and a name already taken must not stop it. One process: a trial measures this process's steps."""
-    if distributed.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ImgclfError("lr-find and batch-find run in one process; start them without torchrun (or --nproc).")
-    return plan_run(data, config, None, {k: v for k, v in settings.items() if k not in ("name", "force")})
-
-
-def _trial_trainer(plan: RunPlan) -> Trainer:
-    """The trainer train() would build for this plan, never fit: its run directory is made only at the end
-    of a first epoch, so it is never made."""
-    data_obj = _load(plan)
-    config, notes = recipe.resolve(plan.config, data_obj)
-    for note in notes:
-        log.info(note)
-    data_obj, _ = _check_duplicates(data_obj, config)
-    return Trainer(data_obj, config, plan.run_dir)

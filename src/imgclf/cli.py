@@ -113,8 +113,8 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from imgclf.api import lr_find
     from imgclf.config import Config
+    from imgclf.trials import lr_find
 
     if args.plot:
         _output_path(args.plot, "--plot", "lr_find.png")  # a folder, or a file in the way, fails before any work
@@ -125,8 +125,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch_find(args: argparse.Namespace) -> int:
-    from imgclf.api import batch_find
     from imgclf.config import Config
+    from imgclf.trials import batch_find
 
     base = Config.from_yaml(args.config) if args.config else None
     print(batch_find(args.source, base, **_given(args, [*DATA_FLAGS, *AUGMENT_FLAGS, *TRAIN_FLAGS])).summary())
@@ -202,7 +202,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from imgclf.data.skips import SkipLog, warnings_summary
-    from imgclf.predict import load, prediction_rows, resolve_inputs, template_beside, write_predictions
+    from imgclf.predict import load
+    from imgclf.submission import prediction_rows, resolve_inputs, template_beside, write_predictions
 
     clf = load(args.model, device=args.device, batch_size=args.batch_size, workers=args.workers, tta=args.tta)
     skips = SkipLog()

@@ -8,7 +8,6 @@ come after training, in imgclf.api. This module imports nothing above the engine
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -29,52 +28,19 @@ from imgclf.engine.callbacks import Callback
 from imgclf.engine.checkpoint import rng_state, set_rng_state
 from imgclf.engine.distributed import SINGLE, World, device_for
 from imgclf.engine.ema import WeightAverage
+from imgclf.engine.network import build_network, class_weights
 from imgclf.engine.norm_stats import batch_norms
 from imgclf.engine.schedule import lr_factor
+from imgclf.engine.validation import evaluate_loader
 from imgclf.errors import ImgclfError
-from imgclf.models.registry import Architecture
 from imgclf.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
-    from imgclf.models.base import Classifier
+    pass
 
 log = logging.getLogger("imgclf")
 FINITE_CHECK_EVERY = {"cpu": 1}  # steps between non-finite checks; a check costs a sync on a GPU
 DEFAULT_FINITE_CHECK = 20
-
-
-def _build_model(config: Config, data: ImageData) -> tuple[nn.Module, Architecture]:
-    from imgclf.models.registry import create_model, default_model_name, fitted_kwargs
-
-    t = config.train
-    if t.init_from:
-        from imgclf.engine.bundle import load_bundle
-
-        model, spec = load_bundle(t.init_from)
-        arch = spec.architecture
-        if arch.in_channels != data.channels:
-            raise ImgclfError(
-                f"--init-from {t.init_from}: that model takes {arch.in_channels}-channel images, this data has "
-                f"{data.channels}; pass --channels {arch.in_channels}."
-            )
-        if list(spec.classes) != data.classes:
-            cast("Classifier", model).reset_classifier(data.num_classes)  # a built-in network or a timm one: both have it
-            log.info("init-from %s: new head for %d classes (the bundle had %d)", t.init_from, data.num_classes, len(spec.classes))
-        size = cast("tuple[int, int]", tuple(data.image_size))
-        return model.train(), dataclasses.replace(arch, num_classes=data.num_classes, image_size=size)
-    name = t.model or default_model_name(data.image_size, t.pretrained)
-    kwargs = fitted_kwargs(name, data.image_size)
-    model = create_model(
-        name,
-        data.channels,
-        data.num_classes,
-        data.image_size,
-        pretrained=t.pretrained,
-        weights=t.weights,
-        partial_weights=t.partial_weights,
-        **kwargs,
-    )
-    return model, Architecture(name, data.channels, data.num_classes, cast("tuple[int, int]", tuple(data.image_size)), kwargs)
 
 
 class Trainer:
@@ -108,7 +74,7 @@ class Trainer:
         self.dtype = hardware.pick_precision(t.precision, self.device)
         self.channels_last = hardware.use_channels_last(t.channels_last, self.device)
         torch.manual_seed(config.data.seed)  # the same initial weights on every rank
-        model, self.arch = _build_model(config, data)
+        model, self.arch = build_network(config, data)
         if world.distributed and t.sync_bn:
             if self.device.type != "cuda":
                 raise ImgclfError(
@@ -465,30 +431,3 @@ class Trainer:
     @property
     def hflip(self) -> bool:
         return bool(self.train_loader.augment and self.train_loader.augment.hflip)
-
-
-def class_weights(labels, num_classes: int, device: torch.device) -> torch.Tensor:
-    """scikit-learn's 'balanced' weights, n / (classes x count): a rare class weighs as much in the loss as a common one."""
-    import numpy as np
-
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = len(labels) / (num_classes * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32, device=device)
-
-
-@torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DeviceLoader, device: torch.device, dtype, world: World = SINGLE) -> dict:
-    """Mean cross-entropy (no label smoothing) and accuracy over a loader; over every rank's shard when
-    the loader is one of several (each image counted once: shards are disjoint and unpadded)."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, images
-    for x, y in loader:
-        with hardware.autocast(device, dtype):
-            out = model(x)
-        sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
-        sums[1] += (out.argmax(1) == y).sum()
-        sums[2] += len(y)
-    model.train(was_training)
-    loss, correct, n = (float(v) for v in world.sum(sums))
-    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "images": int(n)}
