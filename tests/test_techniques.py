@@ -339,3 +339,31 @@ def test_callbacks_see_each_event_in_order_and_keep_their_state(fmnist, tmp_path
     again.restore(saved)
     assert again.callbacks[-1].steps == steps and again.best == trainer.best
     assert torch.equal(again.ema.module.state_dict()["head.weight"], trainer.ema.module.state_dict()["head.weight"])
+
+
+def test_keep_epoch_follows_its_metric_and_direction():
+    """KeepEpoch owns what "best" means: the highest accuracy by default (the training one without a
+    validation split), or the lowest of a loss; keep="last" keeps every epoch but remembers the top."""
+    from imgclf.engine.techniques import KeepEpoch
+
+    def run(keeper, rows):
+        marks = []
+        for row in rows:
+            keeper.on_validation_end(None, row)
+            marks.append((row["improved"], row["kept"]))
+        return marks
+
+    accs = [{"epoch": i + 1, "train_acc": 0.5, "val_acc": v} for i, v in enumerate((0.6, 0.8, 0.7))]
+    best = KeepEpoch()
+    assert run(best, accs) == [(True, True), (True, True), (False, False)] and best.best == {"val_acc": 0.8, "epoch": 2}
+    no_val = KeepEpoch()
+    run(no_val, [{"epoch": 1, "train_acc": 0.3}, {"epoch": 2, "train_acc": 0.2}])
+    assert no_val.best == {"val_acc": 0.3, "epoch": 1}  # the training accuracy stands in
+    losses = KeepEpoch("val_loss", mode="min")
+    rows = [{"epoch": i + 1, "train_acc": 0.5, "val_loss": v} for i, v in enumerate((0.9, 0.4, 0.6))]
+    assert run(losses, rows) == [(True, True), (True, True), (False, False)] and losses.best == {"val_loss": 0.4, "epoch": 2}
+    last = KeepEpoch(keep="last")
+    run(last, [dict(r) for r in accs])
+    assert last.best == {"val_acc": 0.7, "epoch": 3} and last.top == {"val_acc": 0.8, "epoch": 2}
+    with pytest.raises(ValueError, match="mode='up'"):
+        KeepEpoch(mode="up")

@@ -10,6 +10,7 @@ the order they act in; resumes stay bit-exact because each acts at the point of 
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -145,24 +146,31 @@ class PreciseNorms(Callback):
 
 
 class KeepEpoch(Callback):
-    """What "best" means and which epoch the run keeps: the highest `metric` (validation accuracy, the
-    training accuracy without a validation split; higher is better), and with keep="last" every epoch.
-    The figures are sums over every rank, so every rank takes the same decision. Marks the epoch's row
-    ("improved", "kept") for the checkpoint files and early stopping that act after it."""
+    """What "best" means and which epoch the run keeps: the best value of `metric` in the direction `mode`
+    ("max": validation accuracy, the default; "min" for a loss), taken from the training figures when there
+    is no validation split (train_acc for val_acc), and with keep="last" every epoch. The figures are sums
+    over every rank, so every rank takes the same decision. Marks the epoch's row ("improved", "kept") for
+    the checkpoint files and early stopping that act after it. best and top hold {metric: value, "epoch"}."""
 
-    def __init__(self, metric: str = "val_acc", keep: str = "best"):
-        self.metric, self.keep = metric, keep
-        self.best = {"val_acc": -1.0, "epoch": 0}  # the kept epoch: best.pt, the bundle, results.json's best_epoch
-        self.top = {"val_acc": -1.0, "epoch": 0}  # the highest metric (the kept one, unless keep="last")
+    def __init__(self, metric: str = "val_acc", keep: str = "best", mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode={mode!r}: 'max' (higher is better) or 'min'")
+        self.metric, self.keep, self.mode = metric, keep, mode
+        start = -1.0 if mode == "max" and metric.endswith("acc") else -math.inf if mode == "max" else math.inf
+        self.best = {metric: start, "epoch": 0}  # the kept epoch: best.pt, the bundle, results.json's best_epoch
+        self.top = {metric: start, "epoch": 0}  # the best value (the kept one, unless keep="last")
+
+    def _better(self, value: float, than: float) -> bool:
+        return value > than if self.mode == "max" else value < than
 
     def on_validation_end(self, trainer: Trainer, row: dict) -> None:
-        value = row.get(self.metric, row["train_acc"])
-        row["improved"] = value > self.top["val_acc"]
+        value = float(row[self.metric] if self.metric in row else row[self.metric.replace("val_", "train_", 1)])
+        row["improved"] = self._better(value, self.top[self.metric])
         if row["improved"]:
-            self.top = {"val_acc": value, "epoch": row["epoch"]}
+            self.top = {self.metric: value, "epoch": row["epoch"]}
         row["kept"] = row["improved"] or self.keep == "last"
         if row["kept"]:
-            self.best = {"val_acc": value, "epoch": row["epoch"]}
+            self.best = {self.metric: value, "epoch": row["epoch"]}
 
     def on_save_checkpoint(self, trainer: Trainer, state: dict) -> None:
         state["best"], state["top"] = dict(self.best), dict(self.top)
