@@ -4,6 +4,7 @@ real browser.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -153,3 +154,19 @@ def test_report_in_a_real_browser(trained, tmp_path):
         assert shot.stat().st_size > 10_000
     finally:
         browser.quit()
+
+
+@pytest.mark.slow
+def test_a_run_given_a_test_source_is_evaluated_on_it(fmnist, tmp_path):
+    """A run trained with --test scored that test set at its end; `imgclf evaluate RUN` scores the same
+    images, not the handful of validation images, and agrees with results.json."""
+    from conftest import write_class_tree
+
+    images, labels = fmnist
+    train = write_class_tree(tmp_path / "train", images[:300], labels[:300])
+    test = write_class_tree(tmp_path / "test", images[60000 - 120 :], labels[60000 - 120 :])
+    run = imgclf.train(str(train), test=str(test), epochs=1, batch_size=32, device="cpu", out=str(tmp_path / "runs"))
+    ev = imgclf.evaluate(run.run_dir)
+    results = json.loads((run.run_dir / "results.json").read_text())
+    assert ev.split == "test" and ev.metrics["images"] == 120
+    assert ev.metrics["accuracy"] == pytest.approx(results["test_acc"])

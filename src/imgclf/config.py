@@ -68,8 +68,8 @@ class DataConfig:
     )
     crop_fraction: float | None = setting(
         None,
-        "share of the side the centre crop keeps, as ImageNet weights are evaluated (0.875: 224 px out of 256) (default: "
-        "1, the whole centred square)",
+        "share of the side the centre crop keeps, as ImageNet weights are evaluated (0.875 keeps 224 px of 256; default: 1, "
+        "the whole centred square)",
     )
     channels: int | None = setting(None, "1 (gray) or 3 (RGB); default: 1 for all-gray data, else 3")
     val_fraction: float = setting(0.1, "share of training images kept for validation when there is no val split")
@@ -167,7 +167,9 @@ class TrainConfig:
     batch_size: int | None = setting(
         None, "images per step (default: 256, smaller for small training sets: about 100 steps an epoch, at least 32)"
     )
-    lr: float | None = setting(None, "peak learning rate (default: 0.002 for adamw, 0.001 for adam, 0.1 for sgd)")
+    lr: float | None = setting(
+        None, "peak learning rate (default: 0.002 for adamw, 0.001 for adam, 0.1 for sgd; from pretrained weights 2e-4, 3e-3 for sgd)"
+    )
     optimizer: str = setting("adamw", "adamw, adam or sgd (Nesterov)")
     momentum: float = setting(0.9, "SGD momentum, Nesterov")
     weight_decay: float | None = setting(None, "weight decay (default: 0.05 for adamw, 5e-4 for sgd, 0 for adam)")
@@ -180,7 +182,11 @@ class TrainConfig:
     clip_grad: float | None = setting(None, "clip the gradient norm to this value (default: no clipping)")
     ema: bool = setting(False, "evaluate and save an exponential moving average of the weights")
     ema_decay: float = setting(0.998, "the average's decay per step")
-    tta: bool | None = setting(None, "score the final model on each image, its mirror and 1-pixel shifts (when training used flips)")
+    tta: bool | None = setting(
+        None,
+        "score the final model on each image, its mirror and 1-pixel shifts (default: on when training augmented with flips, "
+        "off from pretrained weights; never for a model trained without flips)",
+    )
     mixup: float = setting(0.0, "mixup with Beta(a, a); 0 is off")
     cutmix: float = setting(0.0, "cutmix with Beta(a, a); 0 is off (with --mixup too, each batch picks one)")
     class_weights: str = setting("none", "'balanced' weighs each class in the loss by the inverse of its frequency")
@@ -193,7 +199,11 @@ class TrainConfig:
     preset: str | None = setting(
         None, "a named set of settings: " + ", ".join(f"'{k}' ({v})" for k, v in PRESET_HELP.items()) + "; other settings override it"
     )
-    augment: bool | None = setting(None, "training augmentation on or off (default: on for runs of 15+ epochs and 1,000+ steps)")
+    augment: bool | None = setting(
+        None,
+        "training augmentation on or off (default: crops, shifts and flips for runs of 15+ epochs and 1,000+ steps, flips alone "
+        "from 8 epochs, off for shorter runs; from pretrained weights, random resized crops and flips always)",
+    )
     device: str = setting("auto", "auto, cpu, cuda or mps; auto takes cuda, then mps, then cpu")
     precision: str = setting(
         "auto", "auto, 32, 16 or bf16; auto is bf16 or 16 on CUDA, 32 elsewhere (bf16 on a CPU only when asked and it has bf16 units)"
@@ -217,7 +227,9 @@ class TrainConfig:
     val: str | None = setting(None, "a separate validation source")
     test: str | None = setting(None, "a separate test source")
     save_every: str | None = setting(
-        None, "checkpoints within epochs too: every N steps (500) or a duration (10m); a resume continues exactly there"
+        None,
+        "checkpoints within epochs too: every N steps (e.g. 500) or a duration (e.g. 10m); a resume continues exactly there "
+        "(default: at the end of each epoch only)",
     )
     resume_if_exists: bool = setting(
         False,

@@ -175,14 +175,31 @@ def _relation(given, recorded: str | None) -> str | None:
     return None
 
 
-def _run_record(folder: Path) -> tuple[dict | None, dict]:
-    """The data settings and run.json of the run a bundle belongs to, when it sits in its run directory."""
+def _run_record(folder: Path) -> tuple[dict | None, dict, dict[str, str]]:
+    """The data settings and run.json of the run a bundle belongs to, when it sits in its run directory,
+    and its separate validation and test sources (--val, --test) by split."""
     from imgclf.config import Config, to_dict
 
     if not (folder / "config.yaml").is_file():
-        return None, {}
+        return None, {}, {}
     info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-    return to_dict(Config.from_yaml(folder / "config.yaml").data), info
+    config = Config.from_yaml(folder / "config.yaml")
+    separate = {what: str(src) for what in ("val", "test") if (src := getattr(config.train, what))}
+    return to_dict(config.data), info, separate
+
+
+def _with_separate_splits(data: ImageData, separate: dict[str, str], settings: dict) -> ImageData:
+    """The run's own data with the validation and test sources it was given apart (--val, --test), brought
+    to its size, channels and classes as training brought them: what the run itself scored."""
+    import dataclasses
+
+    from imgclf.data.sources import load_data
+
+    for what, source in separate.items():
+        extra = load_data(source, **{**settings, "image_size": data.image_size, "channels": data.channels, "val_fraction": 0.0})
+        part = extra.train.relabel(extra.classes, data.classes, f"the run's classes (--{what} {source})")
+        data = dataclasses.replace(data, val=part) if what == "val" else dataclasses.replace(data, test=part)
+    return data
 
 
 def evaluate(
@@ -191,9 +208,10 @@ def evaluate(
     """Score a run directory, a bundle, or a Run on data: a source (folder, CSV, built-in name) or ImageData.
 
     On the run's own source (the default when data is None), the images it held out are scored: its test
-    split when labeled, else the validation split it used, rebuilt from its seed; the training images
-    only with split='train'. Other data is brought to the model's input (channels, size, resize) from
-    the bundle and its test split scored, else validation, else all of it.
+    split when labeled (the --test source it was given, if any), else the validation split it used
+    (rebuilt from its seed, or its --val source); the training images only with split='train'. Other
+    data is brought to the model's input (channels, size, resize) from the bundle and its test split
+    scored, else validation, else all of it.
     """
     from imgclf.data.sources import load_data
     from imgclf.engine.bundle import bundle_dir, load_bundle
@@ -203,7 +221,7 @@ def evaluate(
     if hasattr(model_or_run, "run_dir"):
         model_or_run = model_or_run.run_dir
     model, spec = load_bundle(model_or_run)
-    data_settings, info = _run_record(bundle_dir(model_or_run))
+    data_settings, info, separate = _run_record(bundle_dir(model_or_run))
     relation = None if isinstance(data, ImageData) else _relation(data, info.get("source", spec.source))
     own = data is None or relation == "same"
     if data is None and not (info.get("source") or spec.source):
@@ -212,7 +230,10 @@ def evaluate(
         held_out = data.val_from is not None
     elif own:
         source = info.get("source") or spec.source
-        data = load_data(source, **(data_settings or spec.preprocessing.data_settings()))
+        settings = data_settings or spec.preprocessing.data_settings()
+        if "val" in separate:  # training held no share of its images out: the validation images came apart
+            settings = {**settings, "val_fraction": 0.0}
+        data = _with_separate_splits(load_data(source, **settings), separate, settings)
         held_out = True
         _warn_if_changed(data, info)
     else:
