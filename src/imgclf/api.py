@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from imgclf.config import Config, parse_duration
-from imgclf.data.imageset import ImageData, ImageSet
+from imgclf.data.imageset import ImageData
 from imgclf.data.sources import source_id
 from imgclf.engine import distributed, recipe, transfer_recipe
 from imgclf.engine.budget import TimeBudget
@@ -249,7 +249,7 @@ def _with_network_name(config: Config, data: ImageData) -> Config:
 
 def load_plan_data(plan: RunPlan) -> ImageData:
     """The training data with its separate validation and test sources, if any, attached."""
-    from imgclf.data.sources import load_data
+    from imgclf.data.sources import load_data, with_separate_split
 
     # A separate validation source replaces the share of training images that would be held out.
     separate_val = "val" in plan.extra or plan.config.train.val
@@ -266,22 +266,10 @@ def load_plan_data(plan: RunPlan) -> ImageData:
     for what in ("val", "test"):
         extra = plan.extra.get(what) or getattr(plan.config.train, what)
         if extra is not None:
-            split: dict[str, Any] = {what: _extra_split(extra, data, plan.config, what)}
-            data = dataclasses.replace(data, **split)
+            data = with_separate_split(data, what, extra, plan.config.data)
             where = extra if isinstance(extra, (str, Path)) else "in-memory arrays"
             log.info("%s: %d images from %s", {"val": "validation", "test": "test"}[what], len(getattr(data, what)), where)
     return data
-
-
-def _extra_split(source, data: ImageData, config: Config, what: str) -> ImageSet:
-    """A separate validation or test source (a path, a name, or arrays), brought to the training data's
-    size, channels and classes."""
-    from imgclf.data.sources import load_data
-
-    size_cfg = dataclasses.replace(config.data, image_size=data.image_size, channels=data.channels, val_fraction=0.0)
-    extra = load_data(source, size_cfg)
-    where = f"--{what} {source}" if isinstance(source, (str, Path)) else f"{what}= arrays"
-    return extra.train.relabel(extra.classes, data.classes, f"training classes ({where})")
 
 
 def drop_duplicates(data: ImageData, config: Config) -> tuple[ImageData, list[dict]]:

@@ -188,20 +188,6 @@ def _run_record(folder: Path) -> tuple[dict | None, dict, dict[str, str]]:
     return to_dict(config.data), info, separate
 
 
-def _with_separate_splits(data: ImageData, separate: dict[str, str], settings: dict) -> ImageData:
-    """The run's own data with the validation and test sources it was given apart (--val, --test), brought
-    to its size, channels and classes as training brought them: what the run itself scored."""
-    import dataclasses
-
-    from imgclf.data.sources import load_data
-
-    for what, source in separate.items():
-        extra = load_data(source, **{**settings, "image_size": data.image_size, "channels": data.channels, "val_fraction": 0.0})
-        part = extra.train.relabel(extra.classes, data.classes, f"the run's classes (--{what} {source})")
-        data = dataclasses.replace(data, val=part) if what == "val" else dataclasses.replace(data, test=part)
-    return data
-
-
 def evaluate(
     model_or_run, data=None, *, split: str | None = None, batch_size: int | None = None, tta: bool | None = None, device: str = "auto"
 ) -> Evaluation:
@@ -213,7 +199,8 @@ def evaluate(
     data is brought to the model's input (channels, size, resize) from the bundle and its test split
     scored, else validation, else all of it.
     """
-    from imgclf.data.sources import load_data
+    from imgclf.config import DataConfig
+    from imgclf.data.sources import load_data, with_separate_split
     from imgclf.engine.bundle import bundle_dir, load_bundle
     from imgclf.engine.hardware import pick_device
     from imgclf.predict import ImageClassifier
@@ -233,7 +220,9 @@ def evaluate(
         settings = data_settings or spec.preprocessing.data_settings()
         if "val" in separate:  # training held no share of its images out: the validation images came apart
             settings = {**settings, "val_fraction": 0.0}
-        data = _with_separate_splits(load_data(source, **settings), separate, settings)
+        data = load_data(source, **settings)
+        for what, extra in separate.items():  # the --val/--test sources the run was given: what it scored
+            data = with_separate_split(data, what, extra, DataConfig(**settings))
         held_out = True
         _warn_if_changed(data, info)
     else:

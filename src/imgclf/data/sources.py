@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -44,6 +45,16 @@ def load_data(
     if kind == "builtin":
         return _from_builtin(str(source).lower(), config)
     return _from_files(path, config) if kind == "folder" else _from_files(path.parent, config, train_csv=path)
+
+
+def with_separate_split(data: ImageData, what: str, source, config: DataConfig) -> ImageData:
+    """data with its validation or test split taken from a separate source (a path, a name, or arrays),
+    brought to the training data's size, channels and classes: how training attaches --val and --test,
+    and how evaluate rebuilds what a run scored."""
+    extra = load_data(source, dataclasses.replace(config, image_size=data.image_size, channels=data.channels, val_fraction=0.0))
+    where = f"--{what} {source}" if isinstance(source, (str, Path)) else f"{what}= arrays"
+    part = extra.train.relabel(extra.classes, data.classes, f"training classes ({where})")
+    return dataclasses.replace(data, val=part) if what == "val" else dataclasses.replace(data, test=part)
 
 
 def source_id(source) -> str | None:
