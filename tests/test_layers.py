@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "src" / "imgclf"
 ABOVE = ("imgclf.api", "imgclf.cli", "imgclf.evaluation", "imgclf.report", "imgclf.predict", "imgclf.submission", "imgclf.export",
-         "imgclf.preflight", "imgclf.finish", "imgclf.trials")
+         "imgclf.preflight", "imgclf.finish", "imgclf.trials", "imgclf.label_review")
 
 
 def imports(path: Path) -> set[str]:

@@ -15,6 +15,8 @@ _EXPORTS = {
     "lr_find": "imgclf.trials",
     "LrFind": "imgclf.trials",
     "batch_find": "imgclf.trials",
+    "check_labels": "imgclf.label_review",
+    "LabelReview": "imgclf.label_review",
     "report": "imgclf.api",
     "BatchFit": "imgclf.engine.batch_find",
     "Config": "imgclf.config",

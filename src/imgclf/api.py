@@ -86,7 +86,13 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
         )
     if world.distributed and plan.config.train.time:
         raise ImgclfError("--time plans a run in one process; under torchrun give --epochs instead.")
+    if world.distributed and plan.config.train.drop_label_issues and not plan.resuming:
+        raise ImgclfError(
+            "--drop-label-issues checks the labels in one process; under torchrun run 'imgclf data labels SOURCE' first "
+            "and pass --drop with the label_issues.csv it writes."
+        )
     data_obj = _load_once_per_machine(plan, world)
+    data_obj, label_files = _without_label_issues(plan, data_obj)
     budget = TimeBudget(parse_duration(plan.config.train.time)) if plan.config.train.time and not plan.resuming else None
     config, notes = recipe.resolve(_per_process(plan, world), data_obj, world.world_size, scale_lr=not plan.resuming)
     data_obj, dropped = drop_duplicates(data_obj, config)
@@ -106,7 +112,7 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
     }
     files = {}  # written with the run directory, at the first checkpoint
     if not plan.resuming:
-        files = {"config.yaml": config.to_yaml(), "run.json": json.dumps(info, indent=2)}
+        files = {"config.yaml": config.to_yaml(), "run.json": json.dumps(info, indent=2), **label_files}
         if dropped:
             from imgclf.data.audit import dropped_csv
 
@@ -142,6 +148,40 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
             "done: run directory %s (config.yaml, metrics.csv, checkpoints/, model.safetensors + model.json, report.html)", trainer.run_dir
         )
     return Run(trainer.run_dir, trainer.model, trainer.history, config, data_obj, test, trainer.best)
+
+
+def _without_label_issues(plan: RunPlan, data: ImageData) -> tuple[ImageData, dict[str, str]]:
+    """--drop-label-issues: the label check's suspects left out of training, found when the run starts
+    (listed in label_issues.csv in the run directory, counted in run.json) and read back from that list
+    when it resumes, so that a resumed run trains on the same images without checking again."""
+    from imgclf.data.label_fixes import fixed, path_key, read_drop
+
+    if not plan.config.train.drop_label_issues:
+        return data, {}
+    listed = plan.run_dir / "label_issues.csv"
+    if plan.resuming:
+        if not listed.is_file():
+            raise ImgclfError(
+                f"{plan.run_dir} was started with --drop-label-issues but its label_issues.csv is gone; it cannot resume alike."
+            )
+        data, _, removed = fixed(data, {}, read_drop(str(listed)), str(listed))
+        log.info("label check: %d suspects left out of training, as listed in %s", removed, listed)
+        return data, {}
+    from imgclf.label_review import review
+
+    found = review(data, plan.config)
+    data, _, removed = fixed(data, {}, {path_key(r["path"]) for r in found.rows()}, "--drop-label-issues")
+    log.info("label check: %s; left out of training, each listed in label_issues.csv in the run directory", found.summary_line())
+    noise = found.noise()
+    plan.info["label_issues"] = {
+        "checked": len(found.images),
+        "dropped": removed,
+        "method": found.scored.method,
+        "seconds": round(found.scored.seconds, 1),
+        "noise_per_class": noise["per_class"],
+        "most_confused": noise["most_confused"],
+    }
+    return data, {"label_issues.csv": found.csv_text()}
 
 
 def _callbacks(config: Config) -> list:
@@ -249,6 +289,7 @@ def _with_network_name(config: Config, data: ImageData) -> Config:
 
 def load_plan_data(plan: RunPlan) -> ImageData:
     """The training data with its separate validation and test sources, if any, attached."""
+    from imgclf.data.label_fixes import apply_fixes
     from imgclf.data.sources import load_data, with_separate_split
 
     # A separate validation source replaces the share of training images that would be held out.
@@ -269,6 +310,12 @@ def load_plan_data(plan: RunPlan) -> ImageData:
             data = with_separate_split(data, what, extra, plan.config.data)
             where = extra if isinstance(extra, (str, Path)) else "in-memory arrays"
             log.info("%s: %d images from %s", {"val": "validation", "test": "test"}[what], len(getattr(data, what)), where)
+    data, fixes = apply_fixes(data, plan.config.train.relabel, plan.config.train.drop)
+    if fixes:
+        said = [f"{fixes['relabeled']} label(s) changed by {fixes['relabel']}"] if "relabel" in fixes else []
+        said += [f"{fixes['dropped']} image(s) left out by {fixes['drop']}"] if "drop" in fixes else []
+        log.info("%s (the decoded cache is kept as it is)", "; ".join(said))
+        plan.info["label_fixes"] = fixes
     return data
 
 

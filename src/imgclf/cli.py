@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from imgclf.config import AugmentConfig, DataConfig, TrainConfig
+from imgclf.data.label_issues import FOLDS, RANKINGS
 from imgclf.errors import ImgclfError, one_line
 from imgclf.serve.settings import FLAG_HELP as SERVE_FLAGS
 from imgclf.serve.settings import ServeSettings
@@ -135,12 +136,15 @@ def _cmd_batch_find(args: argparse.Namespace) -> int:
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
     from imgclf.data.audit import audit
+    from imgclf.data.cache import cache_root
     from imgclf.data.inspect import describe, save_grid
     from imgclf.data.sources import load_data
+    from imgclf.label_review import default_dir, read_summary
 
     grid = _output_path(args.grid, "--grid", "grid.png") if args.grid else None
     data = load_data(args.source, _data_config(args))
-    print(describe(data, audit(data)))
+    folder = default_dir(data.source, data.cache_dir, cache_root(_data_config(args)))
+    print(describe(data, audit(data), read_summary(folder)))
     if grid:
         print(f"grid:    {save_grid(data, grid)}")
     return 0
@@ -166,6 +170,35 @@ def _cmd_data_audit(args: argparse.Namespace) -> int:
     print(f"every finding: {written}")
     if as_json:
         print(f"as JSON: {result.write_json(as_json)}")
+    return 0
+
+
+def _cmd_data_labels(args: argparse.Namespace) -> int:
+    import json
+
+    from imgclf.config import Config
+    from imgclf.label_review import SUMMARY_NAME, check_labels
+    from imgclf.report.label_page import write_gallery
+
+    out = _output_path(args.csv, "--csv", "label_issues.csv") if args.csv else None
+    page = _output_path(args.html, "--html", "label_issues.html") if args.html else None
+    as_json = _output_path(args.json, "--json", "label_issues.json") if args.json and args.json != "-" else None
+    base = Config.from_yaml(args.config) if args.config else None
+    settings = _given(args, [n for n in (*DATA_FLAGS, *TRAIN_FLAGS) if n != "out"])
+    found = check_labels(args.source, base, folds=args.folds, rank_by=args.rank_by, **settings)
+    folder = found.folder or Path(".")
+    found.write_json(folder / SUMMARY_NAME)  # where `data inspect` finds the counts
+    if args.json == "-":
+        print(json.dumps(found.to_json(), indent=2))
+        return 0
+    written = found.write_csv(out or folder / "label_issues.csv")
+    gallery = write_gallery(found, page or folder / "label_issues.html", top=args.gallery)
+    print(found.table(args.top))
+    print(f"every suspect: {written}")
+    print(f"gallery (each suspect beside its nearest images of both classes): {gallery}")
+    if as_json:
+        print(f"as JSON: {found.write_json(as_json)}")
+    print(f"to act on them: edit {written.name} (a 'label' column overrides 'suggested'), then train with --relabel or --drop")
     return 0
 
 
@@ -373,6 +406,25 @@ def _data_commands(sub) -> None:
     audit.add_argument("--exact-only", action="store_true", help="skip the near-duplicate search (a few seconds per 70,000 images)")
     _add_flags(audit, DATA_FLAGS)
     audit.set_defaults(run=_cmd_data_audit)
+    labels = data_sub.add_parser(
+        "labels",
+        help="find images filed under the wrong class: each image scored by a model trained without it (K folds), "
+        "confident learning on the scores; a table, label_issues.csv and a gallery to review",
+    )
+    labels.add_argument("source", help="a folder, a CSV file, or a built-in dataset")
+    labels.add_argument("--config", metavar="FILE", help="a config.yaml (e.g. from an earlier run); flags override it")
+    labels.add_argument(
+        "--folds", type=int, default=FOLDS, help=f"models trained, each scoring the images it did not see (default: {FOLDS})"
+    )
+    labels.add_argument("--rank-by", choices=RANKINGS, default=RANKINGS[0], help=f"how suspects are ordered (default: {RANKINGS[0]})")
+    labels.add_argument("--top", type=int, default=20, help="suspects shown on the terminal (default: 20)")
+    labels.add_argument("--gallery", type=int, default=100, metavar="N", help="suspects on the HTML page (default: 100)")
+    labels.add_argument("--csv", metavar="FILE.csv", help="where every suspect goes (default: label_issues.csv in the cache)")
+    labels.add_argument("--html", metavar="FILE.html", help="where the gallery goes (default: label_issues.html beside the CSV)")
+    labels.add_argument("--json", metavar="FILE", help="also write the findings as JSON; '-' prints only the JSON")
+    _add_flags(labels, DATA_FLAGS)
+    _add_flags(labels, TRAIN_FLAGS)
+    labels.set_defaults(run=_cmd_data_labels)
     fetch = data_sub.add_parser("fetch", help="download a built-in dataset into the cache (or find it on this machine)")
     fetch.add_argument("name")
     _add_flags(fetch, DATA_FLAGS)

@@ -224,6 +224,13 @@ class TrainConfig:
         "drop exact repeats inside training (every copy when their labels differ) and training copies of validation/test "
         "images; each listed in dedupe.csv",
     )
+    relabel: str | None = setting(
+        None, "a CSV of path,label (label_issues.csv as edited: its label or suggested column) whose labels replace the given ones"
+    )
+    drop: str | None = setting(None, "a CSV with a path column (or one path a line) of images to leave out, e.g. label_issues.csv")
+    drop_label_issues: bool = setting(
+        False, "run the label check ('imgclf data labels') on the training images first and leave out its suspects"
+    )
     val: str | None = setting(None, "a separate validation source")
     test: str | None = setting(None, "a separate test source")
     save_every: str | None = setting(

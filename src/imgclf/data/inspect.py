@@ -13,9 +13,9 @@ from imgclf.data.skips import warnings_summary
 SKIPS_SHOWN = 20
 
 
-def describe(data: ImageData, audit=None) -> str:
+def describe(data: ImageData, audit=None, labels: dict | None = None) -> str:
     """A plain-text report: layout, classes with counts per split, sizes and modes, cache, skipped files,
-    and the audit's counts when one is given."""
+    the audit's counts when one is given, and those of the last label check (label_review.read_summary)."""
     h, w = data.image_size
     splits = data.splits()
     name_w = max(5, *(len(c) for c in data.classes))
@@ -51,7 +51,20 @@ def describe(data: ImageData, audit=None) -> str:
     if audit is not None:
         lines.append(f"audit ({audit.seconds:.1f} s; each finding: imgclf data audit {data.source}):")
         lines += [f"  {line}" for line in audit.summary_lines()]
+    lines.append(_label_check_line(labels))
     return "\n".join(lines)
+
+
+def _label_check_line(found: dict | None) -> str:
+    """The counts of the last `imgclf data labels` on this source, or how to get them."""
+    if found is None:
+        return "label check: none at these settings (imgclf data labels SOURCE finds images filed under the wrong class)"
+    noise = sorted(found.get("noise", {}).get("per_class", []), key=lambda c: -c["noise_rate"])[:3]
+    worst = "; most noise: " + ", ".join(f"{c['class']} {c['noise_rate']:.1%}" for c in noise) if noise else ""
+    return (
+        f"label check: {found['suspects']:,} of {found['images']:,} training images ({found['share']:.1%}) look mislabeled"
+        f"{worst} ({found['method']}; each in label_issues.csv beside it)"
+    )
 
 
 def save_grid(data: ImageData, path: str | Path, per_class: int = 8, max_classes: int = 20, seed: int = 0) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 from imgclf.errors import DataError
 
 RANKINGS = ("self_confidence", "normalized_margin")
+FOLDS = 3  # models the out-of-sample scores come from unless told (imgclf/label_review.py), as cleanlab's cross-validation
 
 
 @dataclass

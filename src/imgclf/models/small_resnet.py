@@ -124,8 +124,17 @@ class SmallResNet(Classifier):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(cin, num_classes)
 
+    # timm's split of a forward pass, so that the features this network learned serve as timm's do (the
+    # label check's nearest neighbours, models/features.py).
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x).flatten(1)
+        return x if pre_logits else self.head(self.dropout(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.pool(self.features(x)).flatten(1)))
+        return self.forward_head(self.forward_features(x))
 
 
 register_model(

@@ -88,6 +88,43 @@ def _audit_section(audit) -> str:
     )
 
 
+def _labels_section(run_dir: Path) -> str:
+    """What the run did about wrong labels, from run.json: the label check's counts and noise per class
+    (--drop-label-issues), and the user's own fixes (--relabel, --drop)."""
+    import json
+
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    found, fixes = info.get("label_issues"), info.get("label_fixes")
+    if not found and not fixes:
+        return ""
+    items = []
+    if found:
+        items.append(
+            f"label check ({html.escape(found['method'])}, {found['seconds']:.0f} s): {found['dropped']:,} of "
+            f"{found['checked']:,} training images looked mislabeled and were left out; each in label_issues.csv"
+        )
+        worst = sorted(found.get("noise_per_class", []), key=lambda c: -c["noise_rate"])[:5]
+        if worst:
+            items.append(
+                "estimated share filed under the wrong class: "
+                + ", ".join(f"{html.escape(c['class'])} {c['noise_rate']:.1%}" for c in worst)
+            )
+        pairs = found.get("most_confused", [])[:5]
+        if pairs:
+            items.append(
+                "most confused (given &rarr; likely): "
+                + ", ".join(f"{html.escape(p['given'])} &rarr; {html.escape(p['likely'])} {p['share_of_given']:.1%}" for p in pairs)
+            )
+    if fixes and "relabel" in fixes:
+        items.append(f"{fixes['relabeled']:,} label(s) changed by {html.escape(fixes['relabel'])}")
+    if fixes and "drop" in fixes:
+        items.append(f"{fixes['dropped']:,} image(s) left out by {html.escape(fixes['drop'])}")
+    return '<h2>Labels</h2><ul id="labels">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
 def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Path:
     """Plots, evaluation.json and report.html in the run directory; returns the page's path.
 
@@ -122,6 +159,7 @@ def write_report(run_dir: Path, evaluation, summary: str = "", audit=None) -> Pa
 {section("samples", "Sample predictions")}
 <h2>Dataset</h2><pre>{html.escape(summary or "(not recorded)")}</pre>
 {_audit_section(audit)}
+{_labels_section(run_dir)}
 <h2>Configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>
 """
