@@ -137,11 +137,13 @@ def test_data_labels_finds_misfiled_pictures_and_inspect_counts_them(misfiled_tr
     with open(out) as f:
         rows = list(csv.DictReader(f))
     found = {r["path"] for r in rows}
-    assert len(found & set(moved)) >= MISFILED * 3 // 4  # most of the misfiled pictures
-    assert len(found) <= 3 * MISFILED  # and not a flood of the others
+    # Most of the misfiled pictures, and few others: the 6-epoch folds are sure enough of 8 of the 12 to
+    # pass the classes' thresholds (cleanlab's find_label_issues, given the same scores, finds the same 8).
+    assert len(found & set(moved)) >= 7
+    assert len(found) <= 2 * MISFILED
     moved_rows = [r for r in rows if r["path"] in moved]
     right = sum(NAMES.index(r["suggested"]) == (NAMES.index(r["given"]) - 1) % 10 for r in moved_rows)
-    assert right >= len(moved_rows) * 3 // 4  # the suggestion is the folder it came from
+    assert right == len(moved_rows)  # the suggestion is the folder it came from
     gallery = out.with_name("label_issues.html")
     assert not gallery.exists()  # beside the cache's CSV by default, not the --csv one
     page_line = next(line for line in proc.stdout.splitlines() if line.startswith("gallery"))
@@ -201,3 +203,12 @@ def test_pretrained_weights_check_with_a_probe_on_cached_features(colour_tree_64
     again = imgclf.check_labels(str(colour_tree_64 / "train"), model="efficientnet_lite0", weights=weights, image_size=64, device="cpu")
     assert "read from the cache" in again.scored.method
     assert np.allclose(again.scored.probs, found.scored.probs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_time_budget_plans_the_folds_epochs(digits, caplog):
+    images, labels = digits
+    found = imgclf.check_labels((images[:600], labels[:600]), time="40s", folds=2, device="cpu")
+    assert "to fit --time 40 s" in found.scored.method
+    assert any(r.getMessage().startswith("time budget 20s:") for r in caplog.records)  # each of the 2 folds gets half
+    assert found.scored.seconds < 60
