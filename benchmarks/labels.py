@@ -13,7 +13,9 @@ were flipped on purpose.
 Writes benchmarks/results/labels.{md,json} (and labels_top30.png).
 
     python benchmarks/labels.py            # everything on the 60,000 training images (about an hour here)
-    python benchmarks/labels.py --quick    # 6,000 images, 5% symmetric noise only, no retraining (minutes)
+    python benchmarks/labels.py --quick    # 4,000 images, 5% symmetric noise only, no retraining (about a minute)
+    python benchmarks/labels.py --retrain-drop-only   # only the 10%-noise retraining with --drop-label-issues
+    python benchmarks/labels.py --grid-from benchmarks/results/labels.json   # the grid PNG again, from the results
 """
 
 from __future__ import annotations
@@ -97,9 +99,9 @@ def sweep(data, cells: list[tuple[str, float]]) -> tuple[list[dict], dict]:
     return rows, reviews
 
 
-def retrain(images: int | None) -> list[dict]:
+def retrain(images: int | None, drop_only: bool = False) -> list[dict]:
     """Test accuracy (clean test set) of the default on clean labels, on 10% symmetric noise, and on that
-    noise with --drop-label-issues."""
+    noise with --drop-label-issues (drop_only: that one alone)."""
     from imgclf import train
     from imgclf.data.sources import load_data
 
@@ -112,8 +114,8 @@ def retrain(images: int | None) -> list[dict]:
         noisy = with_labels(noisy, part, labels)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, source, extra in (("clean labels", data, {}), ("10% flipped", noisy, {}),
-                                    ("10% flipped, --drop-label-issues", noisy, {"drop_label_issues": True})):
+        runs = [("clean labels", data, {}), ("10% flipped", noisy, {}), ("10% flipped, --drop-label-issues", noisy, {"drop_label_issues": True})]
+        for name, source, extra in runs[2:] if drop_only else runs:
             start = time.perf_counter()
             run = train(source, device="cpu", out=tmp, name=name.replace(" ", "_").replace(",", "").replace("%", ""), **extra)
             assert run.test is not None
@@ -122,27 +124,46 @@ def retrain(images: int | None) -> list[dict]:
     return out
 
 
-def top_grid(found, path: Path, count: int = 30) -> Path:
+def top_grid(images: np.ndarray, rows: list[dict], path: Path) -> Path:
+    """The top suspects of the real training labels as a grid PNG, from their rows (label_issues.csv's columns)."""
     from imgclf.report.plots import image_grid
 
-    rows = found.issues.suspects[:count]
-    given = [found.classes[found.images.labels[i]] for i in rows]
-    suggested = [found.classes[s] for s in found.issues.suggested[:count]]
-    conf = [float(found.scored.probs[i, s]) for i, s in zip(rows, found.issues.suggested[:count])]
-    return image_grid(found.images.take(rows), given, suggested, conf, path, "Fashion-MNIST's own labels: the top 30 suspects (given / suggested)")
+    return image_grid(images, [r["given"] for r in rows], [r["suggested"] for r in rows], [r["confidence"] for r in rows], path,
+                      "Fashion-MNIST's own labels: the top 30 suspects", names=("given", "suggested"))
+
+
+def grid_from(results: Path, out: Path) -> Path:
+    """labels_top30.png drawn again from a results file's table of the real suspects (no check run)."""
+    import json
+
+    from imgclf.data.sources import load_data
+
+    rows = next(t for title, t in json.loads(results.read_text())["tables"].items() if title.startswith("Real"))
+    data = load_data("fashion-mnist", val_fraction=0.0)
+    index = [int(r["path"].rsplit(":", 1)[1]) for r in rows]
+    return top_grid(data.train.take(np.array(index)), rows, out / "labels_top30.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="6,000 images, 5%% symmetric noise, no retraining")
-    parser.add_argument("--images", type=int, help="training images used (default: all 60,000; --quick: 6,000)")
+    parser.add_argument("--quick", action="store_true", help="4,000 images, 5%% symmetric noise, no retraining")
+    parser.add_argument("--images", type=int, help="training images used (default: all 60,000; --quick: 4,000)")
     parser.add_argument("--out", type=Path, default=common.RESULTS, help="folder of the results (default: benchmarks/results)")
+    parser.add_argument("--retrain-drop-only", action="store_true", help="only the retraining with --drop-label-issues (labels_retrain.md)")
+    parser.add_argument("--grid-from", type=Path, metavar="LABELS.json", help="only draw labels_top30.png again from a results file")
     args = parser.parse_args()
+    if args.grid_from:
+        print(grid_from(args.grid_from, args.out))
+        return
+    if args.retrain_drop_only:
+        rows = retrain(args.images, drop_only=True)
+        print(common.write("labels_retrain", rows, [], {"images": args.images or 60000}, folder=args.out).read_text())
+        return
     from imgclf.data.sources import load_data
     from imgclf.logs import ensure_console
 
     ensure_console()
-    images = args.images or (6000 if args.quick else None)
+    images = args.images or (4000 if args.quick else None)
     data = load_data("fashion-mnist", val_fraction=0.0)
     if images:
         data = dataclasses.replace(data, train=data.train.subset(np.arange(images)))
@@ -158,7 +179,7 @@ def main() -> None:
         from imgclf.config import Config
 
         real = review(data, Config().override(device="cpu"))
-        grid = top_grid(real, args.out / "labels_top30.png")
+        grid = top_grid(real.images.take(real.issues.suspects[:30]), real.rows()[:30], args.out / "labels_top30.png")
         summary.append(f"the real training labels: {real.summary_line()}; the top 30 in {grid.name}")
         tables["Real Fashion-MNIST: the top 30 suspects"] = real.rows()[:30]
         tables["Retraining with 10% symmetric noise (test set clean)"] = retrain(images)

@@ -94,3 +94,14 @@ def test_photo_speed_quick_measures_each_setting_and_profiles_a_step(tmp_path):
     assert abs(sum(r["share %"] for r in spent) - 100) < 0.1
     bound = next(rows for title, rows in report["tables"].items() if "matmul" in title)
     assert bound[0]["GFLOP/s"] > 0 and 0 < bound[1]["share of peak %"] < 100
+
+
+@pytest.mark.slow
+def test_labels_quick_scores_the_check_against_the_flips(tmp_path):
+    script = Path(__file__).parent.parent / "benchmarks" / "labels.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "labels_quick.json").read_text())["rows"][0]
+    assert row["noise"] == "symmetric 5%" and row["images"] == 4000 and row["flipped"] == 200
+    assert 0.2 < row["precision"] <= 1 and 0.5 < row["recall"] <= 1  # the check finds flips, far above chance (5%)
+    assert row["cleanlab suspects"] == "not installed" or abs(row["cleanlab recall"] - row["recall"]) < 0.05

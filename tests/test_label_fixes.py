@@ -4,11 +4,13 @@ label_issues.csv as the label check writes it or a plain path,label file; stale 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from imgclf.data.imageset import ImageSet
 from imgclf.data.label_fixes import apply_fixes
 from imgclf.data.sources import load_data
 from imgclf.errors import DataError
@@ -104,3 +106,15 @@ def test_stale_and_wrong_files_are_one_line_each(tree_data, tmp_path):
         text = str(err.value)
         assert words in text and "\n" not in text
         assert (relabel or drop) in text
+
+
+def test_a_split_with_its_own_images_is_matched_by_its_own_paths(tmp_path):
+    """A built-in test split has its own array and origins: a training path's row number must not take the
+    test image of the same number with it."""
+    data = load_data("digits", val_fraction=0.0)
+    test = dataclasses.replace(data.train, index=data.train.index[:50].copy())
+    test = ImageSet(data.train.images, test.index, data.train.labels[:50], [o.replace(":train:", ":test:") for o in data.train.all_origins])
+    data = dataclasses.replace(data, test=test)
+    gone = data.train.origins[:10]
+    fixed, info = apply_fixes(data, None, _write(tmp_path / "d.csv", [[p] for p in gone], ["path"]))
+    assert info["dropped"] == 10 and len(fixed.test) == 50 and len(fixed.train) == len(data.train) - 10

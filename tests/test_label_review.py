@@ -22,7 +22,8 @@ from imgclf.data.imageset import ImageSet
 from imgclf.data.label_issues import find_label_issues
 from imgclf.data.sources import load_data
 from imgclf.errors import DataError
-from imgclf.label_review import LabelReview, OutOfSample, check_checkable, stratified_folds
+from imgclf.engine.out_of_sample import OutOfSample, check_checkable, stratified_folds
+from imgclf.label_review import LabelReview
 from imgclf.report.label_page import write_gallery
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

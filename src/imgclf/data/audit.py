@@ -145,8 +145,9 @@ def csv_path(data: ImageData, cache_root: Path) -> Path:
     cache (built-in datasets, arrays) under the cache root."""
     if data.cache_dir is not None:
         return Path(data.cache_dir) / "audit.csv"
-    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(data.source).name)[:40] or "data"
-    return cache_root / "audits" / f"{slug}-audit.csv"
+    from imgclf.data.cache import slug
+
+    return cache_root / "audits" / f"{slug(Path(data.source).name)}-audit.csv"
 
 
 def _split_order(name: str) -> int:

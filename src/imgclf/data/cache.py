@@ -62,13 +62,17 @@ def cache_root(config: DataConfig) -> Path:
     return Path(platformdirs.user_cache_dir("imgclf"))
 
 
+def slug(name: str) -> str:
+    """A source's name as the cache's folder and file names hold it."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "data"
+
+
 def _key_dir(listing: FileListing, config: DataConfig) -> Path:
     request = [CACHE_VERSION, str(listing.root.resolve()), listing.layout, config.target_size(), config.channels, config.resize]
     if config.framing() != DataConfig().framing():  # keys of the default framing stay as they were before it could change
         request.append(config.framing())
     digest = hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
-    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in listing.root.resolve().name)[:40] or "data"
-    return cache_root(config) / "decoded" / f"{slug}-{digest}"
+    return cache_root(config) / "decoded" / f"{slug(listing.root.resolve().name)}-{digest}"
 
 
 def _stat_text(path: str) -> str:

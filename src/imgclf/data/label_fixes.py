@@ -105,11 +105,10 @@ def _origins_in_splits(data: ImageData) -> list[str]:
 def fixed(data: ImageData, new_labels: dict[str, int], gone: set[str], what: str) -> tuple[ImageData, int, int]:
     """The data with labels replaced (path key -> class) and images left out (path keys), in every split;
     how many labels changed and how many images went. `what` names the drop's origin in an error."""
-    keys = [path_key(o) for o in data.train.all_origins]
     changed, removed = 0, 0
     parts: dict[str, ImageSet] = {}
     for name, part in data.splits().items():
-        here = [keys[i] for i in part.index]
+        here = [path_key(o) for o in part.origins]  # each split's own: a built-in test split has its own origins
         labels = part.labels.copy()
         for row, key in enumerate(here):
             if key in new_labels and labels[row] != new_labels[key]:

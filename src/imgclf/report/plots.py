@@ -80,8 +80,18 @@ def confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def image_grid(images: np.ndarray, true: list[str], pred: list[str], conf: list[float], path: Path, title: str, columns: int = 8) -> Path:
-    """Images with their true and predicted labels and confidence; wrong predictions in red."""
+def image_grid(
+    images: np.ndarray,
+    true: list[str],
+    pred: list[str],
+    conf: list[float],
+    path: Path,
+    title: str,
+    columns: int = 8,
+    names: tuple[str, str] = ("true", "pred"),
+) -> Path:
+    """Images with their true and predicted labels and confidence; wrong predictions in red. names: what
+    the two labels are called (the label check's are the given and the suggested one)."""
     plt = _pyplot()
     n = max(1, len(images))
     rows = -(-n // columns)
@@ -91,7 +101,7 @@ def image_grid(images: np.ndarray, true: list[str], pred: list[str], conf: list[
     for ax, im, t, p, c in zip(axes.flat, images, true, pred, conf):
         ax.imshow(im[0] if im.shape[0] == 1 else im[:3].transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
         wrong = t != p
-        ax.set_title(f"true {t}\npred {p} {c:.0%}", fontsize=7, color="crimson" if wrong else "black")
+        ax.set_title(f"{names[0]} {t}\n{names[1]} {p} {c:.0%}", fontsize=7, color="crimson" if wrong else "black")
         if wrong:
             for spine in ax.spines.values():
                 spine.set_visible(True)
