@@ -213,3 +213,10 @@ def test_a_time_budget_plans_the_folds_epochs(digits, caplog):
     assert "to fit --time 40 s" in found.scored.method
     assert any(r.getMessage().startswith("time budget 20s:") for r in caplog.records)  # each of the 2 folds gets half
     assert found.scored.seconds < 60
+
+
+def test_a_weak_check_says_its_suspects_are_mostly_the_models_mistakes(digits):
+    review, _ = _review(digits)
+    assert "agree with only" not in review.table()
+    review.scored.probs = np.roll(review.scored.probs, 1, axis=0)  # scores that match few labels
+    assert "the folds agree with only" in review.table() and "pretrained weights" in review.table()

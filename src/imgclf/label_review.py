@@ -22,6 +22,9 @@ from imgclf.errors import DataError
 
 NEIGHBOURS = 3  # per suspect and class, on the gallery
 SHOWN = 20  # suspects in the terminal table
+# Below this share of labels matching the out-of-sample predictions, the suspects are mostly the folds' own
+# errors (clip art of 7 loose classes with a probe: 71% agreement, 21% of the images suspected).
+WEAK_AGREEMENT = 0.8
 COLUMNS = ["rank", "path", "given", "suggested", "confidence", "given_confidence"]
 SUMMARY_NAME = "label_issues.json"  # in the decode cache, where `data inspect` finds the counts
 
@@ -110,6 +113,15 @@ class LabelReview:
                 )
             if len(rows) > top:
                 lines.append(f"  ... and {len(rows) - top:,} more")
+        agree = float((self.scored.probs.argmax(1) == self.images.labels).mean())
+        if agree < WEAK_AGREEMENT:
+            stronger = (
+                "" if "probe" in self.scored.method else ", and give pretrained weights (--pretrained or --weights) for a stronger check"
+            )
+            lines.append(
+                f"the folds agree with only {agree:.0%} of the labels: many suspects are the model's own mistakes, not "
+                f"wrong labels; look at the gallery before acting{stronger}"
+            )
         noise = self.noise()
         worst = sorted(noise["per_class"], key=lambda c: -c["noise_rate"])[:5]
         lines.append("estimated share filed under the wrong class: " + ", ".join(f"{c['class']} {c['noise_rate']:.1%}" for c in worst))
