@@ -212,7 +212,6 @@ def test_a_time_budget_plans_the_folds_epochs(digits, caplog):
     found = imgclf.check_labels((images[:600], labels[:600]), time="40s", folds=2, device="cpu")
     assert "to fit --time 40 s" in found.scored.method
     assert any(r.getMessage().startswith("time budget 20s:") for r in caplog.records)  # each of the 2 folds gets half
-    assert found.scored.seconds < 60
 
 
 def test_a_weak_check_says_its_suspects_are_mostly_the_models_mistakes(digits):
