@@ -19,11 +19,11 @@ def test_thresholds_and_the_confident_joint_by_hand():
     # 0s: (0.9, 0.1) -> 0; (0.8, 0.2) -> 0; (0.1, 0.9) -> 1. 1s: (0.3, 0.7) -> 1; (0.2, 0.8) -> 1; (0.4, 0.6) reaches neither.
     assert joint.tolist() == [[2, 1], [0, 2]]
     assert find_label_issues(labels, probs, doubt=None).suspects.tolist() == [2]  # pruned by the noise rate
-    # The default also wants the given label under a tenth of its class's threshold (0.06): 0.1 is doubt.
-    assert find_label_issues(labels, probs).suspects.tolist() == []
-    probs[2] = [0.02, 0.98]
+    # The default: its likeliest class is 1, and 0.1 of class 0 is less than the 1s get (3/4 of them: 0.35).
     issues = find_label_issues(labels, probs)
     assert issues.suspects.tolist() == [2] and issues.suggested.tolist() == [1]
+    probs[2] = [0.45, 0.55]  # more of class 0 than any 1 gets, and over a tenth of its threshold: doubt
+    assert find_label_issues(labels, probs).suspects.tolist() == []
 
 
 def _noisy(n=3000, k=5, flip=0.10, seed=0, alike=0.0):
@@ -67,7 +67,7 @@ def test_look_alikes_the_model_doubts_are_no_suspects_by_default():
     given, probs, flipped = _noisy(n=6000, flip=0.05, seed=2, alike=2.0)
     pruned = _precision_recall(find_label_issues(given, probs, doubt=None), flipped)
     default = _precision_recall(find_label_issues(given, probs), flipped)
-    assert default[0] > pruned[0] + 0.2 and default[1] >= 0.7, (default, pruned)  # 0.97 vs 0.61, recall 0.76 vs 0.92
+    assert default[0] > pruned[0] + 0.05 and default[1] >= 0.75, (default, pruned)  # 0.70 vs 0.61, recall 0.81 vs 0.92
 
 
 def test_the_noise_rate_of_each_class_is_estimated():

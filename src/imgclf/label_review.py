@@ -42,10 +42,6 @@ class LabelReview:
     folder: Path | None = None  # where its files go unless told (default_dir)
     neighbours: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # suspect rank -> rows of given, suggested
 
-    @property
-    def paths(self) -> list[str]:
-        return self.images.origins
-
     def rows(self) -> list[dict]:
         """One row per suspect, most suspect first: the columns of label_issues.csv."""
         labels, probs, origins = self.images.labels, self.scored.probs, self.images.all_origins

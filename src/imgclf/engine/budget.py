@@ -93,7 +93,10 @@ class TimeBudget:
 
 
 def _text(seconds: float) -> str:
-    return f"{seconds:g}s" if seconds < 120 else f"{seconds / 60:g}m"
+    """The budget as --time spells it ("40s", "3m"); a share of one (a label check's fold) to 3 digits."""
+    if seconds < 120:
+        return f"{seconds:.3g}s"
+    return f"{seconds / 60:.3g}m" if seconds < 7200 else f"{seconds / 3600:.3g}h"
 
 
 def _time_steps(trainer, seconds: float) -> float:
