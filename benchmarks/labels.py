@@ -7,7 +7,7 @@ were flipped on purpose.
    with the whole check's time (K-fold training included).
 2. The same out-of-sample probabilities given to cleanlab's find_label_issues (AGPL, never a dependency of
    imgclf: installed only where this benchmark runs, and the row says so when it is not there), and to
-   imgclf's own pruning by noise rate (doubt=None: the same suspects as cleanlab's); how many of the false
+   imgclf's own pruning by noise rate (--filter-by noise_rate: the same suspects as cleanlab's); how many of the false
    positives the check also suspects with Fashion-MNIST's own labels (its real label errors and look-alikes).
 3. Retraining with 10% symmetric noise (training and validation images both noisy, the test set clean):
    the default on clean labels, on noisy labels, and on noisy labels with --drop-label-issues.
@@ -96,9 +96,9 @@ def sweep(data, cells: list[tuple[str, float]], real: np.ndarray | None = None) 
         if real is not None:
             false = np.setdiff1d(found.issues.suspects, np.flatnonzero(truth))
             row["false positives also suspects of the real labels"] = f"{np.isin(false, real).sum()} of {len(false)}"
-        pruned = find_label_issues(labels, found.scored.probs, doubt=None).suspects
+        pruned = find_label_issues(labels, found.scored.probs, filter_by="noise_rate").suspects
         pp, pr = precision_recall(pruned, truth)
-        row.update({"pruned by noise rate (doubt=None) suspects": len(pruned), "pruned precision": round(pp, 3), "pruned recall": round(pr, 3)})
+        row.update({"--filter-by noise_rate suspects": len(pruned), "noise_rate precision": round(pp, 3), "noise_rate recall": round(pr, 3)})
         theirs = cleanlab_suspects(labels, found.scored.probs)
         if theirs is None:
             row.update({"cleanlab suspects": "not installed", "cleanlab precision": "-", "cleanlab recall": "-"})

@@ -18,7 +18,7 @@ def test_thresholds_and_the_confident_joint_by_hand():
     assert thresholds == pytest.approx([0.6, 0.7])  # mean of p0 over the 0s, of p1 over the 1s
     # 0s: (0.9, 0.1) -> 0; (0.8, 0.2) -> 0; (0.1, 0.9) -> 1. 1s: (0.3, 0.7) -> 1; (0.2, 0.8) -> 1; (0.4, 0.6) reaches neither.
     assert joint.tolist() == [[2, 1], [0, 2]]
-    assert find_label_issues(labels, probs, doubt=None).suspects.tolist() == [2]  # pruned by the noise rate
+    assert find_label_issues(labels, probs, filter_by="noise_rate").suspects.tolist() == [2]  # pruned by the noise rate
     # The default: its likeliest class is 1, and 0.1 of class 0 is less than the 1s get (3/4 of them: 0.35).
     issues = find_label_issues(labels, probs)
     assert issues.suspects.tolist() == [2] and issues.suggested.tolist() == [1]
@@ -65,7 +65,7 @@ def _precision_recall(issues, flipped):
 
 def test_look_alikes_the_model_doubts_are_no_suspects_by_default():
     given, probs, flipped = _noisy(n=6000, flip=0.05, seed=2, alike=2.0)
-    pruned = _precision_recall(find_label_issues(given, probs, doubt=None), flipped)
+    pruned = _precision_recall(find_label_issues(given, probs, filter_by="noise_rate"), flipped)
     default = _precision_recall(find_label_issues(given, probs), flipped)
     assert default[0] > pruned[0] + 0.05 and default[1] >= 0.75, (default, pruned)  # 0.70 vs 0.61, recall 0.81 vs 0.92
 
@@ -98,3 +98,5 @@ def test_bad_input_is_one_line(labels, probs, said):
     assert "\n" not in str(err.value)
     with pytest.raises(DataError):
         find_label_issues(np.array([0, 1]), np.array([[0.6, 0.4], [0.3, 0.7]]), rank_by="loss")
+    with pytest.raises(DataError, match="doubt, noise_rate"):
+        find_label_issues(np.array([0, 1]), np.array([[0.6, 0.4], [0.3, 0.7]]), filter_by="both")

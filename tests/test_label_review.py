@@ -151,8 +151,9 @@ def test_data_labels_finds_misfiled_pictures_and_inspect_counts_them(misfiled_tr
     assert Path(page_line.split(": ", 1)[1]).read_text().count('class="suspect"') == min(100, len(rows))
     inspect = run_cli("data", "inspect", str(root))
     assert inspect.returncode == 0 and f"label check: {len(rows)} of 1,797 training images" in inspect.stdout
-    as_json = run_cli("data", "labels", str(root), "--epochs", "1", "--folds", "2", "--json", "-", "--device", "cpu")
-    assert json.loads(as_json.stdout)["method"].startswith("2 folds of small_resnet, 1 epoch each")
+    as_json = run_cli("data", "labels", str(root), "--epochs", "1", "--folds", "2", "--filter-by", "noise_rate", "--json", "-", "--device", "cpu")
+    found = json.loads(as_json.stdout)
+    assert found["method"].startswith("2 folds of small_resnet, 1 epoch each") and found["filter_by"] == "noise_rate"
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 from imgclf.config import AugmentConfig, DataConfig, TrainConfig
-from imgclf.data.label_issues import FOLDS, RANKINGS
+from imgclf.data.label_issues import FILTERS, FOLDS, RANKINGS
 from imgclf.errors import ImgclfError, one_line
 from imgclf.serve.settings import FLAG_HELP as SERVE_FLAGS
 from imgclf.serve.settings import ServeSettings
@@ -185,7 +185,7 @@ def _cmd_data_labels(args: argparse.Namespace) -> int:
     as_json = _output_path(args.json, "--json", "label_issues.json") if args.json and args.json != "-" else None
     base = Config.from_yaml(args.config) if args.config else None
     settings = _given(args, [n for n in (*DATA_FLAGS, *TRAIN_FLAGS) if n != "out"])
-    found = check_labels(args.source, base, folds=args.folds, rank_by=args.rank_by, **settings)
+    found = check_labels(args.source, base, folds=args.folds, rank_by=args.rank_by, filter_by=args.filter_by, **settings)
     folder = found.folder or Path(".")
     found.write_json(folder / SUMMARY_NAME)  # where `data inspect` finds the counts
     if args.json == "-":
@@ -417,6 +417,14 @@ def _data_commands(sub) -> None:
         "--folds", type=int, default=FOLDS, help=f"models trained, each scoring the images it did not see (default: {FOLDS})"
     )
     labels.add_argument("--rank-by", choices=RANKINGS, default=RANKINGS[0], help=f"how suspects are ordered (default: {RANKINGS[0]})")
+    labels.add_argument(
+        "--filter-by",
+        choices=FILTERS,
+        default=FILTERS[0],
+        help="which images are suspects: doubt (the given label gets less than on the likelier class's own pictures; "
+        "precise) or noise_rate (confident learning's pruning, as cleanlab: more of two classes filed as each other, "
+        "and more look-alikes) (default: doubt)",
+    )
     labels.add_argument("--top", type=int, default=20, help="suspects shown on the terminal (default: 20)")
     labels.add_argument("--gallery", type=int, default=100, metavar="N", help="suspects on the HTML page (default: 100)")
     labels.add_argument("--csv", metavar="FILE.csv", help="where every suspect goes (default: label_issues.csv in the cache)")

@@ -16,7 +16,7 @@ import numpy as np
 
 from imgclf.config import Config, parse_duration
 from imgclf.data.imageset import ImageData, ImageSet
-from imgclf.data.label_issues import FOLDS, RANKINGS, LabelIssues, find_label_issues
+from imgclf.data.label_issues import FILTERS, FOLDS, RANKINGS, LabelIssues, find_label_issues
 from imgclf.engine.out_of_sample import OutOfSample, clock, out_of_sample
 from imgclf.errors import DataError
 
@@ -39,6 +39,7 @@ class LabelReview:
     scored: OutOfSample
     issues: LabelIssues
     rank_by: str
+    filter_by: str = FILTERS[0]
     folder: Path | None = None  # where its files go unless told (default_dir)
     neighbours: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # suspect rank -> rows of given, suggested
 
@@ -85,6 +86,7 @@ class LabelReview:
             "method": self.scored.method,
             "seconds": round(self.scored.seconds, 1),
             "rank_by": self.rank_by,
+            "filter_by": self.filter_by,
             "classes": self.classes,
             "thresholds": [round(float(t), 4) for t in self.issues.thresholds],
             "noise": self.noise(),
@@ -163,13 +165,23 @@ class LabelReview:
             self.neighbours[rank] = (pick[0], pick[1])
 
 
-def review(data: ImageData, config: Config, *, folds: int = FOLDS, seconds: float | None = None, rank_by: str = RANKINGS[0]) -> LabelReview:
+def review(
+    data: ImageData,
+    config: Config,
+    *,
+    folds: int = FOLDS,
+    seconds: float | None = None,
+    rank_by: str = RANKINGS[0],
+    filter_by: str = FILTERS[0],
+) -> LabelReview:
     """The label check of data's training split (already loaded and resolved as training would)."""
     if rank_by not in RANKINGS:
         raise DataError(f"--rank-by {rank_by}: choose one of {', '.join(RANKINGS)}.")
+    if filter_by not in FILTERS:
+        raise DataError(f"--filter-by {filter_by}: choose one of {', '.join(FILTERS)}.")
     scored = out_of_sample(data, config, folds, seconds)
-    issues = find_label_issues(data.train.labels, scored.probs, rank_by)
-    return LabelReview(data.source, data.classes, data.train, scored, issues, rank_by)
+    issues = find_label_issues(data.train.labels, scored.probs, rank_by, filter_by)
+    return LabelReview(data.source, data.classes, data.train, scored, issues, rank_by, filter_by)
 
 
 def check_labels(
@@ -178,6 +190,7 @@ def check_labels(
     *,
     folds: int = FOLDS,
     rank_by: str = RANKINGS[0],
+    filter_by: str = FILTERS[0],
     **settings,
 ) -> LabelReview:
     """`imgclf data labels`: load a source as training would (every training image, none held out for
@@ -195,7 +208,8 @@ def check_labels(
     plan = plan_run(data, config, None, settings)
     budget = plan.config.train.time
     loaded = load_plan_data(plan)
-    found = review(loaded, plan.config, folds=folds, seconds=parse_duration(budget) if budget else None, rank_by=rank_by)
+    seconds = parse_duration(budget) if budget else None
+    found = review(loaded, plan.config, folds=folds, seconds=seconds, rank_by=rank_by, filter_by=filter_by)
     found.folder = default_dir(loaded.source, loaded.cache_dir, cache_root(plan.config.data))
     return found
 

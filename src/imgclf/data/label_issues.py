@@ -21,8 +21,8 @@ look-alike the model is merely unsure of (a shirt it gives 0.15 of T-shirt) gets
 counts take it in. With 5% of Fashion-MNIST's 60,000 labels flipped at random, pruning by noise rate
 (cleanlab's default, which gives the same suspects) scored precision 0.63 and recall 0.91, this rule 0.80
 and 0.96; with 20% of the four tops filed as one another, 0.70 / 0.89 against 0.82 / 0.70: more recall
-where two classes are confused on purpose is what the pruning buys (benchmarks/labels.py). `doubt=None`
-is the pruning alone.
+where two classes are confused on purpose is what the pruning buys (benchmarks/labels.py). That pruning
+alone is filter_by="noise_rate".
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 from imgclf.errors import DataError
 
 RANKINGS = ("self_confidence", "normalized_margin")
+FILTERS = ("doubt", "noise_rate")  # which images are suspects: the module's docstring
 FOLDS = 3  # models the out-of-sample scores come from unless told (imgclf/label_review.py), as cleanlab's cross-validation
 DOUBT = 0.1  # a suspect's given label gets under this share of its class's threshold (the module's docstring says why)
 ALIKE = 0.75  # ... or under this quantile of what the model gives it on the likelier class's own pictures
@@ -85,14 +86,16 @@ def confident_joint(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, 
     return thresholds, joint
 
 
-def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = "self_confidence", doubt: float | None = DOUBT) -> LabelIssues:
+def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = RANKINGS[0], filter_by: str = FILTERS[0]) -> LabelIssues:
     """The suspects, ranked by rank_by: self_confidence (the probability of the given label) or
     normalized_margin (that minus the likeliest other class's). They are the images whose likeliest class is
     another and whose given label gets less than on that class's own pictures or under `doubt` times its
-    class's threshold (the module's docstring); doubt=None: those that pruning by the estimated noise rate
-    of each (given, likely) pair picks (cleanlab's default)."""
+    class's threshold (filter_by="doubt", the module's docstring says why); filter_by="noise_rate": those that
+    pruning by the estimated noise rate of each (given, likely) pair picks (cleanlab's default)."""
     if rank_by not in RANKINGS:
         raise DataError(f"rank_by={rank_by!r} is not one of {', '.join(RANKINGS)}.")
+    if filter_by not in FILTERS:
+        raise DataError(f"filter_by={filter_by!r} is not one of {', '.join(FILTERS)}.")
     labels, probs = _checked(labels, probs)
     n, k = probs.shape
     thresholds, cj = confident_joint(labels, probs)
@@ -100,8 +103,8 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = "sel
     rows = cj.sum(1, keepdims=True).astype(np.float64)
     calibrated = np.where(rows > 0, cj / np.maximum(rows, 1) * counts[:, None], 0.0)  # rows sum to the given counts
     joint = calibrated / max(calibrated.sum(), 1e-12)
-    if doubt is not None:
-        chosen = _doubted(labels, probs, thresholds, doubt)
+    if filter_by == "doubt":
+        chosen = _doubted(labels, probs, thresholds)
     else:
         chosen = _pruned_by_noise_rate(labels, probs, joint)
     # An image the model itself labels as given is no suspect, whatever the pair's count says.
@@ -116,9 +119,9 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = "sel
     return LabelIssues(suspects[order], suggested[order], quality[order], thresholds, cj, joint)
 
 
-def _doubted(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, doubt: float) -> np.ndarray:
+def _doubted(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Images whose given label gets less than the ALIKE quantile of what the model gives it on the pictures
-    labeled with, and predicted as, their likeliest class, or under doubt times its class's threshold."""
+    labeled with, and predicted as, their likeliest class, or under DOUBT times its class's threshold."""
     n, k = probs.shape
     likely = probs.argmax(1)
     usual = np.zeros((k, k))  # usual[i, j]: the ALIKE quantile of p_i on the pictures labeled and predicted j
@@ -126,7 +129,7 @@ def _doubted(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, doub
         own = (labels == j) & (likely == j)
         if own.any():
             usual[:, j] = np.quantile(probs[own], ALIKE, axis=0)
-    bound = np.maximum(doubt * thresholds[labels], usual[labels, likely])
+    bound = np.maximum(DOUBT * thresholds[labels], usual[labels, likely])
     return probs[np.arange(n), labels] < bound
 
 
