@@ -16,6 +16,7 @@ Writes benchmarks/results/labels.{md,json} (and labels_top30.png).
 
     python benchmarks/labels.py            # everything on the 60,000 training images (about an hour here)
     python benchmarks/labels.py --quick    # 4,000 images, 5% symmetric noise only, no retraining (about a minute)
+    python benchmarks/labels.py --retrain-only   # only the three retraining runs, into labels_retrain.md (about 10 minutes)
     python benchmarks/labels.py --retrain-drop-only   # only the 10%-noise retraining with --drop-label-issues
     python benchmarks/labels.py --no-retrain   # the cells and the real labels, no retraining (about 20 minutes)
     python benchmarks/labels.py --grid-from benchmarks/results/labels.json   # the grid PNG again, from the results
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4,000 images, 5%% symmetric noise, no retraining")
     parser.add_argument("--images", type=int, help="training images used (default: all 60,000; --quick: 4,000)")
     parser.add_argument("--out", type=Path, default=common.RESULTS, help="folder of the results (default: benchmarks/results)")
+    parser.add_argument("--retrain-only", action="store_true", help="only the three retraining runs (labels_retrain.md)")
     parser.add_argument("--retrain-drop-only", action="store_true", help="only the retraining with --drop-label-issues (labels_retrain.md)")
     parser.add_argument("--no-retrain", action="store_true", help="leave out the retraining (the check's cells and the real labels only)")
     parser.add_argument("--grid-from", type=Path, metavar="LABELS.json", help="only draw labels_top30.png again from a results file")
@@ -168,8 +170,8 @@ def main() -> None:
     if args.grid_from:
         print(grid_from(args.grid_from, args.out))
         return
-    if args.retrain_drop_only:
-        rows = retrain(args.images, drop_only=True)
+    if args.retrain_only or args.retrain_drop_only:
+        rows = retrain(args.images, drop_only=args.retrain_drop_only)
         print(common.write("labels_retrain", rows, [], {"images": args.images or 60000}, folder=args.out).read_text())
         return
     from imgclf.data.sources import load_data
