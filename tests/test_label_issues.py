@@ -26,15 +26,19 @@ def test_thresholds_and_the_confident_joint_by_hand():
     assert find_label_issues(labels, probs).suspects.tolist() == []
 
 
-def _noisy(n=3000, k=5, flip=0.10, seed=0, alike=0.0):
+def _noisy(n=3000, k=5, flip=0.10, seed=0, alike=0.0, unsure=0.0):
     """A model that is right about 95% of the time on the true classes, and labels of which `flip` were
-    moved to another class at random. alike: how much of class 0's evidence a 1 also shows, and back."""
+    moved to another class at random. alike: how much of class 0's evidence every 1 also shows, and back
+    (what a model learns from labels that often file one as the other); unsure: the share of 0s and 1s
+    that show the other's evidence as much as their own (look-alikes)."""
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, k, n)
     logits = rng.normal(0, 1, (n, k))
     logits[np.arange(n), truth] += 3.5
     logits[truth == 0, 1] += alike
     logits[truth == 1, 0] += alike
+    doubtful = (truth < 2) & (rng.random(n) < unsure)
+    logits[doubtful, 1 - truth[doubtful]] += 3.5
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     given = truth.copy()
     flipped = rng.random(n) < flip
@@ -64,10 +68,19 @@ def _precision_recall(issues, flipped):
 
 
 def test_look_alikes_the_model_doubts_are_no_suspects_by_default():
-    given, probs, flipped = _noisy(n=6000, flip=0.05, seed=2, alike=2.0)
+    given, probs, flipped = _noisy(n=6000, flip=0.05, seed=2, unsure=0.15)
     pruned = _precision_recall(find_label_issues(given, probs, filter_by="noise_rate"), flipped)
     default = _precision_recall(find_label_issues(given, probs), flipped)
-    assert default[0] > pruned[0] + 0.05 and default[1] >= 0.75, (default, pruned)  # 0.70 vs 0.61, recall 0.81 vs 0.92
+    assert default[0] > pruned[0] + 0.1 and default[1] >= 0.8, (default, pruned)
+
+
+def test_classes_learned_as_filed_as_each_other_are_pruned_by_their_count():
+    given, probs, flipped = _noisy(n=6000, flip=0.05, seed=2, alike=2.0)
+    pruned = find_label_issues(given, probs, filter_by="noise_rate")
+    default = find_label_issues(given, probs)
+    pair = (given < 2) & (probs.argmax(1) < 2)  # given 0 or 1, likelier 1 or 0
+    assert set(default.suspects[pair[default.suspects]]) == set(pruned.suspects[pair[pruned.suspects]])
+    assert _precision_recall(default, flipped)[1] >= 0.8
 
 
 def test_the_noise_rate_of_each_class_is_estimated():

@@ -12,17 +12,18 @@ believes their given label.
 The probabilities must be out-of-sample (each image scored by a model that did not train on it): a model's
 own training images are fitted, and would hide their wrong labels.
 
-imgclf's default suspects are narrower than that pruning: an image is a suspect when the model's likeliest
-class is another and the given label gets less than the model gives it on most (ALIKE) of that likelier
-class's own pictures, or under DOUBT times the given class's threshold. Why: a picture filed wrong looks
-like the pictures of its true class, so it gets what they get for the wrong label: the floor (0.01 on
-Fashion-MNIST), or, where one class is often filed as another, the share the model learned for it. A
-look-alike the model is merely unsure of (a shirt it gives 0.15 of T-shirt) gets more, yet the pairs'
-counts take it in. With 5% of Fashion-MNIST's 60,000 labels flipped at random, pruning by noise rate
-(cleanlab's default, which gives the same suspects) scored precision 0.63 and recall 0.91, this rule 0.80
-and 0.96; with 20% of the four tops filed as one another, 0.70 / 0.89 against 0.82 / 0.70: more recall
-where two classes are confused on purpose is what the pruning buys (benchmarks/labels.py). That pruning
-alone is filter_by="noise_rate".
+imgclf's default suspects (filter_by="doubt") are narrower than that pruning: an image is a suspect when
+the model's likeliest class is another and the given label gets less than the model gives it on most
+(ALIKE) of that likelier class's own pictures, or under DOUBT times the given class's threshold. Why: a
+picture filed wrong looks like the pictures of its true class, so it gets what they get for the wrong
+label (the floor, 0.01 on Fashion-MNIST), while a look-alike the model is merely unsure of (a shirt it
+gives 0.15 of T-shirt) gets more, yet the pairs' counts take it in. Where the typical picture of j gets
+more than FILED / K of i, the model has learned that j is often filed as i (trained on those labels), a
+j filed as i gets that share too and no longer looks wrong: for those pairs the pruning decides. With 5%
+of Fashion-MNIST's 60,000 labels flipped at random, the pruning alone (cleanlab's default, which gives the
+same suspects) scored precision 0.63 and recall 0.91, the default 0.80 and 0.96; with 20% of the four tops
+filed as one another, the pruning 0.70 / 0.89, the doubt alone 0.82 / 0.70, the default 0.70 / 0.89
+(benchmarks/labels.py). The pruning alone is filter_by="noise_rate".
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ FILTERS = ("doubt", "noise_rate")  # which images are suspects: the module's doc
 FOLDS = 3  # models the out-of-sample scores come from unless told (imgclf/label_review.py), as cleanlab's cross-validation
 DOUBT = 0.1  # a suspect's given label gets under this share of its class's threshold (the module's docstring says why)
 ALIKE = 0.75  # ... or under this quantile of what the model gives it on the likelier class's own pictures
+FILED = 0.5  # the share of 1/K the median picture of j gets for i, above which the model learned "j filed as i"
 
 
 @dataclass
@@ -104,7 +106,7 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = RANK
     calibrated = np.where(rows > 0, cj / np.maximum(rows, 1) * counts[:, None], 0.0)  # rows sum to the given counts
     joint = calibrated / max(calibrated.sum(), 1e-12)
     if filter_by == "doubt":
-        chosen = _doubted(labels, probs, thresholds)
+        chosen = _doubted(labels, probs, thresholds, joint)
     else:
         chosen = _pruned_by_noise_rate(labels, probs, joint)
     # An image the model itself labels as given is no suspect, whatever the pair's count says.
@@ -119,18 +121,23 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = RANK
     return LabelIssues(suspects[order], suggested[order], quality[order], thresholds, cj, joint)
 
 
-def _doubted(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def _doubted(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, joint: np.ndarray) -> np.ndarray:
     """Images whose given label gets less than the ALIKE quantile of what the model gives it on the pictures
-    labeled with, and predicted as, their likeliest class, or under DOUBT times its class's threshold."""
+    labeled with, and predicted as, their likeliest class, or under DOUBT times its class's threshold; for
+    the pairs the model learned to file as each other, the pruning by noise rate."""
     n, k = probs.shape
     likely = probs.argmax(1)
-    usual = np.zeros((k, k))  # usual[i, j]: the ALIKE quantile of p_i on the pictures labeled and predicted j
+    usual, typical = np.zeros((k, k)), np.zeros((k, k))  # [i, j]: p_i on the pictures labeled and predicted j
     for j in range(k):
         own = (labels == j) & (likely == j)
         if own.any():
             usual[:, j] = np.quantile(probs[own], ALIKE, axis=0)
-    bound = np.maximum(DOUBT * thresholds[labels], usual[labels, likely])
-    return probs[np.arange(n), labels] < bound
+            typical[:, j] = np.median(probs[own], axis=0)
+    doubted = probs[np.arange(n), labels] < np.maximum(DOUBT * thresholds[labels], usual[labels, likely])
+    # Where j's typical picture gets a real share of i, the model learned that j is often filed as i, and a
+    # j filed as i no longer looks wrong to it: there the pair's estimated count decides.
+    learned = typical[labels, likely] > FILED / k
+    return np.where(learned, _pruned_by_noise_rate(labels, probs, joint), doubted)
 
 
 def _pruned_by_noise_rate(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray) -> np.ndarray:
