@@ -87,8 +87,8 @@ def write_gallery(review, path: str | Path, top: int = 100) -> Path:
 <style>{STYLE}{EXTRA_STYLE}</style></head><body>
 <h1>Label check: {html.escape(Path(review.source).name or review.source)}</h1>
 <p class="muted">imgclf, written {time.strftime("%Y-%m-%d %H:%M")}: {html.escape(review.summary_line())}; ranked by
-{html.escape(review.rank_by.replace("_", " "))}. Every suspect is in label_issues.csv; edit its rows and train with
---relabel or --drop to act on them.</p>
+{html.escape(review.rank_by.replace("_", " "))}, filtered by {html.escape(review.filter_by.replace("_", " "))}. Every suspect is in
+label_issues.csv; edit its rows and train with --relabel or --drop to act on them.</p>
 <h2>Estimated label noise</h2>{_noise_table(review)}
 <h2>Suspects ({shown})</h2>
 {"".join(cards) or "<p>none: every label agrees with the out-of-sample predictions.</p>"}
