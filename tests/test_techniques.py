@@ -367,3 +367,11 @@ def test_keep_epoch_follows_its_metric_and_direction():
     assert last.best == {"val_acc": 0.7, "epoch": 3} and last.top == {"val_acc": 0.8, "epoch": 2}
     with pytest.raises(ValueError, match="mode='up'"):
         KeepEpoch(mode="up")
+
+
+def test_a_budget_is_said_as_time_spells_it_to_three_digits():
+    from imgclf.engine.budget import _text
+
+    said = [_text(s) for s in (20, 40, 180, 200, 600, 86400)]
+    assert said == ["20s", "40s", "3m", "3.33m", "10m", "24h"]  # a fold's share of 10 minutes: 3.33m, not 3.33333m
+    assert [parse_duration(s) for s in said[:3]] == [20, 40, 180]
