@@ -90,10 +90,11 @@ def confident_joint(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, 
 
 def find_label_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = RANKINGS[0], filter_by: str = FILTERS[0]) -> LabelIssues:
     """The suspects, ranked by rank_by: self_confidence (the probability of the given label) or
-    normalized_margin (that minus the likeliest other class's). They are the images whose likeliest class is
-    another and whose given label gets less than on that class's own pictures or under `doubt` times its
-    class's threshold (filter_by="doubt", the module's docstring says why); filter_by="noise_rate": those that
-    pruning by the estimated noise rate of each (given, likely) pair picks (cleanlab's default)."""
+    normalized_margin (that minus the likeliest other class's). filter_by="doubt": the images whose likeliest
+    class is another and whose given label gets less than on that class's own pictures or under DOUBT times
+    its class's threshold, but the pruning's picks for pairs the model learned to file as each other (the
+    module's docstring says why); filter_by="noise_rate": those that pruning by the estimated noise rate of
+    each (given, likely) pair picks (cleanlab's default)."""
     if rank_by not in RANKINGS:
         raise DataError(f"rank_by={rank_by!r} is not one of {', '.join(RANKINGS)}.")
     if filter_by not in FILTERS:
