@@ -96,6 +96,14 @@ def _review(digits, flips: int = 8) -> tuple[LabelReview, np.ndarray]:
     return LabelReview("digits-300", data.classes, data.train, scored, issues, "self_confidence"), flipped
 
 
+def test_a_check_that_cannot_run_says_so_before_reading_any_image(tmp_path):
+    nowhere = str(tmp_path / "nowhere")  # loading it would fail with another message
+    for settings, said in (({"folds": 1}, "at least 2 folds"), ({"filter_by": "both"}, "--filter-by both: choose one of doubt, noise_rate")):
+        with pytest.raises(DataError, match=said) as err:
+            imgclf.check_labels(nowhere, **settings)
+        assert "\n" not in str(err.value)
+
+
 def test_the_review_lists_the_contradicted_labels_in_every_form(digits, tmp_path):
     review, flipped = _review(digits)
     rows = review.rows()
@@ -103,6 +111,7 @@ def test_the_review_lists_the_contradicted_labels_in_every_form(digits, tmp_path
     assert all(r["given"] != r["suggested"] and r["confidence"] > r["given_confidence"] for r in rows)
     table = review.table()
     assert "8 of 300 training images (2.7%) look mislabeled" in table and rows[0]["path"] in table
+    assert table.splitlines()[0].endswith("; suspects by doubt")
     written = review.write_csv(tmp_path / "label_issues.csv")
     with open(written) as f:
         read = list(csv.DictReader(f))

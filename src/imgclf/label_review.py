@@ -17,7 +17,7 @@ import numpy as np
 from imgclf.config import Config, parse_duration
 from imgclf.data.imageset import ImageData, ImageSet
 from imgclf.data.label_issues import FILTERS, FOLDS, RANKINGS, LabelIssues, find_label_issues
-from imgclf.engine.out_of_sample import OutOfSample, clock, out_of_sample
+from imgclf.engine.out_of_sample import OutOfSample, check_folds, clock, out_of_sample
 from imgclf.errors import DataError
 
 NEIGHBOURS = 3  # per suspect and class, on the gallery
@@ -100,7 +100,7 @@ class LabelReview:
     def table(self, top: int = SHOWN) -> str:
         """What the terminal shows: the method, the count, the top suspects, the noise per class and pair."""
         rows = self.rows()
-        lines = [f"label check of {self.source}: {self.summary_line()}, {clock(self.scored.seconds)}"]
+        lines = [f"label check of {self.source}: {self.summary_line()}, {clock(self.scored.seconds)}; suspects by {self.filter_by}"]
         if rows:
             name_w = max(5, *(len(c) for c in self.classes))
             lines.append(f"  {'rank':>5}  {'given':<{name_w}}  {'suggested':<{name_w}}  {'p(sugg.)':>8}  {'p(given)':>8}  path")
@@ -175,13 +175,17 @@ def review(
     filter_by: str = FILTERS[0],
 ) -> LabelReview:
     """The label check of data's training split (already loaded and resolved as training would)."""
-    if rank_by not in RANKINGS:
-        raise DataError(f"--rank-by {rank_by}: choose one of {', '.join(RANKINGS)}.")
-    if filter_by not in FILTERS:
-        raise DataError(f"--filter-by {filter_by}: choose one of {', '.join(FILTERS)}.")
+    _check_choices(rank_by, filter_by)
     scored = out_of_sample(data, config, folds, seconds)
     issues = find_label_issues(data.train.labels, scored.probs, rank_by, filter_by)
     return LabelReview(data.source, data.classes, data.train, scored, issues, rank_by, filter_by)
+
+
+def _check_choices(rank_by: str, filter_by: str) -> None:
+    """Before the folds train (and, from check_labels, before any image is read)."""
+    for value, known, flag in ((rank_by, RANKINGS, "--rank-by"), (filter_by, FILTERS, "--filter-by")):
+        if value not in known:
+            raise DataError(f"{flag} {value}: choose one of {', '.join(known)}.")
 
 
 def check_labels(
@@ -203,6 +207,8 @@ def check_labels(
     from imgclf.preflight import plan_run
 
     ensure_console()
+    check_folds(folds)
+    _check_choices(rank_by, filter_by)
     settings = {k: v for k, v in settings.items() if k not in ("name", "force", "drop_label_issues")}
     settings.setdefault("val_fraction", 0.0)
     plan = plan_run(data, config, None, settings)

@@ -60,11 +60,16 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def check_folds(folds: int) -> None:
+    """Before any image is read: a check needs two models at least."""
+    if folds < 2:
+        raise DataError(f"--folds {folds}: the label check needs at least 2 folds (each image scored by a model that did not see it).")
+
+
 def check_checkable(data: ImageData, folds: int) -> None:
     """One line for each reason the training images cannot be checked, before any training."""
     train, where = data.train, data.source
-    if folds < 2:
-        raise DataError(f"--folds {folds}: the label check needs at least 2 folds (each image scored by a model that did not see it).")
+    check_folds(folds)
     if len(train) == 0 or not train.labeled:
         raise DataError(f"{where}: the training images have no labels to check; give a class-per-folder tree or a CSV of id,label.")
     counts = np.bincount(train.labels, minlength=data.num_classes)
