@@ -104,4 +104,6 @@ def test_labels_quick_scores_the_check_against_the_flips(tmp_path):
     row = json.loads((tmp_path / "labels_quick.json").read_text())["rows"][0]
     assert row["noise"] == "symmetric 5%" and row["images"] == 4000 and row["flipped"] == 200
     assert 0.2 < row["precision"] <= 1 and 0.5 < row["recall"] <= 1  # the check finds flips, far above chance (5%)
-    assert row["cleanlab suspects"] == "not installed" or abs(row["cleanlab recall"] - row["recall"]) < 0.05
+    assert row["precision"] >= row["noise_rate precision"]  # the default's filter against confident learning's pruning
+    # imgclf's pruning is cleanlab's: from the same scores, nearly the same suspects
+    assert row["cleanlab suspects"] == "not installed" or abs(row["cleanlab recall"] - row["noise_rate recall"]) < 0.02
