@@ -9,7 +9,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 
 import httpx
@@ -218,7 +217,10 @@ def test_a_token_guards_every_route_but_health(tiny_bundle):
 @pytest.mark.slow
 def test_a_full_queue_answers_503_and_an_expired_deadline_504(tiny_bundle):
     many = [(f"{i}.png", png_bytes(np.full((28, 28), i, np.uint8))) for i in range(64)]
-    with running_server(tiny_bundle, "--max-queue", "1", "--max-batch", "1", "--max-wait-ms", "0") as s:
+    # A deadline far beyond the work, so the admitted requests answer 200 however busy the machine (CI's
+    # shared 2 cores once took over 10 s for one 64-image request while 32 clients knocked); the 504 has its
+    # own server below.
+    with running_server(tiny_bundle, "--max-queue", "1", "--max-batch", "1", "--max-wait-ms", "0", "--timeout-s", "300") as s:
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             answers = list(pool.map(lambda _: _post_files(s.url, many), range(64)))
         codes = {r.status_code for r in answers}
@@ -234,13 +236,14 @@ def test_a_full_queue_answers_503_and_an_expired_deadline_504(tiny_bundle):
 @pytest.mark.slow
 def test_sigterm_drains_queued_requests_then_exits(tiny_bundle):
     many = [(f"{i}.png", png_bytes(np.full((28, 28), i, np.uint8))) for i in range(64)]
-    with running_server(tiny_bundle, "--max-batch", "8", "--max-images", "64") as s:
+    # The deadline and the drain's allowance far beyond the work: what is asserted is that every queued request
+    # is answered and the process exits 0, not how fast a shared machine gets there.
+    with running_server(tiny_bundle, "--max-batch", "8", "--max-images", "64", "--timeout-s", "300", "--drain-s", "300") as s:
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             futures = [pool.submit(_post_files, s.url, many) for _ in range(12)]
             assert wait_for(lambda: "imgclf_batch_images_count" in httpx.get(f"{s.url}/metrics").text
                             and float(httpx.get(f"{s.url}/metrics").text.split("imgclf_batch_images_count ")[1].split()[0]) > 0, 20)
             s.proc.send_signal(signal.SIGTERM)
-            start = time.monotonic()
             late = None
             try:
                 late = httpx.get(f"{s.url}/readyz", timeout=2).status_code
@@ -249,8 +252,7 @@ def test_sigterm_drains_queued_requests_then_exits(tiny_bundle):
             answers = [f.result() for f in futures]
         assert all(r.status_code == 200 for r in answers), [r.status_code for r in answers]
         assert late in (503, "refused")
-        assert s.proc.wait(12) == 0
-        assert time.monotonic() - start < 10
+        assert s.proc.wait(60) == 0
 
 
 def test_serve_refuses_a_missing_bundle_in_one_line(tmp_path):
