@@ -19,7 +19,7 @@ from torch import nn
 from imgclf.config import Config, parse_duration
 from imgclf.data.imageset import ImageData
 from imgclf.data.sources import source_id
-from imgclf.engine import distributed, recipe, transfer_recipe
+from imgclf.engine import distributed, hardware, recipe, transfer_recipe
 from imgclf.engine.budget import TimeBudget
 from imgclf.engine.callbacks import KeepToBudget
 from imgclf.engine.trainer import Trainer
@@ -66,6 +66,7 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     world = distributed.join(settings.get("device") or base.device, float(settings.get("dist_timeout") or base.dist_timeout))
     distributed.quiet_other_ranks(world)
     run_dir = None
+    threads = torch.get_num_threads()  # the run follows the free cores; the caller gets its own count back
     try:
         plan = plan_run(data, config, resume, settings)
         run_dir = plan.run_dir
@@ -73,6 +74,7 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     except distributed.LOST_CONTACT as err:
         raise ImgclfError(distributed.lost_contact_text(world, err, run_dir)) from None
     finally:
+        torch.set_num_threads(threads)
         distributed.leave(world)
 
 
@@ -93,12 +95,13 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
         )
     data_obj = _load_once_per_machine(plan, world)
     data_obj, label_files = _without_label_issues(plan, data_obj)
+    follow = _follow_free_cores(plan.config, world)  # before the budget's measured steps
     budget = TimeBudget(parse_duration(plan.config.train.time)) if plan.config.train.time and not plan.resuming else None
     config, notes = recipe.resolve(_per_process(plan, world), data_obj, world.world_size, scale_lr=not plan.resuming)
     data_obj, dropped = drop_duplicates(data_obj, config)
     replace = config.train.force and not plan.resuming
     if budget is not None:
-        measured = Trainer(data_obj, config, plan.run_dir, replace=replace, world=world, callbacks=_callbacks(config))
+        measured = Trainer(data_obj, config, plan.run_dir, replace=replace, world=world, callbacks=[*_callbacks(config), *follow])
         config, notes = _plan_to_budget(budget, measured, plan, data_obj)
     for note in notes:
         log.info(note)
@@ -108,6 +111,7 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
         "requested": _plain(plan.requested) if not plan.resuming else plan.info.get("requested", {}),
         "splits": _splits(data_obj, config, plan),
         "processes": world.world_size,
+        "machine": _machine(),
         **({"torchrun_id": distributed.run_id()} if distributed.run_id() else {}),
     }
     files = {}  # written with the run directory, at the first checkpoint
@@ -117,7 +121,7 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
             from imgclf.data.audit import dropped_csv
 
             files["dedupe.csv"] = dropped_csv(dropped)
-    callbacks = [*_callbacks(config), *([KeepToBudget(budget)] if budget is not None else [])]
+    callbacks = [*_callbacks(config), *follow, *([KeepToBudget(budget)] if budget is not None else [])]
     trainer = Trainer(data_obj, config, plan.run_dir, replace=replace, world=world, callbacks=callbacks, files=files)
     if plan.resuming:
         assert plan.checkpoint is not None  # resuming: a checkpoint was loaded
@@ -198,6 +202,31 @@ def _callbacks(config: Config) -> list:
     adapt = [AdaptNorms(cache_root(config.data))] if t.adapt_norms else []
     probe = [HeadFromProbe(cache_root(config.data), probe_only=t.probe)] if t.probe or t.head_from_probe else []
     return [*adapt, *probe, RunFiles(steps, seconds), EpochLog(), EarlyStopping(t.early_stop)]
+
+
+def _machine() -> dict:
+    """What the run's speed and figures depend on, so runs on different machines are never compared blind:
+    the CPU's model, its vector-unit flags and core count (engine/cpu.py), the GPU, torch's version."""
+    from imgclf.engine import cpu
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {**cpu.features(), "gpu": gpu, "torch": torch.__version__}
+
+
+def _follow_free_cores(config: Config, world: distributed.World) -> list:
+    """On a CPU, in one process: torch's threads are the cores other processes leave free, said in one line
+    when that is fewer than all, and followed as the run goes (engine/cpu.py says why). Processes under
+    torchrun share the cores out among themselves (engine/distributed.py)."""
+    from imgclf.engine import cpu
+    from imgclf.engine.callbacks import FollowFreeCores
+
+    if world.distributed or hardware.pick_device(config.train.device).type != "cpu":
+        return []
+    share = cpu.ThreadShare(config.train.threads)
+    line = share.start()
+    if line:
+        log.info(line)
+    return [FollowFreeCores(share)]
 
 
 def _per_process(plan: RunPlan, world: distributed.World) -> Config:
@@ -363,10 +392,13 @@ def _log_start(trainer: Trainer, config: Config) -> None:
     params = sum(p.numel() for p in trainer.model.parameters())
     world = trainer.world
     threads = torch.get_num_threads()
-    on_cpu = "" if trainer.device.type == "cuda" else f", {threads} thread{'s' if threads > 1 else ''} each"
+    plural = f"{threads} thread{'s' if threads > 1 else ''}"
+    on_cpu = "" if trainer.device.type == "cuda" else f", {plural} each"
     where = (
         f"{world.world_size} processes ({world.backend}, {trainer.device.type}{on_cpu})"
         if world.distributed
+        else f"device cpu ({plural})"
+        if trainer.device.type == "cpu"
         else f"device {trainer.device}"
     )
     log.info(

@@ -208,6 +208,11 @@ class TrainConfig:
     precision: str = setting(
         "auto", "auto, 32, 16 or bf16; auto is bf16 or 16 on CUDA, 32 elsewhere (bf16 on a CPU only when asked and it has bf16 units)"
     )
+    threads: int | None = setting(
+        None,
+        "torch threads on a CPU (default: one per core other processes leave free, looked at again every 10 s: threads "
+        "sharing a busy core wait on each other)",
+    )
     channels_last: bool | None = setting(None, "channels-last memory format (default: on for CPU and CUDA)")
     compile: bool = setting(False, "torch.compile the model")
     keep: str | None = setting(
@@ -267,6 +272,8 @@ class TrainConfig:
                 raise ImgclfError(f"{field_name}={value!r} is not one of {', '.join(allowed)}.")
         if (self.epochs is not None and self.epochs < (0 if self.probe else 1)) or (self.batch_size is not None and self.batch_size < 1):
             raise ImgclfError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1.")
+        if self.threads is not None and self.threads < 1:
+            raise ImgclfError(f"threads={self.threads} must be at least 1 (leave it out to follow the free cores).")
         if self.lr is not None and self.lr <= 0:
             raise ImgclfError(f"lr={self.lr} must be positive.")
         if not 0.0 < self.ema_decay < 1.0:

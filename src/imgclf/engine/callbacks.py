@@ -177,6 +177,17 @@ class EpochLog(Callback):
             )
 
 
+class FollowFreeCores(Callback):
+    """torch's CPU threads follow the cores other processes leave free (engine/cpu.py), looked at between
+    steps: a neighbour that starts mid-run would otherwise slow every step several times over."""
+
+    def __init__(self, share):
+        self.share = share
+
+    def on_step_end(self, trainer) -> None:
+        self.share.follow()
+
+
 class EarlyStopping(Callback):
     """Stop after `patience` epochs without a better validation accuracy."""
 

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from imgclf.engine import cpu
 from imgclf.errors import ImgclfError
 
 
@@ -40,12 +41,6 @@ def eval_batch_size(shape, asked: int | None = None) -> int:
     return max(16, min(1024, 1 << (fits.bit_length() - 1)))
 
 
-def cpu_has_bf16() -> bool:
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
-
-
 def pick_precision(name: str, device: torch.device, bf16_units: bool | None = None) -> torch.dtype | None:
     """The autocast dtype, or None for plain float32. bf16 never on a CPU that lacks it natively.
 
@@ -62,7 +57,7 @@ def pick_precision(name: str, device: torch.device, bf16_units: bool | None = No
         return torch.bfloat16 if name == "bf16" else torch.float16
     if name == "auto":
         return None
-    if name == "bf16" and device.type == "cpu" and (cpu_has_bf16() if bf16_units is None else bf16_units):
+    if name == "bf16" and device.type == "cpu" and (cpu.has_bf16_units() if bf16_units is None else bf16_units):
         return torch.bfloat16
     raise ImgclfError(
         f"--precision {name} is not supported on this {device.type} (it would be slower or emulated); use --precision 32 or auto."

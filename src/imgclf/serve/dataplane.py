@@ -67,7 +67,7 @@ class DataPlane:
     def _start_batcher(self) -> None:
         s = self.settings
         self.batcher = MicroBatcher(
-            self.model.clf.predict_pixels,
+            self.model.predict_pixels,
             s.max_batch,
             s.max_wait_ms / 1000,
             s.max_queue,

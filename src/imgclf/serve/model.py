@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from pathlib import Path
@@ -11,7 +12,10 @@ import numpy as np
 import torch
 
 from imgclf.data.parallel import usable_cpus
+from imgclf.engine import cpu
 from imgclf.engine.bundle import bundle_dir, read_spec
+
+log = logging.getLogger("imgclf")
 
 
 def bundle_sha256(path: str | Path) -> str:
@@ -42,14 +46,24 @@ class ServedModel:
 
         self.settings = settings
         spec = read_spec(settings.model)  # a damaged bundle fails here, in one line, before anything listens
-        torch.set_num_threads(torch_threads(settings.workers))
         self.clf = load(settings.model, device=settings.device, batch_size=max(settings.max_batch, 1), tta=settings.tta)
+        # The inference thread's torch threads follow the cores other processes leave free (engine/cpu.py).
+        self.threads = cpu.ThreadShare(cap=torch_threads(settings.workers), what="the model", hint="OMP_NUM_THREADS caps it")
+        busy = self.threads.start() if self.clf.device_.type == "cpu" else None
+        if busy:
+            log.info(busy)
         self.pre = self.clf.pre_
         self.spec = spec
         self.name = settings.name or model_name(settings.model)
         self.sha256 = bundle_sha256(settings.model)
         self.classes = self.clf.classes_
         self.warm_s = self.warm_up()
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The batcher's forward pass; between two, the thread count follows the free cores."""
+        if self.clf.device_.type == "cpu":
+            self.threads.follow()
+        return self.clf.predict_pixels(pixels)
 
     def warm_up(self) -> float:
         """A forward pass at every batch size the batcher makes often (powers of two up to max_batch), so
