@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shlex
 import statistics
@@ -16,22 +15,16 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    cpu, flags = platform.processor(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):  # the vector units that decide a CPU's speed: these machines differ
-                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")) or "vnni" in f or "bf16" in f]
-            if cpu and flags:
-                break
-    except OSError:
-        pass
+    """The machine a figure came from: the CPU's model and speed flags as every run records them
+    (imgclf.engine.cpu), the GPU, versions. These machines differ (AVX2 only, or AVX-512 with bf16)."""
     import torch
 
+    from imgclf.engine.cpu import features
+
+    f = features()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": cpu, "cpu flags": " ".join(sorted(set(flags))) or "unknown", "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
+    return {"cpu": f["cpu"], "cpu flags": f["flags"], "cores": f["cores"], "torch kernels": f["kernels"], "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
 def fashion_mnist_file(stem: str) -> Path:

@@ -26,15 +26,6 @@ MODELS = ("efficientnet_lite0", "mobilenetv3_large_100", "resnet18", "resnet50",
 BATCH = 32
 
 
-def cpu_has_bf16() -> bool:
-    """bf16 units (AVX512-BF16 or AMX): without them bf16 autocast emulates and is slower than fp32."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def step_fn(name: str, size: int, *, channels_last: bool, freeze_stride: int, bf16: bool, train: bool,
             norms: str = "batch"):
     """One training (or prediction) step of batch BATCH as a function of no arguments. norms: 'batch'
@@ -174,7 +165,9 @@ def main() -> None:
 
     models = ["efficientnet_lite0"] if args.quick else [m for m in args.models.split(",") if m]
     size, steps = (64, 1) if args.quick else (args.size, args.steps)
-    bf16 = cpu_has_bf16()
+    from imgclf.engine.cpu import has_bf16_units
+
+    bf16 = has_bf16_units()  # without AVX512-BF16 or AMX, bf16 autocast emulates and is slower than fp32
     rows = []
     for name in models:
         row = {"model": name}

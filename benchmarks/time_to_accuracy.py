@@ -20,6 +20,12 @@ Sections (--only chooses some; every one by default):
 - peak: this CPU's fp32 matrix-multiply rate (a large torch.mm) beside the training step's achieved
   FLOP/s (forward+backward FLOPs per image, counted by PyTorch's FlopCounterMode, times images/s).
 - profile: where one training step's time goes (torch.profiler over real steps), by kind of operation.
+- switches: the recipe's augmentation switch on full Fashion-MNIST: flips alone against crops, shifts and
+  flips at 20, 30 and 40 epochs: where the stronger augmentation starts to pay (issue 25).
+- budgets: `--time` at 30 s, 1, 3 and 10 minutes on full Fashion-MNIST and on 4,000 of its training images
+  (the whole test set), beside the plain default on each: the accuracy of each budget, the recipe it
+  planned (epochs, augmentation, network) and whether it is at least every shorter budget's and, where
+  the budget covers the default's time, the default's (issue 25: more time never gives less accuracy).
 Mean and spread over --seeds seeds wherever accuracy is reported.
 
     python benchmarks/time_to_accuracy.py [--seeds 3] [--only fashion,grid,...] [--quick] [--results DIR]
@@ -45,7 +51,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 import small_data  # noqa: E402
 
-SECTIONS = ("fashion", "grid", "digits", "sizes", "techniques", "peak", "profile")
+SECTIONS = ("fashion", "grid", "digits", "sizes", "techniques", "peak", "profile", "switches", "budgets")
+SWITCH_EPOCHS = (20, 30, 40)
+BUDGETS = ("30s", "1m", "3m", "10m")
 TECHNIQUES = [("default", {}), ("--ema", {"ema": True}), ("--no-tta", {"tta": False}), ("--mixup 0.2", {"mixup": 0.2}),
               ("--cutmix 1", {"cutmix": 1.0}), ("--erasing 0.25", {"erasing": 0.25}), ("--alternate-flips", {"alternate_flips": True}),
               ("--augment (crops and flips)", {"augment": True}), ("--label-smoothing 0", {"label_smoothing": 0.0}),
@@ -140,6 +148,92 @@ def fashion(seeds, out: str, quick: bool, skip: set[str]) -> tuple[list[dict], d
         curves[label] = [(r["train s"], r["test acc"]) for r in results.get(key, [])]
     curves["imgclf shorter runs"] = [(r["train s"], r["test acc"]) for e in short for r in results[f"short{e}"]]
     return rows, {"curves": curves, "results": results, "short": short}
+
+
+def _fashion_arrays(n: int | None):
+    import imgclf
+
+    data = imgclf.load_data("fashion-mnist")
+    x, y = np.concatenate([data.train.array(), data.val.array()]), np.concatenate([data.train.labels, data.val.labels])
+    if n is not None:
+        keep = np.random.default_rng(0).permutation(len(x))[:n]
+        x, y = x[keep], y[keep]
+    return x, y, data.test.array(), data.test.labels
+
+
+def _planned(run_dir: Path) -> str:
+    """The recipe a run trained with, as its config.yaml records it."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    t, aug = cfg["train"], cfg["data"]["augment"]
+    how = "off" if not t["augment"] else "flips" if aug.get("crop_padding") == 0 else "crops+flips"
+    return f"{t['model']}, {t['epochs']} epochs, augmentation {how}{', ema' if t.get('ema') else ''}{', tta' if t.get('tta') else ''}"
+
+
+def switches(seeds, out: str, quick: bool) -> list[dict]:
+    """Flips alone against crops and flips, at each of SWITCH_EPOCHS, on full Fashion-MNIST."""
+    x, y, xt, yt = _fashion_arrays(2000 if quick else None)
+    source, extra = ((x, y), {"test": (xt[:500], yt[:500])}) if quick else ("fashion-mnist", {})
+    rows = []
+    for epochs in ((1,) if quick else SWITCH_EPOCHS):
+        runs: dict[str, list[dict]] = {"flips": [], "crops+flips": []}
+        for seed in seeds:
+            runs["flips"].append(imgclf_run(source, out, seed, epochs=epochs, augment=True, crop_padding=0, **extra))
+            runs["crops+flips"].append(imgclf_run(source, out, seed, epochs=epochs, augment=True, **extra))
+        for how, rs in runs.items():
+            rows.append({"epochs": epochs, "augmentation": how, "test acc % (mean ± sd)": _spread([r["test acc"] for r in rs]),
+                         "train s (median)": statistics.median(r["train s"] for r in rs),
+                         "runs": " ".join(f"{100 * r['test acc']:.2f}" for r in rs)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def budgets(seeds, out: str, quick: bool) -> tuple[list[dict], list[str]]:
+    """--time sweeps on full Fashion-MNIST and on 4,000 of its images, beside the plain default."""
+    import imgclf
+
+    rows, verdicts = [], []
+    sets = [("2,000 images (quick)", 2000)] if quick else [("Fashion-MNIST (54,000 + 6,000 validation)", None), ("4,000 images", 4000)]
+    for name, n in sets:
+        x, y, xt, yt = _fashion_arrays(n)
+        source, extra = ("fashion-mnist", {}) if n is None else ((x, y), {"test": (xt, yt)})
+        budgets_here = ("10s", "20s") if quick else BUDGETS
+        found: dict[str, list[dict]] = {b: [] for b in ("default", *budgets_here)}
+        for seed in seeds:
+            for b in found:
+                settings = {"epochs": 1} if quick and b == "default" else {} if b == "default" else {"time": b}
+                start = time.perf_counter()
+                run = imgclf.train(source, seed=seed, device="cpu", out=out, **settings, **extra)
+                found[b].append({"test acc": run.test["acc"], "wall s": time.perf_counter() - start, "planned": _planned(run.run_dir)})
+            print({b: [round(r["test acc"], 4) for r in rs] for b, rs in found.items()}, flush=True)
+        means = {b: statistics.mean(r["test acc"] for r in rs) for b, rs in found.items()}
+        default_wall = statistics.median(r["wall s"] for r in found["default"])
+        best_before = 0.0
+        for b, rs in found.items():
+            seconds = None if b == "default" else common_seconds(b)
+            rows.append({"data": name, "run": "default" if b == "default" else f"--time {b}",
+                         "test acc % (mean ± sd)": _spread([r["test acc"] for r in rs]),
+                         "wall s (median)": statistics.median(r["wall s"] for r in rs),
+                         "planned": " / ".join(sorted({r["planned"] for r in rs})),
+                         "runs": " ".join(f"{100 * r['test acc']:.2f}" for r in rs)})
+            if seconds is None:
+                continue
+            falls = means[b] < best_before - 1e-9
+            below_default = seconds >= default_wall and means[b] < means["default"] - 1e-9
+            verdicts.append(f"{name}, --time {b}: {100 * means[b]:.2f}%"
+                            + (f", below a shorter budget's {100 * best_before:.2f}%" if falls else "")
+                            + (f", below the default's {100 * means['default']:.2f}% (which took {default_wall:.0f} s)" if below_default else "")
+                            + ("" if falls or below_default else ": at least every shorter budget"
+                               + (" and the default" if seconds >= default_wall else "")))
+            best_before = max(best_before, means[b])
+    return rows, verdicts
+
+
+def common_seconds(budget: str) -> float:
+    from imgclf.config import parse_duration
+
+    return parse_duration(budget)
 
 
 def time_to_target(info: dict) -> list[str]:
@@ -413,6 +507,12 @@ def main() -> None:
                            f"({peak_rows[1]['GFLOP/s']:.1f} of {peak_rows[0]['GFLOP/s']:.1f} GFLOP/s)")
         if "profile" in chosen:
             tables["Where a training step's time goes (torch.profiler, self CPU time)"] = profile(args.quick)
+        if "switches" in chosen:
+            tables["Augmentation switch: flips alone against crops and flips (full Fashion-MNIST)"] = switches(seeds, out, args.quick)
+        if "budgets" in chosen:
+            budget_rows, verdicts = budgets(seeds, out, args.quick)
+            tables["Time budgets: --time against the plain default (the whole test set)"] = budget_rows
+            summary += verdicts
     if not rows:  # the main table is the first section that ran
         first = next(iter(tables))
         rows = tables.pop(first)

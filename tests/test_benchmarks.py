@@ -20,7 +20,13 @@ def test_time_to_accuracy_quick_writes_every_section(tmp_path):
     report = json.loads((tmp_path / "time_to_accuracy.json").read_text())
     recipes = [r["recipe"] for r in report["rows"]]
     assert any("tutorial" in r for r in recipes) and any("--preset best" in r for r in recipes) and any("--time" in r for r in recipes)
-    assert len(report["tables"]) == 6  # grid, digits, sizes, techniques, peak, profile
+    assert len(report["tables"]) == 8  # grid, digits, sizes, techniques, peak, profile, switches, budgets
+    switches = next(rows for title, rows in report["tables"].items() if "switch" in title)
+    assert {r["augmentation"] for r in switches} == {"flips", "crops+flips"}
+    budgets = next(rows for title, rows in report["tables"].items() if "budgets" in title)
+    assert [r["run"] for r in budgets] == ["default", "--time 10s", "--time 20s"]
+    assert all("epochs, augmentation" in r["planned"] for r in budgets)
+    assert any(line.startswith("2,000 images (quick), --time 20s: ") for line in report["summary"])
     peak = next(rows for title, rows in report["tables"].items() if "limit" in title)
     assert peak[0]["GFLOP/s"] > 0 and 0 < peak[1]["share of peak %"] < 200
     profile = next(rows for title, rows in report["tables"].items() if "time goes" in title)
@@ -94,6 +100,28 @@ def test_photo_speed_quick_measures_each_setting_and_profiles_a_step(tmp_path):
     assert abs(sum(r["share %"] for r in spent) - 100) < 0.1
     bound = next(rows for title, rows in report["tables"].items() if "matmul" in title)
     assert bound[0]["GFLOP/s"] > 0 and 0 < bound[1]["share of peak %"] < 100
+
+
+@pytest.mark.slow
+def test_busy_quick_measures_idle_and_beside_a_busy_process(tmp_path):
+    from imgclf.engine.cpu import usable_cpus
+
+    rows = _quick("busy", tmp_path)["rows"]
+    assert {r["machine"] for r in rows} == {"idle", "beside a 1-core Python loop"} and all(r["images/s"] > 0 for r in rows)
+    beside = next(r for r in rows if r["machine"] != "idle" and r["threads"] == "default (free cores)")
+    if usable_cpus() >= 2:  # the default leaves the busy core to its neighbour, and says so
+        assert beside["threads used"] != f"{usable_cpus()} threads" and "machine is busy" in beside["said"]
+
+
+@pytest.mark.slow
+def test_bf16_quick_measures_both_precisions_where_the_cpu_has_the_units(tmp_path):
+    from imgclf.engine.cpu import has_bf16_units
+
+    rows = _quick("bf16", tmp_path)["rows"]
+    if has_bf16_units():
+        assert rows[0]["network"] == "small_resnet" and rows[0]["fp32 img/s"] > 0 and rows[0]["bf16 img/s"] > 0
+    else:
+        assert rows[0]["what"] == "not measured" and "no AVX512-BF16" in rows[0]["why"]
 
 
 @pytest.mark.slow

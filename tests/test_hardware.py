@@ -21,13 +21,21 @@ CUDA, CPU, MPS = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
         ("16", CUDA, True, torch.float16),
         ("bf16", CUDA, True, torch.bfloat16),
         ("32", CUDA, True, None),
-        ("auto", CPU, True, None),  # a CPU stays in float32 unless bf16 is asked for
-        ("bf16", CPU, True, torch.bfloat16),  # ... on a CPU with AVX512-BF16 or AMX
+        ("auto", CPU, True, torch.bfloat16),  # a CPU with AVX512-BF16 or AMX: bf16 autocast, measurably faster
+        ("auto", CPU, False, None),  # elsewhere bf16 is emulated and slower: float32
+        ("bf16", CPU, True, torch.bfloat16),
+        ("32", CPU, True, None),
         ("auto", MPS, False, None),
     ],
 )
 def test_precision_follows_what_the_device_computes_natively(name, device, units, expected):
     assert pick_precision(name, device, bf16_units=units) == expected
+
+
+def test_fine_tuning_on_a_cpu_stays_in_float32_unless_bf16_is_asked():
+    assert pick_precision("auto", CPU, bf16_units=True, pretrained=True) is None  # not yet measured on photos
+    assert pick_precision("bf16", CPU, bf16_units=True, pretrained=True) == torch.bfloat16
+    assert pick_precision("auto", CUDA, bf16_units=True, pretrained=True) == torch.bfloat16  # a GPU's mixed precision as ever
 
 
 @pytest.mark.parametrize(

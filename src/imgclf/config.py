@@ -206,7 +206,9 @@ class TrainConfig:
     )
     device: str = setting("auto", "auto, cpu, cuda or mps; auto takes cuda, then mps, then cpu")
     precision: str = setting(
-        "auto", "auto, 32, 16 or bf16; auto is bf16 or 16 on CUDA, 32 elsewhere (bf16 on a CPU only when asked and it has bf16 units)"
+        "auto",
+        "auto, 32, 16 or bf16; auto is bf16 or 16 on CUDA, bf16 on a CPU with bf16 units (AVX512-BF16 or AMX) when training "
+        "from scratch, 32 elsewhere",
     )
     threads: int | None = setting(
         None,

@@ -97,7 +97,11 @@ def out_of_sample(data: ImageData, config: Config, folds: int = FOLDS, seconds: 
     t = config.train
     if t.pretrained or t.weights:
         return _probe_folds(data, config, fold, folds)
-    return _network_folds(data, config, fold, folds, seconds)
+    threads = torch.get_num_threads()  # the folds follow the free cores; the caller gets its own count back
+    try:
+        return _network_folds(data, config, fold, folds, seconds)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fold_data(data: ImageData, rows: np.ndarray) -> ImageData:
@@ -141,11 +145,26 @@ def _fold_epochs(config: Config, data: ImageData, fold: np.ndarray, folds: int, 
     return epochs, why
 
 
+def _follow_free_cores(config: Config) -> list:
+    """On a CPU, the folds train on the cores other processes leave free, as a run does (engine/cpu.py)."""
+    from imgclf.engine import cpu, hardware
+    from imgclf.engine.callbacks import FollowFreeCores
+
+    if hardware.pick_device(config.train.device).type != "cpu":
+        return []
+    share = cpu.ThreadShare(config.train.threads, what="the label check")
+    line = share.start()
+    if line:
+        log.info(line)
+    return [FollowFreeCores(share)]
+
+
 def _network_folds(data: ImageData, config: Config, fold: np.ndarray, folds: int, seconds: float | None) -> OutOfSample:
     from imgclf.engine.bundle import unwrap
     from imgclf.engine.trainer import Trainer
 
     start = time.perf_counter()
+    follow = _follow_free_cores(config)  # before the folds' epochs are planned from a measured step
     epochs, why = _fold_epochs(config, data, fold, folds, seconds)
     n, k = len(data.train), data.num_classes
     probs, feats, name = np.zeros((n, k), np.float32), None, "?"
@@ -153,7 +172,7 @@ def _network_folds(data: ImageData, config: Config, fold: np.ndarray, folds: int
         part = _fold_data(data, np.flatnonzero(fold != f))
         cfg = _fold_config(config, part, epochs)
         began = time.perf_counter()
-        trainer = Trainer(part, cfg, Path("label-check-fold"))  # no callbacks write files: nothing is kept
+        trainer = Trainer(part, cfg, Path("label-check-fold"), callbacks=follow)  # no callback writes files: nothing is kept
         name = trainer.arch.name
         trainer.fit()
         held = np.flatnonzero(fold == f)

@@ -71,7 +71,7 @@ class Trainer:
         self.pending: dict[str, str] = dict(files or {})  # file name -> text, written when the run directory is made
         self.replace = replace
         self.device = device_for(world, hardware.pick_device(t.device))
-        self.dtype = hardware.pick_precision(t.precision, self.device)
+        self.dtype = hardware.pick_precision(t.precision, self.device, pretrained=bool(t.pretrained or t.weights or t.init_from))
         self.channels_last = hardware.use_channels_last(t.channels_last, self.device)
         torch.manual_seed(config.data.seed)  # the same initial weights on every rank
         model, self.arch = build_network(config, data)
