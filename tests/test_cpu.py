@@ -43,6 +43,7 @@ def test_the_cpu_is_described_with_its_speed_flags():
         assert ("avx512_bf16" in flags or "amx_bf16" in flags) == cpu.has_bf16_units() or not flags
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(cpu.usable_cpus() < 2 or sys.platform != "linux", reason="needs 2 cores and /proc/stat")
 def test_a_busy_neighbour_takes_a_thread_and_says_so(caplog):
     before = torch.get_num_threads()
@@ -76,6 +77,7 @@ def test_a_fixed_thread_count_is_kept_and_omp_num_threads_caps(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_a_run_records_its_machine_says_its_threads_and_gives_the_callers_back(digits, tmp_path, caplog):
     images, labels = digits
     before = torch.get_num_threads()
