@@ -201,7 +201,7 @@ class TrainConfig:
     )
     augment: bool | None = setting(
         None,
-        "training augmentation on or off (default: crops, shifts and flips for runs of 15+ epochs and 1,000+ steps, flips alone "
+        "training augmentation on or off (default: crops, shifts and flips for runs of 30+ epochs and 1,000+ steps, flips alone "
         "from 8 epochs, off for shorter runs; from pretrained weights, random resized crops and flips always)",
     )
     device: str = setting("auto", "auto, cpu, cuda or mps; auto takes cuda, then mps, then cpu")
