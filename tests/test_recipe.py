@@ -35,3 +35,19 @@ def test_a_short_run_of_many_epochs_gets_no_crops(six_thousand):
     # 30 epochs of a 6-step epoch are 180 steps in all: too little training for crops and shifts to pay.
     config, _ = recipe.resolve(imgclf.Config().override(device="cpu", epochs=30, batch_size=1024), six_thousand)
     assert config.train.augment and config.data.augment.crop_padding == 0
+
+
+@pytest.mark.slow
+def test_a_budget_beyond_what_pays_plans_at_most_the_cap_and_says_so(fmnist, tmp_path, caplog):
+    import logging
+
+    from imgclf.engine.budget import MAX_PLANNED_EPOCHS, TimeBudget
+    from imgclf.engine.trainer import Trainer
+
+    images, labels = fmnist
+    data = imgclf.load_data((images[:60], labels[:60]))  # one short step an epoch: thousands would fit in 30 s
+    config, _ = recipe.resolve(imgclf.Config().override(device="cpu", epochs=1), data)
+    with caplog.at_level(logging.INFO, logger="imgclf"):
+        planned = TimeBudget(30.0).plan(Trainer(data, config, tmp_path / "run"))
+    assert planned == MAX_PLANNED_EPOCHS
+    assert f"{MAX_PLANNED_EPOCHS} are planned, beyond which more training has not paid" in caplog.text

@@ -19,9 +19,9 @@ from torch import nn
 from imgclf.config import Config, parse_duration
 from imgclf.data.imageset import ImageData
 from imgclf.data.sources import source_id
-from imgclf.engine import distributed, hardware, recipe, transfer_recipe
+from imgclf.engine import distributed, recipe, transfer_recipe
 from imgclf.engine.budget import TimeBudget
-from imgclf.engine.callbacks import KeepToBudget
+from imgclf.engine.callbacks import FollowFreeCores, KeepToBudget
 from imgclf.engine.trainer import Trainer
 from imgclf.errors import ImgclfError
 from imgclf.finish import finish
@@ -95,7 +95,9 @@ def _train(plan: RunPlan, world: distributed.World) -> Run:
         )
     data_obj = _load_once_per_machine(plan, world)
     data_obj, label_files = _without_label_issues(plan, data_obj)
-    follow = _follow_free_cores(plan.config, world)  # before the budget's measured steps
+    # On a CPU in one process, torch's threads are the cores other processes leave free, set before the budget's
+    # measured steps (engine/cpu.py says why); processes under torchrun share the cores out (engine/distributed.py).
+    follow = [] if world.distributed else FollowFreeCores.on_cpu(plan.config)
     budget = TimeBudget(parse_duration(plan.config.train.time)) if plan.config.train.time and not plan.resuming else None
     config, notes = recipe.resolve(_per_process(plan, world), data_obj, world.world_size, scale_lr=not plan.resuming)
     data_obj, dropped = drop_duplicates(data_obj, config)
@@ -211,22 +213,6 @@ def _machine() -> dict:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {**cpu.features(), "gpu": gpu, "torch": torch.__version__}
-
-
-def _follow_free_cores(config: Config, world: distributed.World) -> list:
-    """On a CPU, in one process: torch's threads are the cores other processes leave free, said in one line
-    when that is fewer than all, and followed as the run goes (engine/cpu.py says why). Processes under
-    torchrun share the cores out among themselves (engine/distributed.py)."""
-    from imgclf.engine import cpu
-    from imgclf.engine.callbacks import FollowFreeCores
-
-    if world.distributed or hardware.pick_device(config.train.device).type != "cpu":
-        return []
-    share = cpu.ThreadShare(config.train.threads)
-    line = share.start()
-    if line:
-        log.info(line)
-    return [FollowFreeCores(share)]
 
 
 def _per_process(plan: RunPlan, world: distributed.World) -> Config:

@@ -184,6 +184,20 @@ class FollowFreeCores(Callback):
     def __init__(self, share):
         self.share = share
 
+    @classmethod
+    def on_cpu(cls, config, what: str = "training") -> list[Callback]:
+        """[the callback] for a run on a CPU, its threads set now (and said in one line when the machine is
+        busy); [] on another device."""
+        from imgclf.engine import cpu, hardware
+
+        if hardware.pick_device(config.train.device).type != "cpu":
+            return []
+        share = cpu.ThreadShare(config.train.threads, what=what)
+        line = share.start()
+        if line:
+            log.info(line)
+        return [cls(share)]
+
     def on_step_end(self, trainer) -> None:
         self.share.follow()
 

@@ -145,26 +145,13 @@ def _fold_epochs(config: Config, data: ImageData, fold: np.ndarray, folds: int, 
     return epochs, why
 
 
-def _follow_free_cores(config: Config) -> list:
-    """On a CPU, the folds train on the cores other processes leave free, as a run does (engine/cpu.py)."""
-    from imgclf.engine import cpu, hardware
-    from imgclf.engine.callbacks import FollowFreeCores
-
-    if hardware.pick_device(config.train.device).type != "cpu":
-        return []
-    share = cpu.ThreadShare(config.train.threads, what="the label check")
-    line = share.start()
-    if line:
-        log.info(line)
-    return [FollowFreeCores(share)]
-
-
 def _network_folds(data: ImageData, config: Config, fold: np.ndarray, folds: int, seconds: float | None) -> OutOfSample:
     from imgclf.engine.bundle import unwrap
+    from imgclf.engine.callbacks import FollowFreeCores
     from imgclf.engine.trainer import Trainer
 
     start = time.perf_counter()
-    follow = _follow_free_cores(config)  # before the folds' epochs are planned from a measured step
+    follow = FollowFreeCores.on_cpu(config, "the label check")  # before the folds' epochs are planned from a measured step
     epochs, why = _fold_epochs(config, data, fold, folds, seconds)
     n, k = len(data.train), data.num_classes
     probs, feats, name = np.zeros((n, k), np.float32), None, "?"
