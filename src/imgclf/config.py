@@ -212,7 +212,7 @@ class TrainConfig:
     )
     threads: int | None = setting(
         None,
-        "torch threads on a CPU (default: one per core other processes leave free, looked at again every 10 s: threads "
+        "torch threads on a CPU (default: one per core other processes leave free, looked at again every 5 s: threads "
         "sharing a busy core wait on each other)",
     )
     channels_last: bool | None = setting(None, "channels-last memory format (default: on for CPU and CUDA)")
