@@ -74,7 +74,8 @@ def train(data=None, config: Config | None = None, *, resume: str | Path | None 
     except distributed.LOST_CONTACT as err:
         raise ImgclfError(distributed.lost_contact_text(world, err, run_dir)) from None
     finally:
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:  # only where a run changed it: torchrun's ranks never do
+            torch.set_num_threads(threads)
         distributed.leave(world)
 
 

@@ -101,7 +101,8 @@ def out_of_sample(data: ImageData, config: Config, folds: int = FOLDS, seconds: 
     try:
         return _network_folds(data, config, fold, folds, seconds)
     finally:
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:  # only where a run changed it: torchrun's ranks never do
+            torch.set_num_threads(threads)
 
 
 def _fold_data(data: ImageData, rows: np.ndarray) -> ImageData:
