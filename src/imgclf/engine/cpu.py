@@ -113,14 +113,7 @@ def others_between(a: _Sample, b: _Sample, cores: int) -> float:
     return min(float(cores), max(0.0, others / total * cores))
 
 
-def others_now(seconds: float = 0.15) -> float | None:
-    """Cores other processes keep busy, measured over `seconds`; None where the system does not say."""
-    first = _sample()
-    if first is None:
-        return None
-    time.sleep(seconds)
-    second = _sample()
-    return None if second is None else others_between(first, second, usable_cpus())
+START_SAMPLE_S = 0.15  # the first look: long enough for 100 Hz ticks on each core, short beside a run's start
 
 
 class ThreadShare:
@@ -157,8 +150,10 @@ class ThreadShare:
         if self.fixed:
             torch.set_num_threads(self.fixed)
             return None
-        others = others_now()
-        self._last, self._at = _sample(), time.monotonic()
+        first = _sample()
+        time.sleep(START_SAMPLE_S if first is not None else 0.0)
+        self._last, self._at = _sample(), time.monotonic()  # the first look's end is where follow() counts from
+        others = None if first is None or self._last is None else others_between(first, self._last, self.cores)
         if others is not None:
             self.threads = self._choose(others)
         torch.set_num_threads(self.threads)
